@@ -1,0 +1,35 @@
+# One command each: set up, run the demo, test, lint.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup system-deps demo test test-fast lint protos bench clean
+
+setup: $(BIN)/ensemble
+
+$(BIN)/ensemble: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[training,serving,registry,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/ensemble demo --once
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+bench: setup
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/gateway.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

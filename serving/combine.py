@@ -1,0 +1,97 @@
+"""Combining member answers: pure numpy, shared by training's evaluation and the gateway.
+
+Training evaluates the ensemble with exactly these functions and the gateway serves with them, so
+offline numbers and online answers agree to float tolerance. Sums run in float64 and the result
+takes the members' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+
+
+def method_weights(method: str, weights: Sequence[float]) -> FloatArray:
+    """The weights a combine method uses: the manifest's for ``weighted_mean``, equal for ``mean``."""
+    if method == "mean":
+        return np.full(len(weights), 1.0 / len(weights))
+    if method == "weighted_mean":
+        return normalized(weights)
+    raise ValueError(f"unknown combine method {method!r}")
+
+
+def normalized(weights: Sequence[float] | FloatArray) -> FloatArray:
+    """Weights scaled to sum to 1. Raises if none is positive."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be a 1-D array of finite non-negative numbers")
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("at least one weight must be positive")
+    return w / total
+
+
+def renormalized(weights: Sequence[float] | FloatArray, answered: Sequence[bool]) -> FloatArray:
+    """Weights over the members that answered, scaled to sum to 1; the others get 0."""
+    w = np.asarray(weights, dtype=np.float64) * np.asarray(answered, dtype=bool)
+    return normalized(w)
+
+
+def quorum_holds(
+    weights: Sequence[float] | FloatArray,
+    answered: Sequence[bool],
+    *,
+    min_members: int,
+    min_weight: float,
+) -> bool:
+    """True when enough members, carrying enough of the (normalised) weight, answered."""
+    mask = np.asarray(answered, dtype=bool)
+    if int(mask.sum()) < max(min_members, 1):
+        return False
+    answered_weight = float(normalized(weights)[mask].sum())
+    return answered_weight + 1e-12 >= min_weight
+
+
+def weighted_mean(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> FloatArray:
+    """Weighted mean over axis 0 of ``stack`` (members first), in float64, cast back to its dtype."""
+    w = normalized(weights)
+    arr = np.asarray(stack)
+    if arr.shape[0] != w.shape[0]:
+        raise ValueError(f"{arr.shape[0]} member answers for {w.shape[0]} weights")
+    out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
+    mean = np.tensordot(w, arr.astype(np.float64, copy=False), axes=(0, 0))
+    return np.asarray(mean, dtype=out_dtype)
+
+
+def weighted_spread(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> FloatArray:
+    """Weighted standard deviation across members, element-wise: the disagreement signal."""
+    w = normalized(weights)
+    arr = np.asarray(stack, dtype=np.float64)
+    mean = np.tensordot(w, arr, axes=(0, 0))
+    var = np.tensordot(w, (arr - mean) ** 2, axes=(0, 0))
+    out_dtype = stack.dtype if np.issubdtype(stack.dtype, np.floating) else np.dtype(np.float64)
+    return np.asarray(np.sqrt(var), dtype=out_dtype)
+
+
+def combine_outputs(
+    member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
+    weights: Sequence[float] | FloatArray,
+) -> dict[str, FloatArray]:
+    """Combine each named output on its own across members (all members must share the outputs)."""
+    if not member_outputs:
+        raise ValueError("no member answers to combine")
+    names = list(member_outputs[0])
+    combined: dict[str, FloatArray] = {}
+    for name in names:
+        stack = np.stack([np.asarray(out[name]) for out in member_outputs])
+        combined[name] = weighted_mean(stack, weights)
+    return combined
+
+
+def disagreement(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> float:
+    """One number per request: the mean across elements of the weighted member spread."""
+    return float(np.mean(weighted_spread(stack, weights)))
