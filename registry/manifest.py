@@ -74,8 +74,11 @@ class Combiner(_Strict):
 class Provenance(_Strict):
     """Where the ensemble came from, so any answer can be traced to its runs and data."""
 
-    dataset: str = ""
-    dataset_fingerprint: str = ""
+    dataset: str = Field(default="", description="Where the data came from, e.g. 'sklearn:digits'.")
+    dataset_fingerprint: str = Field(default="", description="sha256 of the whole raw table.")
+    test_fingerprint: str = Field(
+        default="", description="sha256 of the held-out rows: equal means 'same test data'."
+    )
     targets: list[str] = Field(default_factory=list)
     seed: int = 0
     parent_run_id: str | None = None
