@@ -32,7 +32,7 @@ def normalized(weights: Sequence[float] | FloatArray) -> FloatArray:
     total = w.sum()
     if total <= 0:
         raise ValueError("at least one weight must be positive")
-    return w / total
+    return np.asarray(w / float(total), dtype=np.float64)
 
 
 def renormalized(weights: Sequence[float] | FloatArray, answered: Sequence[bool]) -> FloatArray:

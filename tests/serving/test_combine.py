@@ -1,0 +1,78 @@
+"""Combining member answers: the shared functions training evaluates with and the gateway serves with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving import combine
+
+
+def test_weighted_mean_matches_manual_sum_and_keeps_dtype() -> None:
+    rng = np.random.default_rng(0)
+    stack = rng.random((3, 4, 5)).astype(np.float32)
+    weights = [0.2, 0.5, 0.3]
+    out = combine.weighted_mean(stack, weights)
+    expected = 0.2 * stack[0].astype(np.float64) + 0.5 * stack[1] + 0.3 * stack[2]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_weights_are_normalised() -> None:
+    stack = np.array([[1.0], [3.0]])
+    np.testing.assert_allclose(combine.weighted_mean(stack, [2, 2]), [2.0])
+    np.testing.assert_allclose(combine.weighted_mean(stack, [1, 3]), [2.5])
+
+
+def test_probabilities_stay_on_the_simplex() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 10, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    out = combine.weighted_mean(probs, [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-12)
+
+
+def test_mean_method_ignores_given_weights() -> None:
+    np.testing.assert_allclose(combine.method_weights("mean", [0.9, 0.1]), [0.5, 0.5])
+    np.testing.assert_allclose(combine.method_weights("weighted_mean", [3, 1]), [0.75, 0.25])
+    with pytest.raises(ValueError, match="unknown combine method"):
+        combine.method_weights("median", [1.0])
+
+
+@pytest.mark.parametrize("weights", [[], [0.0, 0.0], [-1.0, 2.0], [np.nan, 1.0]])
+def test_bad_weights_are_rejected(weights: list[float]) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        combine.normalized(weights)
+
+
+def test_renormalised_over_answering_members() -> None:
+    w = combine.renormalized([0.5, 0.3, 0.2], [True, False, True])
+    np.testing.assert_allclose(w, [0.5 / 0.7, 0.0, 0.2 / 0.7])
+
+
+def test_quorum_by_count_and_by_weight() -> None:
+    weights = [0.6, 0.2, 0.2]
+    assert combine.quorum_holds(weights, [True, False, False], min_members=1, min_weight=0.5)
+    assert not combine.quorum_holds(weights, [True, False, False], min_members=2, min_weight=0.0)
+    assert not combine.quorum_holds(weights, [False, True, True], min_members=2, min_weight=0.5)
+    assert combine.quorum_holds(weights, [True, True, True], min_members=3, min_weight=1.0)
+
+
+def test_combine_outputs_combines_each_output_on_its_own() -> None:
+    a = {"probabilities": np.array([[0.2, 0.8]], np.float32), "predictions": np.array([[1.0]], np.float32)}
+    b = {"probabilities": np.array([[0.6, 0.4]], np.float32), "predictions": np.array([[3.0]], np.float32)}
+    out = combine.combine_outputs([a, b], [0.25, 0.75])
+    np.testing.assert_allclose(out["probabilities"], [[0.5, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(out["predictions"], [[2.5]], rtol=1e-6)
+
+
+def test_spread_is_zero_when_members_agree_and_grows_with_disagreement() -> None:
+    same = np.ones((3, 2, 2), np.float32)
+    assert combine.disagreement(same, [1, 1, 1]) == 0.0
+    apart = np.stack([np.zeros((2, 2)), np.ones((2, 2))]).astype(np.float32)
+    np.testing.assert_allclose(combine.weighted_spread(apart, [1, 1]), np.full((2, 2), 0.5))
+
+
+def test_member_count_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="member answers"):
+        combine.weighted_mean(np.zeros((2, 3)), [1.0, 1.0, 1.0])
