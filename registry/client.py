@@ -1,0 +1,114 @@
+"""Opening the MLflow client: retries with backoff, and MLflow's exceptions turned into ours.
+
+Every mlflow import in the project happens inside a function of this package, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from registry.defaults import is_local_store, local_artifact_root, tracking_uri
+from registry.errors import NotFound, RegistryError, Unreachable
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+CONNECT_ATTEMPTS = 4
+CONNECT_FIRST_DELAY_S = 0.5
+
+# MLflow's own per-request retries default to ~4 minutes of backoff; a command should fail sooner.
+# Users can still raise them through the same environment variables.
+_HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+
+def wait_reachable(
+    uri: str, *, attempts: int = CONNECT_ATTEMPTS, first_delay_s: float = CONNECT_FIRST_DELAY_S
+) -> None:
+    """Probe a tracking server's ``/health`` with exponential backoff; raise Unreachable if it stays down."""
+    delay = first_delay_s
+    last_error = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+                last_error = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = str(getattr(exc, "reason", exc))
+        if attempt + 1 < attempts:
+            time.sleep(delay)
+            delay *= 2
+    raise Unreachable(f"MLflow at {uri} is unreachable after {attempts} attempts ({last_error})")
+
+
+def connect(uri: str | None = None, *, attempts: int = CONNECT_ATTEMPTS) -> MlflowClient:
+    """An MlflowClient for ``uri`` (or the default), after checking that a server answers."""
+    resolved = tracking_uri(uri)
+    for key, value in _HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not is_local_store(resolved):
+        wait_reachable(resolved, attempts=attempts)
+    with translated(f"opening {resolved}"):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if absent (artifacts in ./mlartifacts for a local store)."""
+    with translated(f"experiment {name!r}"):
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                client.restore_experiment(existing.experiment_id)
+            return str(existing.experiment_id)
+        location = local_artifact_root() if is_local_store(client.tracking_uri) else None
+        return str(client.create_experiment(name, artifact_location=location))
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Re-raise MLflow and network exceptions as RegistryError subclasses with a one-line message."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, what) from exc
+
+
+def _translate(exc: Exception, what: str) -> RegistryError:
+    from mlflow.exceptions import MlflowException
+
+    message = _first_line(str(exc))
+    if isinstance(exc, MlflowException):
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return NotFound(f"{what}: not found")
+        if "failed with exception" in message or "Max retries exceeded" in message:
+            return Unreachable(f"{what}: MLflow is unreachable ({message})")
+        return RegistryError(f"{what}: {message}")
+    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in {
+        "ConnectionError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "MaxRetryError",
+    }:
+        return Unreachable(f"{what}: MLflow is unreachable ({message})")
+    return RegistryError(f"{what}: {type(exc).__name__}: {message}")
