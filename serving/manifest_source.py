@@ -1,0 +1,153 @@
+"""Where the gateway's manifests come from: a file or registry aliases, polled for hot reload.
+
+A source answers :meth:`ManifestSource.load` with a :class:`ServedManifests` snapshot. The
+:func:`watch` loop polls it and hands every *changed* snapshot to a callback, which swaps it in
+atomically; a snapshot that fails to load leaves the current one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from registry.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+class ManifestLoadError(Exception):
+    """The manifest could not be read or is not valid; the message says why, in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedManifests:
+    """What is served: the default manifest and, from a registry, one manifest per alias."""
+
+    default: Manifest
+    labels: Mapping[str, Manifest] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.default.name
+
+
+def served_version(manifest: Manifest) -> int:
+    """The version a manifest answers as: its registry version, 1 before registration."""
+    return manifest.version if manifest.version is not None else 1
+
+
+class ManifestSource(Protocol):
+    def describe(self) -> str:
+        """A short human description, for logs and errors."""
+        ...
+
+    async def load(self) -> ServedManifests:
+        """Read the current manifests; raises ManifestLoadError."""
+        ...
+
+
+def _short(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "manifest"
+    return f"{where}: {first['msg']}"
+
+
+class FileManifestSource:
+    """An ``ensemble.json`` on disk. It is only re-parsed when its size or mtime changed."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._last: ServedManifests | None = None
+
+    def describe(self) -> str:
+        return f"manifest file {self._path}"
+
+    async def load(self) -> ServedManifests:
+        try:
+            stat = self._path.stat()
+        except OSError as exc:
+            raise ManifestLoadError(f"cannot read {self._path}: {exc.strerror}") from None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._last is not None and stamp == self._stamp:
+            return self._last
+        try:
+            manifest = Manifest.load(self._path)
+        except ValidationError as exc:
+            raise ManifestLoadError(f"{self._path} is not a valid manifest: {_short(exc)}") from None
+        except OSError as exc:
+            raise ManifestLoadError(f"cannot read {self._path}: {exc.strerror}") from None
+        self._stamp, self._last = stamp, ServedManifests(default=manifest)
+        return self._last
+
+
+ResolveFn = Callable[[str, str, str], Manifest]
+
+
+def _registry_resolver() -> ResolveFn:
+    # The registry (and mlflow) is imported only when a registry source is actually used.
+    from registry.resolve import resolve_manifest
+
+    return resolve_manifest
+
+
+class RegistryManifestSource:
+    """Registry aliases of one ensemble; the first alias is the default."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        ensemble: str,
+        aliases: list[str],
+        resolve: ResolveFn | None = None,
+    ) -> None:
+        if not aliases:
+            raise ValueError("at least one alias is needed")
+        self._tracking_uri = tracking_uri
+        self._ensemble = ensemble
+        self._aliases = list(aliases)
+        self._resolve = resolve
+
+    def describe(self) -> str:
+        return f"registry {self._tracking_uri} ensemble {self._ensemble} aliases {','.join(self._aliases)}"
+
+    def _load_blocking(self) -> ServedManifests:
+        resolve = self._resolve or _registry_resolver()
+        labels: dict[str, Manifest] = {}
+        for alias in self._aliases:
+            try:
+                labels[alias] = resolve(self._tracking_uri, self._ensemble, alias)
+            except Exception as exc:  # the registry's errors are many; each becomes one line
+                reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                raise ManifestLoadError(f"cannot resolve {self._ensemble}@{alias}: {reason}") from None
+        return ServedManifests(default=labels[self._aliases[0]], labels=labels)
+
+    async def load(self) -> ServedManifests:
+        # mlflow's client blocks; keep it off the event loop that serves requests.
+        return await asyncio.to_thread(self._load_blocking)
+
+
+async def watch(
+    source: ManifestSource,
+    current: ServedManifests,
+    interval_s: float,
+    on_change: Callable[[ServedManifests], Awaitable[None]],
+    on_error: Callable[[ManifestLoadError], None],
+) -> None:
+    """Poll ``source`` forever; call ``on_change`` with each snapshot that differs from the last."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            snapshot = await source.load()
+        except ManifestLoadError as exc:
+            on_error(exc)
+            continue
+        if snapshot != current:
+            await on_change(snapshot)
+            current = snapshot
