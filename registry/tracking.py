@@ -1,0 +1,249 @@
+"""Logging a training output directory to MLflow, and registering it when asked.
+
+One parent run for the ensemble, one nested run per member, everything read from the directory
+that training wrote (see :mod:`registry.outdir`). Registration (see :mod:`registry.registration`)
+turns the member SavedModels and the manifest into registered model versions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from registry.aliases import check_alias
+from registry.client import connect, ensure_experiment, translated
+from registry.defaults import is_local_store
+from registry.defaults import tracking_uri as default_tracking_uri
+from registry.errors import InvalidArgument
+from registry.outdir import MemberOutput, TrainingOutput, flatten, numeric_items, read_training_output
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+SAVED_MODEL_ARTIFACT = "saved_model"
+ENSEMBLE_KIND_TAG = "ensemble.kind"
+
+_PARAM_VALUE_LIMIT = 6000
+_BATCH = 100
+
+
+@dataclass(slots=True)
+class LoggedTraining:
+    """What :func:`record_training` logged and registered."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    member_run_ids: list[str]
+    member_versions: dict[str, int] = field(default_factory=dict)
+    ensemble_version: int | None = None
+    alias: str | None = None
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, value[:_PARAM_VALUE_LIMIT]) for key, value in params.items()]
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[start : start + _BATCH])
+
+
+def _log_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(key, value) for key, value in tags.items()]
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, tags=items[start : start + _BATCH])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, series: Sequence[tuple[int, dict[str, float]]]) -> None:
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    items = [
+        Metric(_metric_key(key), value, now_ms, step)
+        for step, values in series
+        for key, value in values.items()
+    ]
+    for start in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[start : start + 1000])
+
+
+def _metric_key(name: str) -> str:
+    """MLflow accepts letters, digits, '_', '-', '.', ' ', '/' and ':' in metric names."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)
+
+
+def _log_if_exists(client: MlflowClient, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path or path.name)
+    elif path.is_file():
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def _log_dataset_input(client: MlflowClient, run_id: str, dataset: dict[str, Any]) -> None:
+    """The dataset as an MLflow dataset input: name, source and fingerprint, no rows."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    fingerprint = str(dataset.get("fingerprint", ""))
+    if not fingerprint:
+        return
+    source = str(dataset.get("source", "unknown"))
+    entity = Dataset(
+        name=source,
+        digest=fingerprint[:36],
+        source_type="external",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps({key: dataset[key] for key in ("rows", "targets", "tasks") if key in dataset}),
+    )
+    client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
+
+
+def _dataset_tags(dataset: dict[str, Any]) -> dict[str, str]:
+    return {
+        "dataset.source": str(dataset.get("source", "")),
+        "dataset.fingerprint": str(dataset.get("fingerprint", "")),
+        "dataset.test_fingerprint": str(dataset.get("test_fingerprint", "")),
+    }
+
+
+def _log_member(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, output: TrainingOutput, member: MemberOutput
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=member.model_name,
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "ensemble.name": output.manifest.name,
+            "ensemble.member": member.model_name,
+            **_dataset_tags(output.dataset),
+        },
+    )
+    run_id = str(run.info.run_id)
+    params = flatten(member.hyperparameters)
+    params.update(
+        {
+            "member.index": str(member.index),
+            "member.seed": str(member.info.get("seed", "")),
+            "member.epochs_trained": str(member.info.get("epochs_trained", "")),
+            "dataset.fingerprint": str(output.dataset.get("fingerprint", "")),
+        }
+    )
+    _log_params(client, run_id, params)
+    final = member.metrics
+    if "train_seconds" in member.info:
+        final["train_seconds"] = float(member.info["train_seconds"])
+    _log_metrics(client, run_id, [*member.history(), (0, final)])
+    client.log_artifacts(run_id, str(member.saved_model), SAVED_MODEL_ARTIFACT)
+    for name in ("member.json", "history.csv", "checkpoint.keras", "predictions.npz", "tensorboard"):
+        _log_if_exists(client, run_id, member.folder / name, "tensorboard" if name == "tensorboard" else None)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def record_training(
+    out_dir: Path, tracking_uri: str | None, *, register: bool, alias: str | None
+) -> LoggedTraining:
+    """Log ``out_dir`` (parent and member runs) and optionally register it; return what was created."""
+    from registry.registration import register_training
+
+    if alias and not register:
+        raise InvalidArgument("an alias needs registration (--register)")
+    if alias:
+        check_alias(alias)
+    output = read_training_output(out_dir)
+    uri = default_tracking_uri(tracking_uri)
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, output.manifest.name)
+    with translated(f"logging {out_dir}"):
+        parent = client.create_run(
+            experiment_id,
+            run_name=output.manifest.name,
+            tags={
+                "ensemble.name": output.manifest.name,
+                ENSEMBLE_KIND_TAG: "ensemble",
+                **_dataset_tags(output.dataset),
+            },
+        )
+        parent_id = str(parent.info.run_id)
+        try:
+            member_ids = [
+                _log_member(client, experiment_id, parent_id, output, member) for member in output.members
+            ]
+            _log_parent(client, parent_id, output)
+            logged = LoggedTraining(uri, experiment_id, parent_id, member_ids)
+            if register:
+                register_training(client, output, logged, alias=alias)
+        except BaseException:
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        client.set_terminated(parent_id, "FINISHED")
+    return logged
+
+
+def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> None:
+    manifest = output.manifest
+    params = {
+        "ensemble.members": str(len(manifest.members)),
+        "ensemble.combiner": manifest.combiner.method,
+        "dataset.source": str(output.dataset.get("source", "")),
+        "dataset.fingerprint": str(output.dataset.get("fingerprint", "")),
+        "dataset.test_fingerprint": str(output.dataset.get("test_fingerprint", "")),
+    }
+    params.update({f"weight.{member.name}": f"{member.weight:.6f}" for member in manifest.members})
+    if output.config_file.is_file():
+        import yaml
+
+        config = yaml.safe_load(output.config_file.read_text()) or {}
+        if isinstance(config, dict):
+            params.update({f"config.{key}": value for key, value in flatten(config).items()})
+    _log_params(client, run_id, params)
+    metrics = dict(manifest.metrics)
+    metrics.update(_report_metrics(output.report))
+    _log_metrics(client, run_id, [(0, metrics)])
+    _log_dataset_input(client, run_id, output.dataset)
+    for path in (output.config_file, output.root / "dataset.json", output.root / "report.json"):
+        _log_if_exists(client, run_id, path)
+    _log_if_exists(client, run_id, output.plots, "plots")
+    # The training-time manifest; the registered one (member versions rewritten) goes to manifest/.
+    _log_if_exists(client, run_id, output.root / "ensemble.json", "training")
+
+
+def _report_metrics(report: dict[str, Any], prefix: str = "report.") -> dict[str, float]:
+    """Numeric leaves of report.json as ``report.<path>`` metrics (member vs ensemble comparison)."""
+    out: dict[str, float] = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            out.update(_report_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            continue
+        else:
+            out.update({f"{prefix}{k}": v for k, v in numeric_items({key: value}).items()})
+    return out
+
+
+def ui_hint(uri: str) -> str:
+    """How to open the MLflow UI for ``uri``."""
+    if is_local_store(uri):
+        return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+    return uri
+
+
+def log_training(out_dir: Path, tracking_uri: str | None, *, register: bool, alias: str | None) -> None:
+    """Log a training output directory to MLflow (and register it), then print a short summary."""
+    logged = record_training(out_dir, tracking_uri, register=register, alias=alias)
+    typer.echo(f"MLflow: parent run {logged.parent_run_id} ({len(logged.member_run_ids)} member runs)")
+    if logged.ensemble_version is not None:
+        members = ", ".join(f"{name} v{version}" for name, version in logged.member_versions.items())
+        typer.echo(f"registered ensemble version {logged.ensemble_version} (members: {members})")
+        if logged.alias:
+            typer.echo(f"alias {logged.alias} -> version {logged.ensemble_version}")
+    typer.echo(f"MLflow UI: {ui_hint(logged.tracking_uri)}")
