@@ -1,0 +1,125 @@
+"""Micro-batching: concurrent requests coalesced into one fan-out, answers split back per request.
+
+Requests with the same key (same manifest, outputs and input shapes) that arrive within
+``max_delay_s`` of the first are concatenated along the batch dimension, up to ``max_batch_size``
+rows, and answered by one call per member; each request gets its own rows back. A request that is
+already ``max_batch_size`` rows or more goes out alone, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+
+
+class HasOutputs(Protocol):
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=HasOutputs)
+RunBatch = Callable[[dict[str, np.ndarray], float], Awaitable[AnswerT]]
+"""Answers the concatenated inputs before the given loop-time deadline."""
+
+
+@dataclass(slots=True)
+class _Waiting(Generic[AnswerT]):
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    deadline: float
+    future: asyncio.Future[tuple[dict[str, np.ndarray], AnswerT]]
+
+
+@dataclass(slots=True)
+class _Batch(Generic[AnswerT]):
+    run: RunBatch[AnswerT]
+    waiting: list[_Waiting[AnswerT]] = field(default_factory=list)
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class MicroBatcher(Generic[AnswerT]):
+    """Coalesces concurrent submissions with the same key; one event loop, no locks."""
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_delay_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._max_rows = max_batch_size
+        self._max_delay_s = max_delay_s
+        self._on_batch = on_batch
+        self._open: dict[Hashable, _Batch[AnswerT]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self,
+        key: Hashable,
+        inputs: Mapping[str, np.ndarray],
+        run: RunBatch[AnswerT],
+        deadline: float,
+    ) -> tuple[dict[str, np.ndarray], AnswerT]:
+        """This request's rows of the batch answer, and the batch answer itself."""
+        rows = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        if rows >= self._max_rows or rows == 0:
+            answer = await run(dict(inputs), deadline)
+            return answer.outputs, answer
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(key)
+        if batch is not None and batch.rows + rows > self._max_rows:
+            self._flush(key, batch)
+            batch = None
+        if batch is None:
+            batch = _Batch(run=run)
+            self._open[key] = batch
+            batch.timer = loop.call_later(self._max_delay_s, self._flush, key, batch)
+        future: asyncio.Future[tuple[dict[str, np.ndarray], AnswerT]] = loop.create_future()
+        batch.waiting.append(_Waiting(inputs, rows, deadline, future))
+        batch.rows += rows
+        if batch.rows >= self._max_rows:
+            self._flush(key, batch)
+        return await future
+
+    def _flush(self, key: Hashable, batch: _Batch[AnswerT]) -> None:
+        if self._open.get(key) is batch:
+            del self._open[key]
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: _Batch[AnswerT]) -> None:
+        # Requests whose callers went away (cancelled) are left out of the backend call.
+        waiting = [w for w in batch.waiting if not w.future.done()]
+        if not waiting:
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(waiting))
+        names = list(waiting[0].inputs)
+        inputs = {name: np.concatenate([w.inputs[name] for w in waiting]) for name in names}
+        # The batch waits as long as its most patient request; each request still enforces its own.
+        deadline = max(w.deadline for w in waiting)
+        try:
+            answer = await batch.run(inputs, deadline)
+        except Exception as exc:
+            for w in waiting:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for w in waiting:
+                w.future.cancel()
+            raise
+        start = 0
+        for w in waiting:
+            stop = start + w.rows
+            if not w.future.done():
+                w.future.set_result(({k: v[start:stop] for k, v in answer.outputs.items()}, answer))
+            start = stop

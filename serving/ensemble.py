@@ -1,0 +1,512 @@
+"""The gateway's core: one ensemble answer from many member answers, behind TF Serving's API.
+
+:class:`EnsembleCore` implements :class:`serving.core.ServingCore`. A predict request is checked
+against the manifest's input spec, sent to every member concurrently with a per-member deadline
+inside the overall one, and combined with the manifest's combiner over the members that answered
+(weights renormalised) as long as the quorum holds. Stragglers are cancelled once the answer is
+decided. Below quorum the answer is UNAVAILABLE naming each failing member and why; an overall
+deadline that passes first is DEADLINE_EXCEEDED. Backend trouble never becomes an internal error.
+
+Opt-in extensions, invisible to plain TF Serving clients:
+
+* request header ``x-ensemble-detail: spread`` adds ``<output>:spread`` (weighted standard
+  deviation across members); ``x-ensemble-detail: members`` adds that and ``<output>:<member>``
+  for each member that answered;
+* every answer carries ``x-ensemble-manifest-version`` and ``x-ensemble-members`` (``4/5``) as
+  response headers (gRPC: trailing metadata).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from registry.manifest import Manifest, MemberRef, TensorSpec
+from serving import combine
+from serving.batching import MicroBatcher
+from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from serving.manifest_source import ServedManifests, served_version
+from serving.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+DETAIL_HEADER = "x-ensemble-detail"
+VERSION_HEADER = "x-ensemble-manifest-version"
+MEMBERS_HEADER = "x-ensemble-members"
+SPREAD_SUFFIX = ":spread"
+
+_DTYPES: dict[str, np.dtype[np.generic]] = {
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "int32": np.dtype(np.int32),
+    "int64": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),
+    "string": np.dtype(np.object_),
+}
+
+
+class MemberError(Exception):
+    """A member gave no usable answer. ``reason`` is a short metric label, ``detail`` one line."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MemberCaller(Protocol):
+    """How the core reaches members (``serving.backends.BackendPool`` over gRPC; fakes in tests)."""
+
+    async def predict(
+        self,
+        member: MemberRef,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        timeout_s: float,
+    ) -> dict[str, np.ndarray]:
+        """The member's outputs; raises MemberError."""
+        ...
+
+    async def metadata(self, member: MemberRef, timeout_s: float) -> ModelMetadata:
+        """The member's GetModelMetadata answer; raises MemberError."""
+        ...
+
+    async def available(self, member: MemberRef, timeout_s: float) -> bool:
+        """Whether GetModelStatus reports the member's version AVAILABLE."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutPolicy:
+    """The deadlines of a fan-out (from the gateway settings)."""
+
+    member_deadline_s: float = 2.0
+    request_deadline_s: float = 5.0
+
+
+@dataclass(slots=True)
+class EnsembleAnswer:
+    """A combined answer (for a request or a micro-batch) and how it came about."""
+
+    outputs: dict[str, np.ndarray]
+    answered: int
+    total: int
+    disagreement: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Detail:
+    spread: bool = False
+    members: bool = False
+
+
+def _detail(headers: Mapping[str, str] | None) -> _Detail:
+    if not headers:
+        return _Detail()
+    value = headers.get(DETAIL_HEADER, "")
+    words = {word.strip().lower() for word in value.split(",") if word.strip()}
+    members = "members" in words
+    return _Detail(spread=members or "spread" in words, members=members)
+
+
+def wire_dtype(spec: TensorSpec) -> np.dtype[np.generic]:
+    """The numpy dtype a manifest tensor travels as (strings as Python bytes objects)."""
+    return _DTYPES[spec.dtype]
+
+
+def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int:
+    """Check names, dtypes and shapes against the manifest before any fan-out; return the batch size."""
+    expected = {spec.name: spec for spec in manifest.inputs}
+    missing = sorted(set(expected) - set(inputs))
+    unknown = sorted(set(inputs) - set(expected))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(unknown)}")
+        raise InvalidArgument(f"{'; '.join(parts)}; expected {', '.join(expected)}")
+    batch: int | None = None
+    for name, spec in expected.items():
+        array = inputs[name]
+        want = wire_dtype(spec)
+        if array.dtype != want and not (want == np.dtype(np.object_) and array.dtype.kind in {"S", "U", "O"}):
+            raise InvalidArgument(f"input {name!r} must be {spec.dtype}, got {array.dtype.name}")
+        if array.ndim != len(spec.shape):
+            raise InvalidArgument(
+                f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
+            )
+        for got, dim in zip(array.shape[1:], spec.shape[1:], strict=True):
+            if dim != -1 and got != dim:
+                raise InvalidArgument(
+                    f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
+                )
+        if batch is None:
+            batch = int(array.shape[0])
+        elif array.shape[0] != batch:
+            raise InvalidArgument(
+                f"all inputs must share the batch dimension: input {name!r} has {array.shape[0]} rows, "
+                f"others {batch}"
+            )
+    return batch or 0
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return (
+        "["
+        + ", ".join("batch" if i == 0 else ("any" if d == -1 else str(d)) for i, d in enumerate(shape))
+        + "]"
+    )
+
+
+def _as_wire(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strings in any numpy flavour become the object dtype the backend client sends."""
+    out: dict[str, np.ndarray] = {}
+    for spec in manifest.inputs:
+        array = inputs[spec.name]
+        out[spec.name] = (
+            array.astype(np.object_) if spec.dtype == "string" and array.dtype.kind != "O" else array
+        )
+    return out
+
+
+class EnsembleCore:
+    """TF Serving's API for the ensemble; the manifests in use swap atomically on reload."""
+
+    def __init__(
+        self,
+        served: ServedManifests,
+        caller: MemberCaller,
+        *,
+        policy: FanOutPolicy | None = None,
+        metrics: GatewayMetrics | None = None,
+        batching: tuple[int, float] | None = None,
+    ) -> None:
+        """``batching`` is ``(max_batch_size, max_delay_s)`` to coalesce concurrent requests."""
+        self._served = served
+        self._caller = caller
+        self._policy = policy or FanOutPolicy()
+        self._metrics = metrics or GatewayMetrics()
+        self._batcher: MicroBatcher[EnsembleAnswer] | None = None
+        if batching is not None:
+            self._batcher = MicroBatcher(
+                max_batch_size=batching[0],
+                max_delay_s=batching[1],
+                on_batch=self._metrics.batch_size.observe,
+            )
+        self._publish(served)
+
+    # --- manifests -----------------------------------------------------------------------------
+    @property
+    def served(self) -> ServedManifests:
+        return self._served
+
+    def swap(self, served: ServedManifests) -> None:
+        """Serve ``served`` from now on; requests already running finish on the old manifests."""
+        if served.name != self._served.name:
+            log.warning("ensemble name changed from %s to %s", self._served.name, served.name)
+        self._served = served
+        self._publish(served)
+
+    def _publish(self, served: ServedManifests) -> None:
+        gauge = self._metrics.manifest_info
+        gauge.clear()
+        gauge.labels(served.name, str(served_version(served.default)), "").set(1)
+        for label, manifest in served.labels.items():
+            gauge.labels(manifest.name, str(served_version(manifest)), label).set(1)
+
+    def _resolve(self, ref: ModelRef, served: ServedManifests | None = None) -> Manifest:
+        served = served or self._served
+        if ref.name != served.name:
+            raise NotFound(f"Servable not found for request: Latest({ref.name})")
+        if ref.label:
+            manifest = served.labels.get(ref.label)
+            if manifest is None:
+                known = ", ".join(sorted(served.labels)) or "none"
+                raise NotFound(f"Unrecognized servable version label: {ref.label} (labels served: {known})")
+            return manifest
+        if ref.version is not None:
+            for manifest in self._all(served):
+                if served_version(manifest) == ref.version:
+                    return manifest
+            raise NotFound(f"Servable not found for request: Specific({ref.name}, {ref.version})")
+        return served.default
+
+    @staticmethod
+    def _all(served: ServedManifests) -> list[Manifest]:
+        seen: dict[int, Manifest] = {served_version(served.default): served.default}
+        for manifest in served.labels.values():
+            seen.setdefault(served_version(manifest), manifest)
+        return list(seen.values())
+
+    def _check_signature(self, manifest: Manifest, ref: ModelRef) -> None:
+        if ref.signature_name and ref.signature_name != manifest.signature_name:
+            raise InvalidArgument(
+                f'Serving signature name: "{ref.signature_name}" not found in signature def'
+            )
+
+    # --- ServingCore ---------------------------------------------------------------------------
+    def input_signature(self, ref: ModelRef) -> Mapping[str, TensorInfo]:
+        manifest = self._resolve(ref)
+        return {
+            spec.name: TensorInfo(dtype=wire_dtype(spec), shape=tuple(spec.shape)) for spec in manifest.inputs
+        }
+
+    async def predict(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        output_filter: Sequence[str] = (),
+        timeout_s: float | None = None,
+        request_headers: Mapping[str, str] | None = None,
+    ) -> PredictResult:
+        manifest = self._resolve(ref)
+        self._check_signature(manifest, ref)
+        validate_inputs(manifest, inputs)
+        wanted = tuple(output_filter)
+        known_outputs = {spec.name for spec in manifest.outputs}
+        for name in wanted:
+            if name not in known_outputs:
+                raise InvalidArgument(f"output_filter names unknown output {name!r}")
+        detail = _detail(request_headers)
+        budget = self._policy.request_deadline_s
+        if timeout_s is not None:
+            budget = min(budget, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        wire = _as_wire(manifest, inputs)
+
+        if self._batcher is not None:
+            key = (
+                id(manifest),
+                wanted,
+                detail,
+                tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(wire.items())),
+            )
+            try:
+                outputs, answer = await asyncio.wait_for(
+                    self._batcher.submit(
+                        key,
+                        wire,
+                        lambda batch, batch_deadline: self._answer(
+                            manifest, batch, wanted, detail, batch_deadline
+                        ),
+                        deadline,
+                    ),
+                    timeout=max(budget, 0.0),
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"ensemble {manifest.name}: no answer within the deadline of {budget:.3f}s"
+                ) from None
+        else:
+            answer = await self._answer(manifest, wire, wanted, detail, deadline)
+            outputs = answer.outputs
+
+        self._metrics.members_answered.observe(answer.answered)
+        if answer.answered < answer.total:
+            self._metrics.degraded.inc()
+        if answer.disagreement is not None:
+            self._metrics.disagreement.observe(answer.disagreement)
+        return PredictResult(
+            outputs=outputs,
+            name=manifest.name,
+            version=served_version(manifest),
+            signature_name=manifest.signature_name,
+            headers={
+                VERSION_HEADER: str(served_version(manifest)),
+                MEMBERS_HEADER: f"{answer.answered}/{answer.total}",
+            },
+        )
+
+    async def metadata(self, ref: ModelRef) -> ModelMetadata:
+        manifest = self._resolve(ref)
+        reasons: list[str] = []
+        for member in manifest.members:
+            try:
+                member_meta = await self._caller.metadata(member, self._policy.member_deadline_s)
+            except MemberError as exc:
+                reasons.append(f"{member.name}: {exc.detail}")
+                continue
+            return ModelMetadata(
+                name=manifest.name,
+                version=served_version(manifest),
+                signature_def=member_meta.signature_def,
+            )
+        raise Unavailable(
+            f"ensemble {manifest.name}: no member answered GetModelMetadata ({'; '.join(reasons)})"
+        )
+
+    async def status(self, ref: ModelRef) -> list[VersionStatus]:
+        served = self._served
+        if ref.version is None and ref.label is None:
+            if ref.name != served.name:
+                raise NotFound(f"Could not find any versions of model {ref.name}")
+            manifests = self._all(served)
+        else:
+            manifests = [self._resolve(ref, served)]
+        return [
+            VersionStatus(version=served_version(m), state="AVAILABLE")
+            for m in sorted(manifests, key=served_version, reverse=True)
+        ]
+
+    # --- readiness -----------------------------------------------------------------------------
+    async def ready(self, timeout_s: float = 1.0) -> tuple[bool, str]:
+        """Whether the quorum of every served manifest's members reports AVAILABLE, and why not."""
+        problems: list[str] = []
+        for manifest in self._all(self._served):
+            flags = await asyncio.gather(*(self._caller.available(m, timeout_s) for m in manifest.members))
+            holds = combine.quorum_holds(
+                manifest.weights,
+                flags,
+                min_members=manifest.combiner.min_members,
+                min_weight=manifest.combiner.min_weight,
+            )
+            if not holds:
+                down = [m.name for m, ok in zip(manifest.members, flags, strict=True) if not ok]
+                problems.append(
+                    f"{manifest.name} v{served_version(manifest)}: quorum not available "
+                    f"({sum(flags)}/{len(flags)} members AVAILABLE; down: {', '.join(down)})"
+                )
+        return (not problems, "; ".join(problems) or "ready")
+
+    # --- fan-out and combine -------------------------------------------------------------------
+    async def _call(
+        self,
+        member: MemberRef,
+        manifest: Manifest,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        timeout_s: float,
+    ) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        version = str(member.version)
+        try:
+            outputs = await self._caller.predict(
+                member, manifest.signature_name, inputs, output_filter, timeout_s
+            )
+        except MemberError as exc:
+            self._metrics.member_failures.labels(member.name, version, exc.reason).inc()
+            raise
+        finally:
+            self._metrics.member_latency.labels(member.name, version).observe(time.perf_counter() - started)
+        return outputs
+
+    async def _answer(
+        self,
+        manifest: Manifest,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        detail: _Detail,
+        deadline: float,
+    ) -> EnsembleAnswer:
+        loop = asyncio.get_running_loop()
+        members = manifest.members
+        weights = combine.method_weights(manifest.combiner.method, manifest.weights)
+        quorum = manifest.combiner
+        expected = list(output_filter) or [spec.name for spec in manifest.outputs]
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        member_timeout = min(self._policy.member_deadline_s, max(deadline - loop.time(), 0.0))
+
+        tasks: dict[asyncio.Task[dict[str, np.ndarray]], int] = {
+            asyncio.create_task(self._call(m, manifest, inputs, output_filter, member_timeout)): i
+            for i, m in enumerate(members)
+        }
+        results: list[dict[str, np.ndarray] | None] = [None] * len(members)
+        failures: dict[int, str] = {}
+        pending = set(tasks)
+        cut_by_deadline = False
+        try:
+            while pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    cut_by_deadline = True
+                    break
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    index = tasks[task]
+                    try:
+                        results[index] = _checked(task.result(), expected, rows)
+                    except MemberError as exc:
+                        failures[index] = f"{exc.reason} ({exc.detail})"
+                    except Exception as exc:  # a member bug must not turn into a 500
+                        failures[index] = f"error ({type(exc).__name__}: {exc})"
+                        log.exception("unexpected error calling member %s", members[index].name)
+                # Decided early when even every pending member answering could not make the quorum.
+                could = [results[i] is not None or t in pending for t, i in tasks.items()]
+                if not combine.quorum_holds(
+                    weights, could, min_members=quorum.min_members, min_weight=quorum.min_weight
+                ):
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+        for task in pending:
+            index = tasks[task]
+            failures.setdefault(index, "deadline (cut off by the request deadline)")
+            self._metrics.member_failures.labels(
+                members[index].name, str(members[index].version), "cut_off"
+            ).inc()
+
+        answered = [r is not None for r in results]
+        if not combine.quorum_holds(
+            weights, answered, min_members=quorum.min_members, min_weight=quorum.min_weight
+        ):
+            why = "; ".join(f"{members[i].name}: {failures[i]}" for i in sorted(failures))
+            summary = (
+                f"ensemble {manifest.name} v{served_version(manifest)}: "
+                f"{sum(answered)}/{len(members)} members answered, quorum needs "
+                f"{quorum.min_members} member(s) and weight {quorum.min_weight:g}"
+            )
+            if cut_by_deadline:
+                raise DeadlineExceeded(f"{summary}; deadline passed; {why}")
+            raise Unavailable(f"{summary}; {why}")
+
+        used = [r for r in results if r is not None]
+        used_weights = combine.renormalized(weights, answered)[np.asarray(answered)]
+        try:
+            outputs: dict[str, np.ndarray] = combine.combine_outputs(
+                [{name: r[name] for name in expected} for r in used], used_weights
+            )
+        except ValueError as exc:  # members that disagree on output shapes are a backend problem
+            raise Unavailable(f"ensemble {manifest.name}: member answers cannot be combined: {exc}") from None
+        disagreement: float | None = None
+        first = expected[0]
+        if len(used) > 1:
+            spread_first = combine.weighted_spread(np.stack([r[first] for r in used]), used_weights)
+            disagreement = float(np.mean(spread_first)) if spread_first.size else 0.0
+        if detail.spread:
+            for name in expected:
+                outputs[name + SPREAD_SUFFIX] = combine.weighted_spread(
+                    np.stack([r[name] for r in used]), used_weights
+                )
+        if detail.members:
+            for member, result in zip(members, results, strict=True):
+                if result is not None:
+                    for name in expected:
+                        outputs[f"{name}:{member.name}"] = result[name]
+        return EnsembleAnswer(
+            outputs=outputs, answered=len(used), total=len(members), disagreement=disagreement
+        )
+
+
+def _checked(outputs: dict[str, np.ndarray], expected: Sequence[str], rows: int) -> dict[str, np.ndarray]:
+    """A member answer that lacks an output or has the wrong rows counts as that member failing."""
+    for name in expected:
+        array = outputs.get(name)
+        if array is None:
+            raise MemberError("bad_answer", f"no output {name!r} in the answer")
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise MemberError("bad_answer", f"output {name!r} has shape {list(array.shape)} for {rows} rows")
+    return outputs

@@ -1,0 +1,285 @@
+"""The ensemble core in-process: validation, fan-out, quorum, deadlines, extensions, batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+
+from registry.manifest import MemberRef
+from serving import combine
+from serving.core import ModelMetadata, ModelRef
+from serving.ensemble import (
+    DETAIL_HEADER,
+    MEMBERS_HEADER,
+    VERSION_HEADER,
+    EnsembleCore,
+    FanOutPolicy,
+    MemberError,
+)
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from serving.manifest_source import ServedManifests
+from serving.metrics import GatewayMetrics
+from tests.serving.gateway.helpers import make_manifest, member_answer
+
+
+class FakeCaller:
+    """Members answered in-process, with per-member delay or failure."""
+
+    def __init__(self) -> None:
+        self.delay_s: dict[str, float] = {}
+        self.fail: dict[str, str] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.cancelled: list[str] = []
+
+    async def predict(
+        self,
+        member: MemberRef,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str],
+        timeout_s: float,
+    ) -> dict[str, np.ndarray]:
+        self.calls.append((member.name, int(inputs["x"].shape[0])))
+        delay = self.delay_s.get(member.name, 0.0)
+        try:
+            if delay > timeout_s:
+                await asyncio.sleep(timeout_s)
+                raise MemberError("deadline", "fake backend too slow")
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.cancelled.append(member.name)
+            raise
+        if member.name in self.fail:
+            raise MemberError("unavailable", self.fail[member.name])
+        return {"probabilities": member_answer(member.name, inputs["x"])}
+
+    async def metadata(self, member: MemberRef, timeout_s: float) -> ModelMetadata:
+        raise MemberError("unimplemented", "fake")
+
+    async def available(self, member: MemberRef, timeout_s: float) -> bool:
+        return member.name not in self.fail
+
+
+def offline(manifest, x: np.ndarray, members: Sequence[int] | None = None) -> np.ndarray:
+    chosen = list(range(len(manifest.members))) if members is None else list(members)
+    answers = [{"probabilities": member_answer(manifest.members[i].name, x)} for i in chosen]
+    weights = combine.method_weights(manifest.combiner.method, manifest.weights)
+    answered = [i in chosen for i in range(len(manifest.members))]
+    used = combine.renormalized(weights, answered)[np.asarray(answered)]
+    return combine.combine_outputs(answers, used)["probabilities"]
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+
+
+def make_core(manifest=None, caller=None, **kwargs) -> tuple[EnsembleCore, FakeCaller, GatewayMetrics]:
+    manifest = manifest or make_manifest()
+    caller = caller or FakeCaller()
+    metrics = GatewayMetrics()
+    policy = kwargs.pop("policy", FanOutPolicy(member_deadline_s=1.0, request_deadline_s=2.0))
+    core = EnsembleCore(ServedManifests(default=manifest), caller, policy=policy, metrics=metrics, **kwargs)
+    return core, caller, metrics
+
+
+def test_answer_equals_offline_weighted_mean() -> None:
+    core, caller, _ = make_core()
+    x = rows(5)
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": x}))
+    np.testing.assert_allclose(result.outputs["probabilities"], offline(core.served.default, x), atol=1e-6)
+    assert result.outputs["probabilities"].dtype == np.float32
+    assert result.headers == {VERSION_HEADER: "1", MEMBERS_HEADER: "3/3"}
+    assert sorted(name for name, _ in caller.calls) == ["toy-m0", "toy-m1", "toy-m2"]
+
+
+def test_failed_member_is_left_out_and_weights_renormalised() -> None:
+    core, caller, metrics = make_core()
+    caller.fail["toy-m1"] = "connection refused"
+    x = rows(3)
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": x}))
+    np.testing.assert_allclose(
+        result.outputs["probabilities"], offline(core.served.default, x, members=[0, 2]), atol=1e-6
+    )
+    assert result.headers[MEMBERS_HEADER] == "2/3"
+    assert metrics.registry.get_sample_value("ensemble_degraded_responses_total") == 1.0
+    assert (
+        metrics.registry.get_sample_value(
+            "ensemble_member_failures_total", {"member": "toy-m1", "version": "1", "reason": "unavailable"}
+        )
+        == 1.0
+    )
+
+
+def test_below_quorum_is_unavailable_naming_members_and_reasons() -> None:
+    core, caller, _ = make_core()
+    caller.fail["toy-m0"] = "connection refused"
+    caller.fail["toy-m2"] = "socket closed"
+    with pytest.raises(Unavailable) as info:
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    message = str(info.value)
+    assert "1/3 members answered" in message
+    assert "toy-m0: unavailable (connection refused)" in message
+    assert "toy-m2: unavailable (socket closed)" in message
+
+
+def test_min_weight_quorum() -> None:
+    core, caller, _ = make_core(make_manifest(min_members=1, min_weight=0.6))
+    caller.fail["toy-m0"] = "down"  # the 0.5 member: 0.5 of the weight is left
+    with pytest.raises(Unavailable):
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    caller.fail = {"toy-m2": "down"}  # 0.8 left
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    assert result.headers[MEMBERS_HEADER] == "2/3"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "missing input(s) x"),
+        ({"x": rows(2), "z": rows(2)}, "unknown input(s) z"),
+        ({"x": rows(2).astype(np.float64)}, "must be float32, got float64"),
+        ({"x": np.zeros((2, 5), np.float32)}, "must have shape [batch, 4], got [2, 5]"),
+        ({"x": np.zeros((2,), np.float32)}, "must have shape [batch, 4], got [2]"),
+    ],
+)
+def test_bad_inputs_are_rejected_before_fan_out(inputs, message) -> None:
+    core, caller, _ = make_core()
+    with pytest.raises(InvalidArgument) as info:
+        asyncio.run(core.predict(ModelRef("toy"), inputs))
+    assert message in str(info.value)
+    assert caller.calls == []
+
+
+def test_unknown_output_filter_and_signature_are_invalid() -> None:
+    core, _, _ = make_core()
+    with pytest.raises(InvalidArgument, match="unknown output 'nope'"):
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}, output_filter=["nope"]))
+    with pytest.raises(InvalidArgument, match="other"):
+        asyncio.run(core.predict(ModelRef("toy", signature_name="other"), {"x": rows(1)}))
+
+
+@pytest.mark.parametrize(
+    "ref", [ModelRef("other"), ModelRef("toy", version=7), ModelRef("toy", label="champion")]
+)
+def test_unknown_model_version_or_label_is_not_found(ref: ModelRef) -> None:
+    core, _, _ = make_core()
+    with pytest.raises(NotFound):
+        asyncio.run(core.predict(ref, {"x": rows(1)}))
+    with pytest.raises(NotFound):
+        asyncio.run(core.status(ref))
+
+
+def test_labels_and_versions_address_their_manifests() -> None:
+    champion, challenger = make_manifest(version=3), make_manifest((0.2, 0.3, 0.5), version=4)
+    served = ServedManifests(default=champion, labels={"champion": champion, "challenger": challenger})
+    core = EnsembleCore(served, FakeCaller())
+    x = rows(2)
+    by_label = asyncio.run(core.predict(ModelRef("toy", label="challenger"), {"x": x}))
+    by_version = asyncio.run(core.predict(ModelRef("toy", version=4), {"x": x}))
+    default = asyncio.run(core.predict(ModelRef("toy"), {"x": x}))
+    assert by_label.version == by_version.version == 4
+    assert default.version == 3
+    np.testing.assert_allclose(by_label.outputs["probabilities"], offline(challenger, x), atol=1e-6)
+    np.testing.assert_array_equal(by_label.outputs["probabilities"], by_version.outputs["probabilities"])
+    assert [s.version for s in asyncio.run(core.status(ModelRef("toy")))] == [4, 3]
+    assert [s.state for s in asyncio.run(core.status(ModelRef("toy", label="champion")))] == ["AVAILABLE"]
+
+
+def test_straggler_is_cut_off_by_member_deadline() -> None:
+    core, caller, _ = make_core(policy=FanOutPolicy(member_deadline_s=0.2, request_deadline_s=5.0))
+    caller.delay_s["toy-m2"] = 30.0
+    x = rows(2)
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": x}))
+    assert result.headers[MEMBERS_HEADER] == "2/3"
+    np.testing.assert_allclose(
+        result.outputs["probabilities"], offline(core.served.default, x, members=[0, 1]), atol=1e-6
+    )
+
+
+def test_client_deadline_cuts_stragglers_and_is_deadline_exceeded_below_quorum() -> None:
+    core, caller, _ = make_core(policy=FanOutPolicy(member_deadline_s=30.0, request_deadline_s=30.0))
+    for member in ("toy-m0", "toy-m1", "toy-m2"):
+        caller.delay_s[member] = 20.0
+    with pytest.raises(DeadlineExceeded, match="deadline passed"):
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}, timeout_s=0.2))
+    assert sorted(caller.cancelled) == ["toy-m0", "toy-m1", "toy-m2"]
+
+
+def test_answer_decided_early_cancels_stragglers() -> None:
+    core, caller, _ = make_core(policy=FanOutPolicy(member_deadline_s=30.0, request_deadline_s=30.0))
+    caller.fail["toy-m0"] = "down"
+    caller.fail["toy-m1"] = "down"
+    caller.delay_s["toy-m2"] = 20.0
+    with pytest.raises(Unavailable):
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    assert caller.cancelled == ["toy-m2"]
+
+
+def test_detail_header_adds_spread_and_member_outputs() -> None:
+    core, _, _ = make_core()
+    x = rows(4)
+    plain = asyncio.run(core.predict(ModelRef("toy"), {"x": x}))
+    assert set(plain.outputs) == {"probabilities"}
+    detailed = asyncio.run(
+        core.predict(ModelRef("toy"), {"x": x}, request_headers={DETAIL_HEADER: "members"})
+    )
+    stack = np.stack([member_answer(m.name, x) for m in core.served.default.members])
+    expected_spread = combine.weighted_spread(stack, core.served.default.weights)
+    np.testing.assert_allclose(detailed.outputs["probabilities:spread"], expected_spread, atol=1e-6)
+    for member in core.served.default.members:
+        np.testing.assert_array_equal(
+            detailed.outputs[f"probabilities:{member.name}"], member_answer(member.name, x)
+        )
+    spread_only = asyncio.run(
+        core.predict(ModelRef("toy"), {"x": x}, request_headers={DETAIL_HEADER: "spread"})
+    )
+    assert set(spread_only.outputs) == {"probabilities", "probabilities:spread"}
+
+
+def test_micro_batching_coalesces_and_splits_answers_back() -> None:
+    core, caller, metrics = make_core(batching=(64, 0.05))
+    inputs = [rows(n, seed=n) for n in (1, 2, 3, 1, 5, 2, 1, 4)]
+
+    async def run_all():
+        return await asyncio.gather(*(core.predict(ModelRef("toy"), {"x": x}) for x in inputs))
+
+    results = asyncio.run(run_all())
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(
+            result.outputs["probabilities"], offline(core.served.default, x), atol=1e-6
+        )
+    # one backend call per member for the whole burst
+    assert sorted(caller.calls) == [("toy-m0", 19), ("toy-m1", 19), ("toy-m2", 19)]
+
+
+def test_swap_lets_in_flight_requests_finish_on_the_old_manifest() -> None:
+    old, new = make_manifest(version=1), make_manifest((0.1, 0.1, 0.8), version=2)
+    caller = FakeCaller()
+    caller.delay_s = {m.name: 0.2 for m in old.members}
+    core = EnsembleCore(ServedManifests(default=old), caller)
+    x = rows(2)
+
+    async def scenario():
+        in_flight = asyncio.create_task(core.predict(ModelRef("toy"), {"x": x}))
+        await asyncio.sleep(0.05)
+        core.swap(ServedManifests(default=new))
+        caller.delay_s = {}
+        after = await core.predict(ModelRef("toy"), {"x": x})
+        return await in_flight, after
+
+    before, after = asyncio.run(scenario())
+    assert (before.version, after.version) == (1, 2)
+    np.testing.assert_allclose(before.outputs["probabilities"], offline(old, x), atol=1e-6)
+    np.testing.assert_allclose(after.outputs["probabilities"], offline(new, x), atol=1e-6)
+
+
+def test_ready_needs_quorum_available() -> None:
+    core, caller, _ = make_core()
+    assert asyncio.run(core.ready())[0]
+    caller.fail = {"toy-m0": "x", "toy-m1": "y"}
+    ready, why = asyncio.run(core.ready())
+    assert not ready
+    assert "toy-m0" in why and "toy-m1" in why
