@@ -49,4 +49,4 @@ def member_answer(member: str, x: np.ndarray) -> np.ndarray:
     logits = x.astype(np.float32) @ member_matrix(member)
     logits = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)

@@ -39,7 +39,7 @@ def test_half_open_lets_one_probe_and_closes_on_success() -> None:
     assert breaker.allow()
     assert not breaker.allow()  # one probe at a time
     breaker.record_success()
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.state.value == "closed"
     assert breaker.allow()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from registry.manifest import MemberRef
 from serving import combine
-from serving.core import ModelMetadata, ModelRef
+from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.ensemble import (
     DETAIL_HEADER,
     MEMBERS_HEADER,
@@ -240,10 +240,10 @@ def test_detail_header_adds_spread_and_member_outputs() -> None:
 
 
 def test_micro_batching_coalesces_and_splits_answers_back() -> None:
-    core, caller, metrics = make_core(batching=(64, 0.05))
+    core, caller, _ = make_core(batching=(64, 0.05))
     inputs = [rows(n, seed=n) for n in (1, 2, 3, 1, 5, 2, 1, 4)]
 
-    async def run_all():
+    async def run_all() -> list[PredictResult]:
         return await asyncio.gather(*(core.predict(ModelRef("toy"), {"x": x}) for x in inputs))
 
     results = asyncio.run(run_all())
@@ -262,7 +262,7 @@ def test_swap_lets_in_flight_requests_finish_on_the_old_manifest() -> None:
     core = EnsembleCore(ServedManifests(default=old), caller)
     x = rows(2)
 
-    async def scenario():
+    async def scenario() -> tuple[PredictResult, PredictResult]:
         in_flight = asyncio.create_task(core.predict(ModelRef("toy"), {"x": x}))
         await asyncio.sleep(0.05)
         core.swap(ServedManifests(default=new))
@@ -282,4 +282,5 @@ def test_ready_needs_quorum_available() -> None:
     caller.fail = {"toy-m0": "x", "toy-m1": "y"}
     ready, why = asyncio.run(core.ready())
     assert not ready
-    assert "toy-m0" in why and "toy-m1" in why
+    assert "toy-m0" in why
+    assert "toy-m1" in why
