@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 
 from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
@@ -50,3 +57,70 @@ def member_answer(member: str, x: np.ndarray) -> np.ndarray:
     logits = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def start_process(args: list[str], ready: str = "READY", timeout_s: float = 30.0) -> subprocess.Popen[str]:
+    """Start ``python args...`` from the repository root and wait for its ``ready`` line."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if ready in line:
+            # Keep draining output so a chatty process never blocks on a full pipe.
+            threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+            return proc
+    stop_process(proc)
+    raise RuntimeError(f"{args} did not start:\n{''.join(seen)[-3000:]}")
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass
+
+
+def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+    """Stop a process started by a test; kill it if it does not exit in time. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def start_fake_backend(
+    port: int, models: list[str], *, delay_ms: float = 0.0, fail_rate: float = 0.0, version: int = 1
+) -> subprocess.Popen[str]:
+    return start_process(
+        [
+            "-m",
+            "tests.serving.gateway.fake_backend",
+            "--port",
+            str(port),
+            "--models",
+            ",".join(models),
+            "--delay-ms",
+            str(delay_ms),
+            "--fail-rate",
+            str(fail_rate),
+            "--version",
+            str(version),
+        ]
+    )

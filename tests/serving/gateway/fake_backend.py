@@ -1,0 +1,123 @@
+"""A fake TF Serving member backend for gateway tests: our protos on grpc.aio, no TensorFlow.
+
+Run as ``python -m tests.serving.gateway.fake_backend --port P --models toy-m0,toy-m1`` with
+optional ``--delay-ms`` and ``--fail-rate``. Each model answers ``helpers.member_answer`` for its
+name, so tests know the offline answer exactly. It prints ``READY`` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+
+import grpc
+import numpy as np
+
+from serving.protos import (
+    DataType,
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    ModelServiceServicer,
+    PredictionServiceServicer,
+    PredictRequest,
+    PredictResponse,
+    SignatureDefMap,
+    add_ModelServiceServicer_to_server,
+    add_PredictionServiceServicer_to_server,
+)
+from serving.tensors import from_tensor_proto, to_tensor_proto
+from tests.serving.gateway.helpers import N_CLASSES, N_FEATURES, member_answer
+
+AVAILABLE = 30
+
+
+class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, models: list[str], version: int, delay_s: float, fail_rate: float) -> None:
+        self.models = set(models)
+        self.version = version
+        self.delay_s = delay_s
+        self.fail_rate = fail_rate
+
+    async def _check(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        if name not in self.models:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+
+    async def Predict(self, request: PredictRequest, context: grpc.aio.ServicerContext) -> PredictResponse:
+        await self._check(request.model_spec.name, context)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_rate and random.random() < self.fail_rate:
+            await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
+        x = from_tensor_proto(request.inputs["x"])
+        response = PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = "serving_default"
+        response.outputs["probabilities"].CopyFrom(
+            to_tensor_proto(member_answer(request.model_spec.name, np.asarray(x)))
+        )
+        return response
+
+    async def GetModelMetadata(
+        self, request: GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> GetModelMetadataResponse:
+        await self._check(request.model_spec.name, context)
+        signatures = SignatureDefMap()
+        signature = signatures.signature_def["serving_default"]
+        signature.method_name = "tensorflow/serving/predict"
+        for key, size, dtype in (("x", N_FEATURES, "inputs"), ("probabilities", N_CLASSES, "outputs")):
+            info = getattr(signature, dtype)[key]
+            info.name = f"serving_default_{key}:0"
+            info.dtype = DataType.DT_FLOAT
+            info.tensor_shape.dim.add().size = -1
+            info.tensor_shape.dim.add().size = size
+        response = GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = self.version
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+    async def GetModelStatus(
+        self, request: GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> GetModelStatusResponse:
+        await self._check(request.model_spec.name, context)
+        response = GetModelStatusResponse()
+        status = response.model_version_status.add()
+        status.version = self.version
+        status.state = AVAILABLE  # type: ignore[assignment]
+        return response
+
+
+async def serve(port: int, models: list[str], version: int, delay_s: float, fail_rate: float) -> None:
+    server = grpc.aio.server()
+    servicer = FakeMembers(models, version, delay_s, fail_rate)
+    add_PredictionServiceServicer_to_server(servicer, server)
+    add_ModelServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    await server.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.port, args.models.split(","), args.version, args.delay_ms / 1000, args.fail_rate))
+
+
+if __name__ == "__main__":
+    main()
