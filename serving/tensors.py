@@ -1,0 +1,652 @@
+"""Tensor codecs: numpy ↔ TensorProto, DataType ↔ numpy dtype, and TF Serving's predict JSON.
+
+This is the gateway's hot path. Numeric arrays cross as ``tensor_content`` (raw little-endian
+bytes) and JSON bodies are converted with whole-array numpy operations; only strings, and bodies
+that numpy cannot take in one step (ragged lists, mixed types), walk the values one by one, and
+that slow walk is also what produces TF Serving's exact error messages.
+
+String tensors (``DT_STRING``) are numpy ``object`` arrays holding ``bytes``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from serving.core import TensorInfo
+from serving.errors import InvalidArgument, Unimplemented
+from serving.protos import DataType, TensorProto, TensorShapeProto
+
+STRING_DTYPE: Final = np.dtype(object)
+"""The numpy dtype that carries ``DT_STRING`` values (``bytes`` objects)."""
+
+_NUMPY_BY_DTYPE: Final[dict[int, np.dtype[Any]]] = {
+    DataType.DT_FLOAT: np.dtype(np.float32),
+    DataType.DT_DOUBLE: np.dtype(np.float64),
+    DataType.DT_HALF: np.dtype(np.float16),
+    DataType.DT_INT8: np.dtype(np.int8),
+    DataType.DT_INT16: np.dtype(np.int16),
+    DataType.DT_INT32: np.dtype(np.int32),
+    DataType.DT_INT64: np.dtype(np.int64),
+    DataType.DT_UINT8: np.dtype(np.uint8),
+    DataType.DT_UINT16: np.dtype(np.uint16),
+    DataType.DT_UINT32: np.dtype(np.uint32),
+    DataType.DT_UINT64: np.dtype(np.uint64),
+    DataType.DT_BOOL: np.dtype(np.bool_),
+    DataType.DT_COMPLEX64: np.dtype(np.complex64),
+    DataType.DT_COMPLEX128: np.dtype(np.complex128),
+    DataType.DT_STRING: STRING_DTYPE,
+}
+_DTYPE_BY_NUMPY: Final[dict[np.dtype[Any], int]] = {v: k for k, v in _NUMPY_BY_DTYPE.items()}
+
+# TensorFlow's DataTypeString(): the names its error messages use.
+_TF_TYPE_NAME: Final[dict[int, str]] = {
+    DataType.DT_FLOAT: "float",
+    DataType.DT_DOUBLE: "double",
+    DataType.DT_HALF: "half",
+    DataType.DT_BFLOAT16: "bfloat16",
+    DataType.DT_INT8: "int8",
+    DataType.DT_INT16: "int16",
+    DataType.DT_INT32: "int32",
+    DataType.DT_INT64: "int64",
+    DataType.DT_UINT8: "uint8",
+    DataType.DT_UINT16: "uint16",
+    DataType.DT_UINT32: "uint32",
+    DataType.DT_UINT64: "uint64",
+    DataType.DT_BOOL: "bool",
+    DataType.DT_STRING: "string",
+    DataType.DT_COMPLEX64: "complex64",
+    DataType.DT_COMPLEX128: "complex128",
+}
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+def numpy_dtype(data_type: int) -> np.dtype[Any]:
+    """The numpy dtype for a ``tensorflow.DataType`` value; ``DT_BFLOAT16`` reads as float32."""
+    if data_type == DataType.DT_BFLOAT16:
+        return np.dtype(np.float32)
+    try:
+        return _NUMPY_BY_DTYPE[data_type]
+    except KeyError:
+        raise Unimplemented(f"Tensor type {data_type_name(data_type)} is not supported") from None
+
+
+def data_type(dtype: np.dtype[Any] | type) -> int:
+    """The ``tensorflow.DataType`` for a numpy dtype; unicode and bytes arrays are ``DT_STRING``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "SUO":
+        return int(DataType.DT_STRING)
+    try:
+        return int(_DTYPE_BY_NUMPY[dtype.newbyteorder("=")])
+    except KeyError:
+        raise InvalidArgument(f"numpy dtype {dtype} has no TensorFlow DataType") from None
+
+
+def data_type_name(data_type: int) -> str:
+    """TensorFlow's short name for a DataType (``float``, ``int64`` …), as in its messages."""
+    if data_type in _TF_TYPE_NAME:
+        return _TF_TYPE_NAME[data_type]
+    try:
+        return str(DataType.Name(data_type)).removeprefix("DT_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"unknown dtype enum ({data_type})"
+
+
+# --------------------------------------------------------------------------- TensorProto
+
+
+def shape_proto(shape: Sequence[int]) -> TensorShapeProto:
+    """A TensorShapeProto with these dimension sizes (-1 for unknown)."""
+    proto = TensorShapeProto()
+    for size in shape:
+        proto.dim.add().size = int(size)
+    return proto
+
+
+def to_tensor_proto(array: np.ndarray | Any, data_type_override: int | None = None) -> TensorProto:
+    """Encode an array: numeric values as little-endian ``tensor_content``, strings as ``string_val``.
+
+    ``data_type_override`` casts to that DataType first (e.g. float64 data for a DT_FLOAT input).
+    """
+    array = np.asarray(array)
+    dtype_enum = data_type(array.dtype) if data_type_override is None else data_type_override
+    proto = TensorProto(dtype=dtype_enum)  # type: ignore[arg-type]
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    if dtype_enum == DataType.DT_STRING:
+        proto.string_val.extend(_as_bytes(value) for value in array.reshape(-1))
+        return proto
+    if dtype_enum == DataType.DT_BFLOAT16:
+        bits = np.asarray(array, dtype=np.float32).view(np.uint32) >> 16
+        proto.half_val.extend(bits.astype(np.int32).reshape(-1).tolist())
+        return proto
+    target = numpy_dtype(dtype_enum).newbyteorder("<")
+    proto.tensor_content = np.ascontiguousarray(array, dtype=target).tobytes()
+    return proto
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_ | np.str_):
+        return _as_bytes(value.item())
+    raise InvalidArgument(f"A string tensor holds a {type(value).__name__}, expected bytes or str")
+
+
+def tensor_shape(proto: TensorProto) -> tuple[int, ...]:
+    """The fully defined shape of a TensorProto; an unknown rank or dimension is an error."""
+    if proto.tensor_shape.unknown_rank:
+        raise InvalidArgument("Tensor has an unknown rank")
+    shape = tuple(int(dim.size) for dim in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise InvalidArgument(f"Tensor shape {list(shape)} is not fully defined")
+    return shape
+
+
+def from_tensor_proto(proto: TensorProto) -> np.ndarray:
+    """Decode a TensorProto: ``tensor_content`` or the typed ``*_val`` field for its dtype.
+
+    As in TensorFlow, a typed field shorter than the shape repeats its last value (so a single
+    value fills the whole tensor) and an empty one means zeros.
+    """
+    shape = tensor_shape(proto)
+    count = math.prod(shape)
+    dtype_enum = proto.dtype
+    if dtype_enum == DataType.DT_STRING:
+        values = np.empty(len(proto.string_val), dtype=STRING_DTYPE)
+        values[:] = list(proto.string_val)
+        return _fill(values, shape, count, np.array([b""], dtype=STRING_DTYPE))
+    dtype = numpy_dtype(dtype_enum)
+    if proto.tensor_content:
+        if dtype_enum == DataType.DT_BFLOAT16:
+            bits = np.frombuffer(proto.tensor_content, dtype="<u2").astype(np.uint32) << 16
+            flat = bits.view(np.float32)
+        else:
+            wire = dtype.newbyteorder("<")
+            if len(proto.tensor_content) != count * wire.itemsize:
+                raise InvalidArgument(
+                    f"tensor_content has {len(proto.tensor_content)} bytes, "
+                    f"shape {list(shape)} of {data_type_name(dtype_enum)} needs {count * wire.itemsize}"
+                )
+            flat = np.frombuffer(proto.tensor_content, dtype=wire).astype(dtype, copy=False)
+        return flat.reshape(shape)
+    return _fill(_typed_values(proto, dtype_enum, dtype), shape, count, np.zeros(1, dtype=dtype))
+
+
+def _typed_values(proto: TensorProto, dtype_enum: int, dtype: np.dtype[Any]) -> np.ndarray:
+    if dtype_enum in (DataType.DT_HALF, DataType.DT_BFLOAT16):
+        bits = np.array(proto.half_val, dtype=np.int32).astype(np.uint16)
+        if dtype_enum == DataType.DT_HALF:
+            return bits.view(np.float16)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if dtype_enum in (DataType.DT_COMPLEX64, DataType.DT_COMPLEX128):
+        field = proto.scomplex_val if dtype_enum == DataType.DT_COMPLEX64 else proto.dcomplex_val
+        parts = np.array(field, dtype=np.float32 if dtype_enum == DataType.DT_COMPLEX64 else np.float64)
+        if parts.size % 2:
+            raise InvalidArgument("A complex tensor needs real and imaginary parts in pairs")
+        return parts.view(dtype)
+    field_by_type: dict[int, Any] = {
+        DataType.DT_FLOAT: proto.float_val,
+        DataType.DT_DOUBLE: proto.double_val,
+        DataType.DT_INT32: proto.int_val,
+        DataType.DT_INT16: proto.int_val,
+        DataType.DT_INT8: proto.int_val,
+        DataType.DT_UINT8: proto.int_val,
+        DataType.DT_UINT16: proto.int_val,
+        DataType.DT_INT64: proto.int64_val,
+        DataType.DT_BOOL: proto.bool_val,
+        DataType.DT_UINT32: proto.uint32_val,
+        DataType.DT_UINT64: proto.uint64_val,
+    }
+    return np.array(field_by_type[dtype_enum]).astype(dtype, copy=False)
+
+
+def _fill(values: np.ndarray, shape: tuple[int, ...], count: int, zero: np.ndarray) -> np.ndarray:
+    if values.size == count:
+        return values.reshape(shape)
+    if values.size > count:
+        raise InvalidArgument(f"Tensor has {values.size} values but its shape {list(shape)} holds {count}")
+    fill = values[-1:] if values.size else zero
+    return np.concatenate([values, np.repeat(fill, count - values.size)]).reshape(shape)
+
+
+# --------------------------------------------------------------------------- JSON request
+
+SignatureLookup = Callable[[str], Mapping[str, TensorInfo]]
+"""Maps a request's ``signature_name`` ("" for the default) to the signature's inputs."""
+
+
+@dataclass(slots=True)
+class PredictRequestJson:
+    """A parsed REST predict body."""
+
+    inputs: dict[str, np.ndarray]
+    signature_name: str
+    columnar: bool
+    """True for ``inputs`` (the answer uses ``outputs``), False for ``instances``."""
+
+
+_PREVIEW_CHARS: Final = 256
+
+
+def _preview(value: Any) -> str:
+    """A JSON rendering of a request value for error messages, cut short for big values."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=True, default=str)
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
+
+
+def load_json(body: bytes | str) -> Any:
+    """Parse a JSON body as TF Serving does: bare ``NaN``/``Infinity``/``-Infinity`` accepted."""
+    if not body or not body.strip():
+        raise InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # orjson rejects NaN and Infinity; the standard parser takes them (and says where it fails)
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidArgument(f"JSON Parse error: {exc.__class__.__name__}") from None
+
+
+def parse_predict_request(
+    body: bytes | str | Mapping[str, Any], signature: SignatureLookup
+) -> PredictRequestJson:
+    """Turn a TF Serving predict body into named numpy inputs, typed by the signature's dtypes.
+
+    Raises InvalidArgument with TF Serving's messages for malformed bodies; ``signature`` may raise
+    (e.g. NotFound for an unknown model), which propagates unchanged.
+    """
+    doc = load_json(body) if isinstance(body, bytes | str) else body
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"JSON Value: {_preview(doc)} Is not object")
+    signature_name = doc.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgument(
+            f"JSON Value: {_preview(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
+    infos = signature(signature_name)
+    if not infos:
+        raise InvalidArgument(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise InvalidArgument(
+            f"JSON Value: {_preview(doc)} Not formatted correctly expecting only one of 'inputs' or "
+            "'instances' keys to exist "
+        )
+    # Lists holding true/false are the one case numpy silently coerces (True -> 1); such bodies
+    # take the checked path. Byte search on the body is cheap compared to scanning the values.
+    raw = body.encode() if isinstance(body, str) else body
+    may_hold_bools = not isinstance(raw, bytes) or b"true" in raw or b"false" in raw
+    if has_instances:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise InvalidArgument(f"JSON Value: {_preview(doc)} Excepting 'instances' to be an list/array")
+        if not instances:
+            raise InvalidArgument(f"JSON Value: {_preview(doc)} No values in 'instances' array")
+        inputs = _inputs_from_instances(instances, infos, may_hold_bools)
+        return PredictRequestJson(inputs, signature_name, columnar=False)
+    if has_inputs:
+        inputs = _inputs_from_columns(doc["inputs"], infos, may_hold_bools)
+        return PredictRequestJson(inputs, signature_name, columnar=True)
+    raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _is_named_object(value: Any) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
+
+
+def _inputs_from_instances(
+    instances: list[Any], infos: Mapping[str, TensorInfo], may_hold_bools: bool
+) -> dict[str, np.ndarray]:
+    names = sorted(infos)
+    if not isinstance(instances[0], dict) and len(infos) > 1:
+        raise InvalidArgument(
+            "instances is a plain list, but expecting list of objects as multiple input tensors required "
+            "as per tensorinfo_map"
+        )
+    if not _is_named_object(instances[0]):
+        name = next(iter(infos))
+        for index, item in enumerate(instances):
+            if _is_named_object(item):
+                raise InvalidArgument(f"Expecting value/list but got object at item {index} of input list")
+        return {name: _column(instances, infos[name], None, batched=True, may_hold_bools=may_hold_bools)}
+    wanted = set(names)
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, item in enumerate(instances):
+        if not _is_named_object(item):
+            raise InvalidArgument(f"Expecting object but got list at item {index} of input list")
+        for key in item:
+            if key not in wanted:
+                raise InvalidArgument(
+                    f"Failed to process element: {index} key: {key} of 'instances' list. Error: "
+                    f"INVALID_ARGUMENT: JSON object: does not have named input: {key}"
+                )
+        if len(item) != len(wanted):
+            raise InvalidArgument(
+                f"Failed to process element: {index} of 'instances' list. JSON object: {_preview(item)} "
+                f"keys must be equal to: {','.join(names)}"
+            )
+        for name in names:
+            columns[name].append(item[name])
+    return {
+        name: _column(columns[name], infos[name], name, batched=True, may_hold_bools=may_hold_bools)
+        for name in names
+    }
+
+
+def _inputs_from_columns(
+    value: Any, infos: Mapping[str, TensorInfo], may_hold_bools: bool
+) -> dict[str, np.ndarray]:
+    if not _is_named_object(value):
+        if len(infos) > 1:
+            raise InvalidArgument(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors required "
+                "as per tensorinfo_map"
+            )
+        name, info = next(iter(infos.items()))
+        return {name: _column(value, info, name, batched=False, may_hold_bools=may_hold_bools)}
+    inputs: dict[str, np.ndarray] = {}
+    for name in sorted(infos):
+        if name not in value:
+            raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
+        inputs[name] = _column(value[name], infos[name], name, batched=False, may_hold_bools=may_hold_bools)
+    return inputs
+
+
+def _column(
+    value: Any, info: TensorInfo, key: str | None, *, batched: bool, may_hold_bools: bool
+) -> np.ndarray:
+    """One input's values as an array of the signature's dtype: numpy first, the checked walk on doubt."""
+    dtype_enum = data_type(info.dtype)
+    if dtype_enum != DataType.DT_STRING and not (may_hold_bools and dtype_enum != DataType.DT_BOOL):
+        fast = _fast_numeric(value, info.dtype)
+        if fast is not None:
+            return fast
+    return _checked_column(value, dtype_enum, key, batched=batched)
+
+
+_FLOAT_EXACT_INT: Final = {
+    np.dtype(np.float16): 2**11,
+    np.dtype(np.float32): 2**24,
+    np.dtype(np.float64): 2**53,
+}
+
+
+def _fast_numeric(value: Any, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """``value`` as ``dtype`` when numpy can take it whole and TF Serving would accept it, else None."""
+    try:
+        inferred = np.array(value)
+    except (ValueError, TypeError, OverflowError):
+        return None  # ragged or odd: the checked walk says what is wrong
+    kind = inferred.dtype.kind
+    if dtype.kind == "b":
+        return inferred if kind == "b" else None
+    if dtype.kind == "f":
+        if kind in "iu":
+            # JSON integers become floats only when exactly representable (TF's lossless rule).
+            limit = _FLOAT_EXACT_INT[dtype]
+            if inferred.size and int(np.abs(inferred).max()) >= limit:
+                return None
+            return inferred.astype(dtype)
+        if kind == "f":
+            if dtype.itemsize < 8 and inferred.size:
+                finite = np.abs(inferred[np.isfinite(inferred)])
+                if finite.size and float(finite.max()) > float(np.finfo(dtype).max):
+                    return None
+            return inferred.astype(dtype)
+        return None
+    if dtype.kind in "iu" and kind in "iu":
+        if inferred.size:
+            info = np.iinfo(dtype)
+            if int(inferred.min()) < info.min or int(inferred.max()) > info.max:
+                return None
+        return inferred.astype(dtype)
+    return None
+
+
+def _dense_shape(value: Any) -> list[int]:
+    """TF Serving's shape of a JSON value: follow the first element of each nested list."""
+    shape: list[int] = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _checked_column(value: Any, dtype_enum: int, key: str | None, *, batched: bool) -> np.ndarray:
+    """The value-by-value conversion, with TF Serving's messages for every kind of bad input."""
+    if not batched:
+        shape = _dense_shape(value)
+        flat: list[Any] = []
+        _fill_values(value, 0, shape, dtype_enum, flat)
+        return _array(flat, shape, dtype_enum)
+    item_shape: list[int] | None = None
+    item_size = 0
+    flat = []
+    for index, item in enumerate(value):
+        shape = _dense_shape(item)
+        values: list[Any] = []
+        try:
+            _fill_values(item, 0, shape, dtype_enum, values)
+            if item_shape is None:
+                item_shape, item_size = shape, len(values)
+            elif len(values) != item_size:
+                raise InvalidArgument(f"Expecting tensor size: {item_size} but got: {len(values)}")
+            elif shape != item_shape:
+                raise InvalidArgument(
+                    f"Expecting shape [{','.join(map(str, item_shape))}] "
+                    f"but got: [{','.join(map(str, shape))}]"
+                )
+        except InvalidArgument as exc:
+            where = f"{index}" if key is None else f"{index} key: {key}"
+            raise InvalidArgument(
+                f"Failed to process element: {where} of 'instances' list. Error: INVALID_ARGUMENT: {exc}"
+            ) from None
+        flat.extend(values)
+    return _array(flat, [len(value), *(item_shape or [])], dtype_enum)
+
+
+def _fill_values(value: Any, level: int, shape: list[int], dtype_enum: int, out: list[Any]) -> None:
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise InvalidArgument(
+                f"JSON Value: {_preview(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+                f"Expected at level: {rank}"
+            )
+        out.append(_scalar(value, dtype_enum))
+        return
+    if level >= rank:
+        raise InvalidArgument(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise InvalidArgument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} "
+            f"expected size: {shape[level]}"
+        )
+    for item in value:
+        _fill_values(item, level + 1, shape, dtype_enum, out)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def _type_error(value: Any, dtype_enum: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"JSON Value: {_preview(value)} Type: {_json_type(value)} is not of expected type: "
+        f"{data_type_name(dtype_enum)}"
+    )
+
+
+_INT_RANGES: Final[dict[int, tuple[int, int]]] = {
+    DataType.DT_INT8: (-(2**31), 2**31 - 1),
+    DataType.DT_INT16: (-(2**31), 2**31 - 1),
+    DataType.DT_INT32: (-(2**31), 2**31 - 1),
+    DataType.DT_UINT8: (-(2**31), 2**31 - 1),
+    DataType.DT_UINT16: (-(2**31), 2**31 - 1),
+    DataType.DT_INT64: (-(2**63), 2**63 - 1),
+    DataType.DT_UINT32: (0, 2**32 - 1),
+    DataType.DT_UINT64: (0, 2**64 - 1),
+}
+
+
+def _scalar(value: Any, dtype_enum: int) -> Any:
+    if dtype_enum == DataType.DT_STRING:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, dict):
+            if not _is_b64(value):
+                raise InvalidArgument(
+                    f"JSON Value: {_preview(value)} not formatted correctly for base64 data"
+                )
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument("Unable to base64 decode") from None
+        raise _type_error(value, dtype_enum)
+    if isinstance(value, bool):
+        if dtype_enum == DataType.DT_BOOL:
+            return value
+        raise _type_error(value, dtype_enum)
+    if dtype_enum == DataType.DT_BOOL or not isinstance(value, int | float):
+        raise _type_error(value, dtype_enum)
+    if dtype_enum in (DataType.DT_FLOAT, DataType.DT_DOUBLE, DataType.DT_HALF, DataType.DT_BFLOAT16):
+        target = "double" if dtype_enum == DataType.DT_DOUBLE else "float"
+        dtype: np.dtype[np.floating[Any]] = np.dtype(np.float64 if target == "double" else np.float32)
+        if math.isfinite(value):
+            lossy = (
+                abs(value) >= _FLOAT_EXACT_INT[dtype]
+                if isinstance(value, int)
+                else abs(value) > float(np.finfo(dtype).max)
+            )
+            if lossy:
+                raise InvalidArgument(
+                    f"Cannot convert JSON value: {_preview(value)} to {target} without loss of precision."
+                )
+        return value
+    if dtype_enum in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_enum]
+        if isinstance(value, float) or not low <= value <= high:
+            raise _type_error(value, dtype_enum)
+        return value
+    raise Unimplemented(f"Conversion of JSON Value: {_preview(value)} to type: {data_type_name(dtype_enum)}")
+
+
+def _array(flat: list[Any], shape: list[int], dtype_enum: int) -> np.ndarray:
+    dtype = numpy_dtype(dtype_enum)
+    if dtype_enum == DataType.DT_STRING:
+        array = np.empty(len(flat), dtype=STRING_DTYPE)
+        array[:] = flat
+        return array.reshape(shape)
+    # Narrow integer types wrap as TF does when it stores int_val into int8/uint8/int16 tensors.
+    wide = np.array(flat, dtype=np.float64 if dtype.kind == "f" else None)
+    return wide.astype(dtype).reshape(shape)
+
+
+# --------------------------------------------------------------------------- JSON response
+
+
+def format_predict_response(outputs: Mapping[str, np.ndarray], *, columnar: bool) -> bytes:
+    """TF Serving's predict answer: ``predictions`` (row requests) or ``outputs`` (columnar).
+
+    One output gives the tensor itself; several give one object per row (row format) or one
+    object keyed by output name (columnar). Outputs named ``*_bytes`` are written as ``{"b64": …}``.
+    """
+    if not outputs:
+        raise InvalidArgument("Cannot convert empty tensor map to JSON")
+    arrays = {name: np.asarray(array) for name, array in outputs.items()}
+    non_finite = any(_has_non_finite(array) for array in arrays.values())
+    values = {name: _json_ready(name, array, as_lists=non_finite) for name, array in arrays.items()}
+    if columnar:
+        body: Any = next(iter(values.values())) if len(values) == 1 else values
+        return _dumps({"outputs": body}, non_finite=non_finite)
+    batch_size = -1
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise InvalidArgument(f"Tensor name: {name} has no shape information ")
+        if batch_size >= 0 and len(array) != batch_size:
+            raise InvalidArgument(
+                f"Tensor name: {name} has inconsistent batch size: {len(array)} expecting: {batch_size}"
+            )
+        batch_size = len(array)
+    if len(values) == 1:
+        return _dumps({"predictions": next(iter(values.values()))}, non_finite=non_finite)
+    rows = [{name: value[row] for name, value in values.items()} for row in range(batch_size)]
+    return _dumps({"predictions": rows}, non_finite=non_finite)
+
+
+def _has_non_finite(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" and not bool(np.isfinite(array).all())
+
+
+def _json_ready(name: str, array: np.ndarray, *, as_lists: bool) -> Any:
+    """A value orjson writes as TF Serving would: numeric arrays stay numpy, strings become lists."""
+    kind = array.dtype.kind
+    if kind in "SUO":
+        if name.endswith("_bytes"):
+            return _nested(array, lambda value: {"b64": base64.b64encode(_as_bytes(value)).decode("ascii")})
+        return _nested(array, lambda value: _as_bytes(value).decode("utf-8", errors="replace"))
+    if kind == "c":
+        raise InvalidArgument(f"Failed to write JSON value for tensor type: {array.dtype}")
+    if kind == "f" and array.dtype.itemsize < 4:
+        array = array.astype(np.float32)
+    if as_lists:
+        # orjson writes NaN as null where TF Serving writes bare NaN: the rare case goes through json,
+        # with float32 values in their shortest float32 spelling rather than as widened doubles.
+        if array.dtype == np.float32:
+            return np.vectorize(lambda value: float(str(value)), otypes=[np.float64])(array).tolist()
+        return array.tolist()
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+
+def _nested(array: np.ndarray, convert: Callable[[Any], Any]) -> Any:
+    if array.ndim == 0:
+        return convert(array.item())
+    return _reshape_list([convert(value) for value in array.reshape(-1)], array.shape)
+
+
+def _reshape_list(flat: list[Any], shape: tuple[int, ...]) -> list[Any]:
+    if len(shape) <= 1:
+        return flat
+    step = math.prod(shape[1:])
+    return [_reshape_list(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _dumps(doc: Any, *, non_finite: bool) -> bytes:
+    if non_finite:
+        return json.dumps(doc, allow_nan=True, separators=(",", ":")).encode()
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
