@@ -14,10 +14,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 # One fixed non-root uid for both images: the Kubernetes manifests run as it (runAsNonRoot needs a number).
-ARG APP_UID=10001
-RUN groupadd --system --gid "${APP_UID}" ensemble \
-    && useradd --system --uid "${APP_UID}" --gid ensemble --home-dir /home/ensemble --create-home \
-       --shell /usr/sbin/nologin ensemble
+RUN groupadd --system --gid 10001 ensemble \
+    && useradd --system --uid 10001 --gid ensemble --home-dir /home/ensemble --create-home \
+       --shell /usr/sbin/nologin ensemble \
+    && mkdir -p /models /mlartifacts /workspace \
+    && chown ensemble:ensemble /models /mlartifacts /workspace
+# ^ Mount points owned by that uid: a new named volume takes the image's ownership, so the
+#   sync, MLflow and training write their volumes without running as root.
 
 # ---------------------------------------------------------------------------------------------------
 FROM python-base AS gateway-build
