@@ -1,0 +1,297 @@
+"""The training configuration: one pydantic document, read from YAML and overridden by CLI flags.
+
+Every mistake in a config (unknown key, wrong type, impossible split) is caught here, before any
+data is read or any model is built, and reported as one line by :func:`format_validation_error`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from training.errors import ConfigError
+
+Task = Literal["classification", "regression"]
+Architecture = Literal["mlp", "branches", "residual"]
+Optimizer = Literal["adam", "rmsprop", "sgd"]
+Schedule = Literal["none", "step", "exponential", "cosine", "plateau"]
+WeightMethod = Literal["uniform", "given", "optimized", "greedy"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """Fractions of the rows held out; the rest trains. The split is fixed by the run's seed."""
+
+    validation: float = Field(default=0.15, gt=0.0, lt=1.0, description="Early stopping and weights.")
+    test: float = Field(default=0.15, gt=0.0, lt=1.0, description="The held-out report.")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 0.9:
+            raise ValueError("validation + test must leave at least 10% of the rows for training")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the rows come from and which columns are features and targets."""
+
+    source: str = Field(
+        default="sklearn:digits",
+        description="CSV or Parquet path, or a bundled set: sklearn:digits, sklearn:breast_cancer, "
+        "sklearn:diabetes, penguins.",
+    )
+    targets: list[str] = Field(default_factory=list, description="Target columns; empty = the set's default.")
+    task: Task | dict[str, Task] | None = Field(
+        default=None, description="One task for every target, or one per target; None = inferred."
+    )
+    features: list[str] | None = Field(default=None, description="Feature columns; None = all the others.")
+    drop: list[str] = Field(default_factory=list, description="Columns never used as features.")
+    categorical: list[str] = Field(
+        default_factory=list, description="Columns treated as categories even when they hold numbers."
+    )
+    inputs: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Numeric columns grouped into one named model input, e.g. {pixels: [...]}; "
+        "None = the set's default grouping (one input per column for your own files).",
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+
+class ModelConfig(_Strict):
+    """The architecture of one member. Every field can differ per member or be searched."""
+
+    architecture: Architecture = "mlp"
+    width: int = Field(default=128, ge=1, le=8192)
+    depth: int = Field(default=2, ge=1, le=32, description="Hidden layers (mlp) or layers per branch.")
+    residual_blocks: int = Field(default=2, ge=0, le=32, description="Blocks of the residual body.")
+    activation: str = "relu"
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+    l1: float = Field(default=0.0, ge=0.0)
+    l2: float = Field(default=1e-4, ge=0.0)
+    initializer: str = "glorot_uniform"
+    categorical_encoding: Literal["one_hot", "embedding"] = "one_hot"
+    embedding_dim: int = Field(default=4, ge=1, le=512)
+
+
+class FitConfig(_Strict):
+    """How one member is fitted."""
+
+    optimizer: Optimizer = "adam"
+    learning_rate: float = Field(default=2e-3, gt=0.0, le=10.0)
+    schedule: Schedule = "cosine"
+    decay_rate: float = Field(default=0.5, gt=0.0, le=1.0, description="step/exponential/plateau factor.")
+    decay_epochs: int = Field(default=10, ge=1, description="Epochs per step (step/exponential decay).")
+    batch_size: int = Field(default=64, ge=1)
+    epochs: int = Field(default=60, ge=1)
+    patience: int = Field(default=8, ge=1, description="EarlyStopping patience on val_loss.")
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict, description="Per target loss weight (several targets); default 1."
+    )
+
+
+class MemberConfig(_Strict):
+    """A member's hyperparameters: architecture and fitting."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
+
+
+class MembersConfig(_Strict):
+    """How many members and how they differ."""
+
+    count: int = Field(default=5, ge=1, le=1000)
+    bootstrap: bool = Field(default=False, description="Each member fits a bootstrap sample (bagging).")
+    defaults: MemberConfig = Field(default_factory=MemberConfig)
+    variants: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Partial overrides of `defaults`; member i takes variants[i % len(variants)].",
+    )
+
+
+class ParamSpace(_Strict):
+    """One searched hyperparameter: a list of choices, or a numeric range."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpace:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give either choices or both low and high")
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Random search: `trials` candidates sampled from `space`; the best `keep` become the ensemble."""
+
+    trials: int = Field(default=0, ge=0, le=1000, description="0 = no search.")
+    keep: int = Field(default=5, ge=1)
+    space: dict[str, ParamSpace] = Field(
+        default_factory=dict, description="Dotted member keys, e.g. 'model.width' or 'fit.learning_rate'."
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        for key in space:
+            section, _, name = key.partition(".")
+            model = {"model": ModelConfig, "fit": FitConfig}.get(section)
+            if model is None or name not in model.model_fields:
+                raise ValueError(f"unknown search key {key!r} (use model.<field> or fit.<field>)")
+        return space
+
+
+class AssembleConfig(_Strict):
+    """How member weights are chosen."""
+
+    weights: WeightMethod = "optimized"
+    given: list[float] | None = Field(default=None, description="Weights for `given`, one per member.")
+    greedy_rounds: int = Field(default=50, ge=1, description="Selection rounds of greedy selection.")
+    min_members: int = Field(default=1, ge=1, description="Serving quorum written to the manifest.")
+
+    @model_validator(mode="after")
+    def _given_needs_weights(self) -> AssembleConfig:
+        if self.weights == "given" and not self.given:
+            raise ValueError("weights: given needs a `given` list")
+        return self
+
+
+class TrainConfig(_Strict):
+    """The whole training run."""
+
+    name: str = Field(default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Ensemble name.")
+    seed: int = Field(default=0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    members: MembersConfig = Field(default_factory=MembersConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.assemble.weights == "given" and self.assemble.given is not None:
+            if len(self.assemble.given) != self.candidate_count:
+                raise ValueError(
+                    f"assemble.given has {len(self.assemble.given)} weights for {self.candidate_count} members"
+                )
+        if self.search.trials and self.search.keep > self.search.trials:
+            raise ValueError("search.keep exceeds search.trials")
+        for i, variant in enumerate(self.members.variants):
+            try:
+                merged = _deep_merge(self.members.defaults.model_dump(), variant)
+                MemberConfig.model_validate(merged)
+            except ValidationError as exc:
+                raise ValueError(f"members.variants[{i}]: {format_validation_error(exc)}") from None
+        return self
+
+    @property
+    def candidate_count(self) -> int:
+        """Members trained: the search's trials when searching, else members.count."""
+        return self.search.trials if self.search.trials else self.members.count
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``'a.b'``, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def member_base(config: TrainConfig, index: int) -> MemberConfig:
+    """Member ``index``'s hyperparameters before any search: defaults, then its variant."""
+    base = config.members.defaults.model_dump()
+    if config.members.variants:
+        base = _deep_merge(base, config.members.variants[index % len(config.members.variants)])
+    return MemberConfig.model_validate(base)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: every problem as ``location: message``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or the defaults), apply dotted overrides, validate.
+
+    Raises ConfigError with a one-line message for an unreadable file, bad YAML or a bad value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"config {path} is not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a YAML mapping at the top level")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(raw, dotted, value)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {format_validation_error(exc)}") from None
+
+
+def ensemble_name(config: TrainConfig) -> str:
+    """The configured name, or one derived from the data source ('sklearn:digits' -> 'digits')."""
+    if config.name:
+        return config.name
+    source = config.data.source
+    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else Path(source).stem
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "ensemble"
+    return name if name[0].isalnum() else f"e{name}"

@@ -1,0 +1,391 @@
+"""Reading a table, checking it against the config, and splitting it deterministically by seed.
+
+Everything here is pandas and numpy, no TensorFlow: the CLI validates data before training starts,
+and each worker re-derives exactly the same split from the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from training.config import DataConfig, Task
+from training.errors import DataError
+
+Kind = Literal["numeric", "categorical"]
+MIN_ROWS = 20
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """One named model input: a single column, or several numeric columns side by side."""
+
+    name: str
+    columns: list[str]
+    kind: Kind
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.kind == "numeric" else "string"
+
+    @property
+    def shape(self) -> list[int]:
+        return [-1, len(self.columns)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": self.shape,
+            "kind": self.kind,
+            "columns": self.columns,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target column, its task, and (classification) its class labels in output order."""
+
+    name: str
+    task: Task
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def output_name(self) -> str:
+        return "probabilities" if self.task == "classification" else "predictions"
+
+
+@dataclass
+class Dataset:
+    """A checked table with its inputs, targets and a fixed train/validation/test split."""
+
+    source: str
+    frame: pd.DataFrame
+    inputs: list[InputGroup]
+    targets: list[Target]
+    train_rows: npt.NDArray[np.int64]
+    val_rows: npt.NDArray[np.int64]
+    test_rows: npt.NDArray[np.int64]
+    fingerprint: str
+    test_fingerprint: str
+    dropped_rows: int = 0
+
+    def output_name(self, target: Target) -> str:
+        """``probabilities`` / ``predictions``, prefixed by the target when there are several."""
+        if len(self.targets) == 1:
+            return target.output_name
+        return f"{safe_name(target.name)}_{target.output_name}"
+
+    def features(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
+        """Raw input arrays for ``rows``: float32 with NaN, or strings with '' for missing."""
+        part = self.frame.iloc[rows]
+        arrays: dict[str, np.ndarray] = {}
+        for group in self.inputs:
+            if group.kind == "numeric":
+                arrays[group.name] = part[group.columns].to_numpy(dtype=np.float32, na_value=np.nan)
+            else:
+                arrays[group.name] = np.stack(
+                    [_as_strings(part[c]) for c in group.columns], axis=1
+                ).astype(object)
+        return arrays
+
+    def labels(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
+        """Per output name: class indices (int64) or float32 values of shape [n, 1]."""
+        part = self.frame.iloc[rows]
+        out: dict[str, np.ndarray] = {}
+        for target in self.targets:
+            if target.task == "classification":
+                lookup = {c: i for i, c in enumerate(target.classes)}
+                out[self.output_name(target)] = np.array(
+                    [lookup[v] for v in _as_strings(part[target.name])], dtype=np.int64
+                )
+            else:
+                values = part[target.name].to_numpy(dtype=np.float32)
+                out[self.output_name(target)] = values.reshape(-1, 1)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What ``<out>/dataset.json`` holds."""
+        return {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "test_fingerprint": self.test_fingerprint,
+            "targets": [t.name for t in self.targets],
+            "tasks": {t.name: t.task for t in self.targets},
+            "classes": {t.name: t.classes for t in self.targets if t.task == "classification"},
+            "outputs": {t.name: self.output_name(t) for t in self.targets},
+            "rows": {
+                "total": len(self.frame),
+                "train": len(self.train_rows),
+                "validation": len(self.val_rows),
+                "test": len(self.test_rows),
+                "dropped_missing_target": self.dropped_rows,
+            },
+            "inputs": [g.to_json() for g in self.inputs],
+        }
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    frame: pd.DataFrame
+    targets: list[str]
+    inputs: dict[str, list[str]] | None
+
+
+BUNDLED = ("sklearn:digits", "sklearn:breast_cancer", "sklearn:diabetes", "penguins")
+
+
+def _bundled(source: str) -> _Bundled | None:
+    if source == "sklearn:digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits(as_frame=True)
+        frame = digits.frame
+        pixels = [c for c in frame.columns if c != "target"]
+        return _Bundled(frame, ["target"], {"pixels": pixels})
+    if source == "sklearn:breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer(as_frame=True)
+        frame = bunch.frame.copy()
+        frame["target"] = np.where(bunch.target == 1, "benign", "malignant")
+        return _Bundled(frame, ["target"], None)
+    if source == "sklearn:diabetes":
+        from sklearn.datasets import load_diabetes
+
+        return _Bundled(load_diabetes(as_frame=True, scaled=False).frame, ["target"], None)
+    if source == "penguins":
+        from palmerpenguins import load_penguins
+
+        return _Bundled(load_penguins(), ["species"], None)
+    return None
+
+
+def read_table(source: str) -> tuple[pd.DataFrame, list[str], dict[str, list[str]] | None]:
+    """The raw table, the set's default targets and its default input grouping."""
+    bundled = _bundled(source)
+    if bundled is not None:
+        return bundled.frame, bundled.targets, bundled.inputs
+    if source.startswith("sklearn:"):
+        raise DataError(f"unknown bundled data set {source!r}; choose one of {', '.join(BUNDLED)}")
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"cannot read {source}: no such file (or a bundled set: {', '.join(BUNDLED)})")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        else:
+            raise DataError(f"cannot read {source}: use a .csv or .parquet file")
+    except DataError:
+        raise
+    except Exception as exc:  # every reader failure is the same user problem: an unreadable file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {source}: {reason}") from None
+    if frame.empty or len(frame.columns) < 2:
+        raise DataError(f"{source} has no rows or fewer than two columns")
+    return frame, [], None
+
+
+def safe_name(column: str) -> str:
+    """A column name as a signature key: letters, digits and underscores only."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", str(column)).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"f_{name}"
+    return name
+
+
+def _as_strings(series: pd.Series) -> list[str]:
+    """Category values as strings; missing becomes ''. Integral floats lose their '.0'."""
+    out = []
+    for value in series.tolist():
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            out.append("")
+        elif isinstance(value, float) and value.is_integer():
+            out.append(str(int(value)))
+        else:
+            out.append(str(value))
+    return out
+
+
+def _is_categorical(series: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _infer_task(series: pd.Series) -> Task:
+    if _is_categorical(series):
+        return "classification"
+    values = series.dropna()
+    if pd.api.types.is_integer_dtype(values) or bool((values == values.round()).all()):
+        if values.nunique() <= 20:
+            return "classification"
+    return "regression"
+
+
+def _sha256(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+
+
+def _targets(frame: pd.DataFrame, config: DataConfig, default: list[str]) -> list[str]:
+    targets = config.targets or default
+    if not targets:
+        raise DataError("no target: pass --target COLUMN (or data.targets in the config)")
+    for name in targets:
+        if name not in frame.columns:
+            raise DataError(f"target column {name!r} not found; columns: {', '.join(map(str, frame.columns))}")
+    if len(set(targets)) != len(targets):
+        raise DataError("a target is listed twice")
+    return targets
+
+
+def _task_for(name: str, config: DataConfig, series: pd.Series) -> Task:
+    task = config.task
+    if isinstance(task, dict):
+        unknown = set(task) - set(config.targets)
+        if unknown and config.targets:
+            raise DataError(f"data.task names columns that are not targets: {', '.join(sorted(unknown))}")
+        chosen = task.get(name)
+    else:
+        chosen = task
+    if chosen is None:
+        chosen = _infer_task(series)
+    if chosen == "regression" and _is_categorical(series):
+        raise DataError(f"regression target {name!r} is not numeric")
+    return chosen
+
+
+def _feature_columns(frame: pd.DataFrame, config: DataConfig, targets: list[str]) -> list[str]:
+    for column in [*config.drop, *config.categorical, *(config.features or [])]:
+        if column not in frame.columns:
+            raise DataError(f"unknown column {column!r}; columns: {', '.join(map(str, frame.columns))}")
+    overlap = set(config.features or []) & set(targets)
+    if overlap:
+        raise DataError(f"column {sorted(overlap)[0]!r} is both a feature and a target")
+    if config.features is not None:
+        columns = [c for c in config.features if c not in config.drop]
+    else:
+        columns = [c for c in frame.columns if c not in targets and c not in config.drop]
+    if not columns:
+        raise DataError("no feature columns left")
+    return [str(c) for c in columns]
+
+
+def _input_groups(
+    frame: pd.DataFrame, config: DataConfig, columns: list[str], default: dict[str, list[str]] | None
+) -> list[InputGroup]:
+    kinds: dict[str, Kind] = {
+        c: "categorical" if c in config.categorical or _is_categorical(frame[c]) else "numeric" for c in columns
+    }
+    grouping = config.inputs if config.inputs is not None else default or {}
+    groups: list[InputGroup] = []
+    grouped: set[str] = set()
+    for name, members in grouping.items():
+        if safe_name(name) != name:
+            raise DataError(f"input name {name!r} must use letters, digits and underscores only")
+        for column in members:
+            if column not in frame.columns:
+                raise DataError(f"unknown column {column!r} in input group {name!r}")
+            if column not in kinds:
+                raise DataError(f"column {column!r} in input group {name!r} is not a feature")
+            if kinds[column] != "numeric":
+                raise DataError(f"input group {name!r}: column {column!r} is categorical; group numeric columns")
+            if column in grouped:
+                raise DataError(f"column {column!r} is in two input groups")
+            grouped.add(column)
+        if members:
+            groups.append(InputGroup(name, list(members), "numeric"))
+    for column in columns:
+        if column not in grouped:
+            groups.append(InputGroup(safe_name(column), [column], kinds[column]))
+    names = [g.name for g in groups]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"two inputs share the name {duplicates[0]!r}; rename a column or group")
+    for group in groups:
+        if group.kind == "numeric":
+            for column in group.columns:
+                if not pd.api.types.is_numeric_dtype(frame[column]) and column not in config.categorical:
+                    raise DataError(f"column {column!r} is not numeric")
+    return groups
+
+
+def _split(
+    n_rows: int, strata: list[str] | None, fractions: tuple[float, float], seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    from sklearn.model_selection import train_test_split
+
+    val_fraction, test_fraction = fractions
+    rows = np.arange(n_rows, dtype=np.int64)
+    n_test = int(np.ceil(test_fraction * n_rows))
+    n_val = int(np.ceil(val_fraction * n_rows))
+    if n_rows < MIN_ROWS or n_rows - n_test - n_val < 10:
+        raise DataError(f"too few rows for the split: {n_rows} rows (need at least {MIN_ROWS})")
+    if strata is not None:
+        counts = pd.Series(strata).value_counts()
+        if counts.min() < 3:
+            raise DataError(
+                f"too few rows for a stratified split: class {counts.idxmin()!r} has {counts.min()} row(s), "
+                "need at least 3"
+            )
+        if min(n_test, n_val) < len(counts):
+            raise DataError(
+                f"too few rows for the split: {len(counts)} classes need at least {len(counts)} rows "
+                "in each of validation and test"
+            )
+    strata_arr = np.asarray(strata) if strata is not None else None
+    rest, test = train_test_split(rows, test_size=n_test, random_state=seed, stratify=strata_arr)
+    rest_strata = strata_arr[rest] if strata_arr is not None else None
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=rest_strata)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def prepare(config: DataConfig, seed: int) -> Dataset:
+    """Read, check and split the data. Raises DataError with a one-line message."""
+    raw, default_targets, default_inputs = read_table(config.source)
+    raw = raw.reset_index(drop=True)
+    raw.columns = [str(c) for c in raw.columns]
+    fingerprint = _sha256(raw)
+    targets = _targets(raw, config, default_targets)
+    columns = _feature_columns(raw, config, targets)
+    missing_target = raw[targets].isna().any(axis=1) | (raw[targets].astype(str) == "").any(axis=1)
+    frame = raw.loc[~missing_target, [*columns, *targets]].reset_index(drop=True)
+    dropped = int(missing_target.sum())
+
+    target_infos = []
+    for name in targets:
+        task = _task_for(name, config, frame[name])
+        classes: list[str] = []
+        if task == "classification":
+            values = frame[name]
+            uniques = sorted(values.unique().tolist(), key=lambda v: (str(type(v)), v))
+            classes = _as_strings(pd.Series(uniques))
+            if len(classes) < 2:
+                raise DataError(f"classification target {name!r} has only one class")
+        target_infos.append(Target(name, task, classes))
+
+    groups = _input_groups(frame, config, columns, default_inputs)
+    first_class = next((t for t in target_infos if t.task == "classification"), None)
+    strata = _as_strings(frame[first_class.name]) if first_class is not None else None
+    train, val, test = _split(len(frame), strata, (config.split.validation, config.split.test), seed)
+    test_fingerprint = _sha256(frame.iloc[test])
+    return Dataset(
+        source=config.source,
+        frame=frame,
+        inputs=groups,
+        targets=target_infos,
+        train_rows=train,
+        val_rows=val,
+        test_rows=test,
+        fingerprint=fingerprint,
+        test_fingerprint=test_fingerprint,
+        dropped_rows=dropped,
+    )

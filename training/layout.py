@@ -1,0 +1,75 @@
+"""The output directory of a run: every path a part of the pipeline reads or writes.
+
+Other parts (the registry's MLflow logging, the Kubernetes job) rely on these names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class Layout:
+    """Paths under one run's output directory."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.root = Path(out_dir)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def members(self) -> Path:
+        return self.root / "members"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def models_config(self) -> Path:
+        return self.models / "models.config"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "ensemble.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def member_dir(self, index: int) -> Path:
+        return self.members / f"m{index}"
+
+    def member_file(self, index: int) -> Path:
+        return self.member_dir(index) / "member.json"
+
+    def model_dir(self, model_name: str) -> Path:
+        return self.models / model_name
+
+    def read_config(self) -> dict[str, Any]:
+        data: dict[str, Any] = yaml.safe_load(self.config.read_text()) or {}
+        return data
+
+    def write_text(self, path: Path, text: str) -> None:
+        """Atomic write: parallel workers and pods may write the same file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    def write_json(self, path: Path, data: Any) -> None:
+        self.write_text(path, json.dumps(data, indent=2) + "\n")

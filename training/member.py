@@ -1,0 +1,159 @@
+"""Train one member end to end: fit, checkpoint, export, verify the export, record its predictions.
+
+This is the whole of ``ensemble train-member --index I``: a local worker process and a Kubernetes
+pod run exactly this, each reading the resolved config from ``<out>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import TrainConfig, ensemble_name
+from training.data import Dataset, prepare
+from training.layout import Layout
+from training.progress import MemberProgress, write_progress
+
+
+def member_seed(seed: int, index: int) -> int:
+    """A distinct, reproducible seed per member."""
+    return (seed * 1_000_003 + index * 7919 + 17) % (2**31 - 1)
+
+
+def quiet_tensorflow(threads: int | None) -> None:
+    """Silence TF's C++ logging and, when several workers share the cores, pin each to ``threads``.
+
+    Must run before TensorFlow is imported.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if threads:
+        for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def _dataset(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch: int, seed: int | None) -> Any:
+    import tensorflow as tf
+
+    from training.export import _to_tensors
+
+    data = tf.data.Dataset.from_tensor_slices((_to_tensors(features), labels))
+    if seed is not None:
+        data = data.shuffle(len(next(iter(labels.values()))), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch).prefetch(2)
+
+
+def _take(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in arrays.items()}
+
+
+def output_kinds(dataset: Dataset) -> list[tuple[str, str, str]]:
+    """(output name, target name, kind) per target, in order."""
+    return [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
+
+
+def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> dict[str, Any]:
+    """Train member ``index`` of the run in ``out_dir``; returns what it wrote to member.json."""
+    quiet_tensorflow(threads)
+    import keras
+    import tensorflow as tf
+
+    from training import search
+    from training.architectures import build_model, losses
+    from training.callbacks import fit_callbacks, optimizer
+    from training.export import next_version, run_saved_model, save_member, verify_round_trip
+    from training.metrics import evaluate
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    layout = Layout(out_dir)
+    config = TrainConfig.model_validate(layout.read_config())
+    name = ensemble_name(config)
+    member_dir = layout.member_dir(index)
+    member_dir.mkdir(parents=True, exist_ok=True)
+    progress = MemberProgress(index=index, state="starting")
+    write_progress(member_dir, progress)
+    try:
+        started = time.monotonic()
+        dataset = prepare(config.data, config.seed)
+        hparams = search.candidate(config, index)
+        seed = member_seed(config.seed, index)
+        keras.utils.set_random_seed(seed)
+
+        train_rows = dataset.train_rows
+        if config.members.bootstrap:
+            rng = np.random.default_rng(seed)
+            train_rows = np.sort(rng.choice(train_rows, size=len(train_rows), replace=True))
+        x_train, y_train = dataset.features(train_rows), dataset.labels(train_rows)
+        x_val, y_val = dataset.features(dataset.val_rows), dataset.labels(dataset.val_rows)
+        x_test, y_test = dataset.features(dataset.test_rows), dataset.labels(dataset.test_rows)
+
+        fit = hparams.fit
+        steps = int(np.ceil(len(train_rows) / fit.batch_size))
+        model = build_model(hparams.model, dataset)
+        loss, loss_weights = losses(dataset, fit.loss_weights)
+        model.compile(optimizer=optimizer(fit, steps), loss=loss, loss_weights=loss_weights)
+        progress.epochs = fit.epochs
+        history = model.fit(
+            _dataset(x_train, y_train, fit.batch_size, seed),
+            validation_data=_dataset(x_val, y_val, 1024, None),
+            epochs=fit.epochs,
+            callbacks=fit_callbacks(fit, member_dir, progress),
+            shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
+            verbose=0,
+        )
+        train_seconds = time.monotonic() - started
+
+        progress.state = "exporting"
+        write_progress(member_dir, progress)
+        model_name = f"{name}-m{index}"
+        version = next_version(layout.model_dir(model_name))
+        export_path = layout.model_dir(model_name) / str(version)
+        save_member(model, dataset, export_path)
+        max_diff = verify_round_trip(model, export_path, x_val)
+
+        val_pred = run_saved_model(export_path, x_val)
+        test_pred = run_saved_model(export_path, x_test)
+        np.savez_compressed(
+            member_dir / "predictions.npz",
+            **{f"val/{k}": v for k, v in val_pred.items()},
+            **{f"test/{k}": v for k, v in test_pred.items()},
+        )
+        kinds = output_kinds(dataset)
+        metrics = {**evaluate(val_pred, y_val, kinds, "val"), **evaluate(test_pred, y_test, kinds, "test")}
+        val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
+        record: dict[str, Any] = {
+            "index": index,
+            "model_name": model_name,
+            "version": version,
+            "seed": seed,
+            "hyperparameters": hparams.model_dump(mode="json"),
+            "bootstrap": config.members.bootstrap,
+            "metrics": metrics,
+            "best_val_loss": float(min(val_losses)) if val_losses else None,
+            "epochs_trained": len(history.epoch),
+            "train_seconds": round(train_seconds, 3),
+            "export_path": str(export_path.resolve()),
+            "export_max_abs_diff": max_diff,
+        }
+        layout.write_json(member_dir / "member.json", record)
+        progress.state = "done"
+        write_progress(member_dir, progress)
+        return record
+    except BaseException as exc:
+        progress.state = "failed"
+        progress.message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        write_progress(member_dir, progress)
+        raise
+
+
+def read_member(out_dir: Path, index: int) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(Layout(out_dir).member_file(index).read_text())
+    return record

@@ -1,0 +1,95 @@
+"""Held-out metrics: accuracy, NLL, Brier and ECE for classifiers, RMSE and MAE for regressors.
+
+Pure numpy, so the same numbers come out of the report, the manifest and the unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+PROBABILITY_FLOOR = 1e-12
+ECE_BINS = 15
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (natural log)."""
+    picked = np.asarray(probabilities, dtype=np.float64)[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, PROBABILITY_FLOOR, 1.0))))
+
+
+def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over rows of the squared distance between the probabilities and the one-hot truth."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def reliability(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: mean confidence, accuracy and row count."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    conf_sum = np.bincount(index, weights=confidence, minlength=bins)
+    acc_sum = np.bincount(index, weights=correct, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return conf_sum / counts, acc_sum / counts, counts
+
+
+def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: count-weighted |accuracy - confidence| over confidence bins."""
+    conf, acc, counts = reliability(probabilities, labels, bins)
+    filled = counts > 0
+    return float(np.sum(counts[filled] * np.abs(acc[filled] - conf[filled])) / counts.sum())
+
+
+def rmse(predictions: np.ndarray, values: np.ndarray) -> float:
+    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def mae(predictions: np.ndarray, values: np.ndarray) -> float:
+    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(np.mean(np.abs(diff)))
+
+
+def output_metrics(kind: str, prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """The metrics of one output: ``kind`` is 'probabilities' or 'predictions'."""
+    if kind == "probabilities":
+        labels = np.asarray(truth, dtype=np.int64).reshape(-1)
+        return {
+            "accuracy": accuracy(prediction, labels),
+            "nll": nll(prediction, labels),
+            "brier": brier(prediction, labels),
+            "ece": ece(prediction, labels),
+        }
+    return {"rmse": rmse(prediction, truth), "mae": mae(prediction, truth)}
+
+
+def evaluate(
+    outputs: Mapping[str, np.ndarray],
+    truth: Mapping[str, np.ndarray],
+    output_targets: Sequence[tuple[str, str, str]],
+    prefix: str,
+) -> dict[str, float]:
+    """Named metrics of one model or ensemble on one split.
+
+    ``output_targets`` lists (output name, target name, kind). One target gives ``<prefix>_<metric>``;
+    several give ``<prefix>_<target>_<metric>``.
+    """
+    several = len(output_targets) > 1
+    result: dict[str, float] = {}
+    for output, target, kind in output_targets:
+        for metric, value in output_metrics(kind, outputs[output], truth[output]).items():
+            key = f"{prefix}_{target}_{metric}" if several else f"{prefix}_{metric}"
+            result[key] = value
+    return result

@@ -1,0 +1,50 @@
+"""Progress files: how worker processes tell the parent what each member is doing.
+
+A worker rewrites ``<out>/members/m<i>/progress.json`` atomically after every epoch; the parent
+polls those files to draw its live display. Files work the same for local processes and for pods
+sharing a volume, and need no pipe between the processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+State = Literal["waiting", "starting", "training", "exporting", "done", "failed"]
+
+
+@dataclass
+class MemberProgress:
+    """One member's state as the display shows it."""
+
+    index: int
+    state: State = "waiting"
+    epoch: int = 0
+    epochs: int = 0
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    message: str = ""
+
+
+def progress_path(member_dir: Path) -> Path:
+    return member_dir / "progress.json"
+
+
+def write_progress(member_dir: Path, progress: MemberProgress) -> None:
+    member_dir.mkdir(parents=True, exist_ok=True)
+    path = progress_path(member_dir)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(progress)))
+    tmp.replace(path)
+
+
+def read_progress(member_dir: Path, index: int) -> MemberProgress:
+    """The last written state; ``waiting`` when the worker has not written one yet."""
+    try:
+        data: dict[str, Any] = json.loads(progress_path(member_dir).read_text())
+        return MemberProgress(**data)
+    except (OSError, ValueError, TypeError):
+        return MemberProgress(index=index)
