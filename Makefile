@@ -16,7 +16,10 @@ $(BIN)/ensemble: pyproject.toml
 demo: setup
 	$(BIN)/ensemble demo --once
 
-test: setup
+system-deps:
+	bash tools/system-deps.sh
+
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 test-fast: setup
