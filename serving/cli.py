@@ -2,8 +2,110 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``; heavy imports stay inside each command."""
+    app.command("serve")(serve)
+
+
+def serve(
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Serve this ensemble.json (reloaded when it changes).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow tracking URI to resolve aliases from.")
+    ] = None,
+    ensemble: Annotated[
+        str | None, typer.Option("--ensemble", help="Registered ensemble name (with --tracking-uri).")
+    ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option("--alias", help="Registry alias to serve; repeat for several (first is the default)."),
+    ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option("--backend", help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas."),
+    ] = None,
+    member_backend: Annotated[
+        list[str] | None,
+        typer.Option("--member-backend", help="MEMBER=HOST:PORT[,HOST:PORT] override for one member."),
+    ] = None,
+    rest_port: Annotated[int | None, typer.Option("--rest-port", help="REST port (default 8501).")] = None,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="gRPC port (default 8500).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface for both REST and gRPC.")] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="Coalesce concurrent requests.")
+    ] = None,
+    hedge_after_ms: Annotated[
+        float | None, typer.Option("--hedge-after-ms", help="Hedge a slow member call after this delay.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of gateway settings (flags and env win).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run the ensemble gateway: TF Serving's REST and gRPC API in front of the members."""
+    from pydantic import ValidationError
+
+    from serving.settings import GatewaySettings
+
+    overrides: dict[str, object] = {
+        "manifest": manifest,
+        "tracking_uri": tracking_uri,
+        "ensemble": ensemble,
+        "aliases": alias or None,
+        "backends": backend or None,
+        "rest_port": rest_port,
+        "grpc_port": grpc_port,
+        "rest_host": host,
+        "grpc_host": host,
+        "batching": batching,
+        "hedge_after_s": hedge_after_ms / 1000 if hedge_after_ms is not None else None,
+        "log_level": log_level,
+    }
+    try:
+        if member_backend:
+            overrides["member_backends"] = _member_backends(member_backend)
+        settings = GatewaySettings.load(config, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        typer.echo(f"error: {where + ': ' if where else ''}{message}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if settings.manifest is None and settings.tracking_uri is None:
+        typer.echo("error: give --manifest FILE or --tracking-uri URI --ensemble NAME", err=True)
+        raise typer.Exit(2)
+    if not settings.backends and not settings.member_backends:
+        typer.echo("error: give --backend HOST:PORT (or per-member --member-backend)", err=True)
+        raise typer.Exit(2)
+
+    from serving.app import run
+    from serving.manifest_source import ManifestLoadError
+
+    try:
+        run(settings)
+    except ManifestLoadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _member_backends(values: list[str]) -> dict[str, list[str]]:
+    overrides: dict[str, list[str]] = {}
+    for value in values:
+        member, sep, addresses = value.partition("=")
+        if not sep or not member or not addresses:
+            raise ValueError(f"--member-backend {value!r} must be MEMBER=HOST:PORT[,HOST:PORT]")
+        overrides.setdefault(member, []).extend(a.strip() for a in addresses.split(",") if a.strip())
+    return overrides

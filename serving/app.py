@@ -1,0 +1,456 @@
+"""The gateway process: REST and gRPC on one event loop, around one :class:`EnsembleCore`.
+
+``create_app`` builds the FastAPI app (TF Serving's REST API from the shared adapter, plus
+``/healthz``, ``/readyz``, ``/metrics``, bearer-token auth, the body size limit and request
+metrics); ``create_grpc_server`` builds the grpc.aio server (TF Serving's services from the shared
+adapter, gRPC health and reflection, the same auth and metrics as an interceptor). ``run`` starts
+both on uvloop, watches the manifest source, and on SIGTERM stops accepting, lets in-flight
+requests finish (up to ``drain_timeout_s``) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import Response
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from serving.backends import BackendPool
+from serving.ensemble import EnsembleCore, FanOutPolicy
+from serving.manifest_source import (
+    FileManifestSource,
+    ManifestLoadError,
+    ManifestSource,
+    RegistryManifestSource,
+    ServedManifests,
+    served_version,
+    watch,
+)
+from serving.metrics import CONTENT_TYPE, PROTOCOL_GRPC, PROTOCOL_REST, GatewayMetrics
+from serving.settings import GatewaySettings
+
+log = logging.getLogger("serving.gateway")
+
+# ASGI types, spelled out to keep the middleware free of a framework dependency.
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_PREDICTION_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+class Gateway:
+    """Everything one gateway process holds: settings, metrics, the core and its member clients."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        source: ManifestSource,
+        served: ServedManifests,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.metrics = metrics or GatewayMetrics()
+        self.pool = BackendPool(
+            settings.addresses_for,
+            hedge_after_s=settings.hedge_after_s,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
+            max_message_bytes=max(settings.max_body_bytes, 4 * 1024 * 1024) * 4,
+            metrics=self.metrics,
+        )
+        batching = (settings.max_batch_size, settings.max_delay_ms / 1000) if settings.batching else None
+        self.core = EnsembleCore(
+            served,
+            self.pool,
+            policy=FanOutPolicy(
+                member_deadline_s=settings.member_deadline_s,
+                request_deadline_s=settings.request_deadline_s,
+            ),
+            metrics=self.metrics,
+            batching=batching,
+        )
+        self.health = health.aio.HealthServicer()
+        self.draining = False
+        self._ready = False
+        self._ready_reason = "starting"
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(cls, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> Gateway:
+        """Load the manifests once (errors are ManifestLoadError) and build the gateway."""
+        source = manifest_source(settings)
+        served = await source.load()
+        gateway = cls(settings, source, served, metrics)
+        gateway.metrics.reloads.labels("loaded").inc()
+        return gateway
+
+    # --- readiness and reload ------------------------------------------------------------------
+    async def check_ready(self) -> tuple[bool, str]:
+        if self.draining:
+            ready, reason = False, "draining"
+        else:
+            ready, reason = await self.core.ready(timeout_s=1.0)
+        if ready != self._ready:
+            log.info("readiness: %s (%s)", "ready" if ready else "not ready", reason)
+        self._ready, self._ready_reason = ready, reason
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *_PREDICTION_SERVICES):
+            await self.health.set(service, status)
+        return ready, reason
+
+    async def _monitor_readiness(self, interval_s: float) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.check_ready()
+            await asyncio.sleep(interval_s)
+
+    async def _swap(self, served: ServedManifests) -> None:
+        self.core.swap(served)
+        self.metrics.reloads.labels("loaded").inc()
+        versions = {label: served_version(m) for label, m in served.labels.items()}
+        log.info("manifest reloaded: %s v%s %s", served.name, served_version(served.default), versions or "")
+
+    def _reload_failed(self, error: ManifestLoadError) -> None:
+        self.metrics.reloads.labels("failed").inc()
+        log.warning("manifest reload failed, still serving the previous one: %s", error)
+
+    def start_background(self) -> None:
+        """Start watching the manifest source and the members' readiness."""
+        self._tasks.append(
+            asyncio.create_task(
+                watch(
+                    self.source,
+                    self.core.served,
+                    self.settings.poll_interval_s,
+                    self._swap,
+                    self._reload_failed,
+                )
+            )
+        )
+        self._tasks.append(asyncio.create_task(self._monitor_readiness(2.0)))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.pool.close()
+
+
+def manifest_source(settings: GatewaySettings) -> ManifestSource:
+    """The manifest source the settings name: a file, or registry aliases."""
+    if settings.manifest is not None:
+        return FileManifestSource(settings.manifest)
+    if settings.tracking_uri is not None and settings.ensemble is not None:
+        return RegistryManifestSource(settings.tracking_uri, settings.ensemble, settings.aliases)
+    raise ManifestLoadError(
+        "no ensemble to serve: give a manifest file or a tracking URI and an ensemble name"
+    )
+
+
+# --- REST ---------------------------------------------------------------------------------------
+async def _send_error(
+    send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """TF Serving's error body, ``{"error": ...}``, straight onto the ASGI channel."""
+    body = orjson.dumps({"error": message})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra_headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Request metrics, bearer-token auth and the body size limit, as one pure ASGI layer."""
+
+    def __init__(self, app: ASGIApp, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_seen = [500]
+        in_flight = self.metrics.in_flight.labels(PROTOCOL_REST)
+        in_flight.inc()
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_seen[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_tracked)
+        finally:
+            in_flight.dec()
+            self.metrics.requests.labels(PROTOCOL_REST, str(status_seen[0])).inc()
+            self.metrics.request_latency.labels(PROTOCOL_REST).observe(time.perf_counter() - started)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        if self.expected is not None:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _send_error(
+                    send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
+                )
+                return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _send_error(send, 413, f"request body exceeds the limit of {self.max_body} bytes")
+            return
+        received = 0
+        response_started = False
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def send_watch(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_limited, send_watch)
+        except _TooLarge:
+            if not response_started:
+                await _send_error(send, 413, f"request body exceeds the limit of {self.max_body} bytes")
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The gateway's FastAPI app: TF Serving's REST API for the ensemble, plus operations endpoints."""
+    from serving.rest import create_tfs_router, install_error_handlers
+
+    app = FastAPI(
+        title="Ensemble gateway",
+        description="TF Serving's REST API in front of a Keras model ensemble.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(create_tfs_router(gateway.core))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(orjson.dumps({"status": "alive"}), media_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready, reason = await gateway.check_ready()
+        body = {"status": "ready" if ready else "not ready", "reason": reason}
+        if ready:
+            served = gateway.core.served
+            body["ensemble"] = served.name
+            body["version"] = str(served_version(served.default))
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(GuardMiddleware, settings=gateway.settings, metrics=gateway.metrics)  # type: ignore[arg-type]
+    return app
+
+
+# --- gRPC ---------------------------------------------------------------------------------------
+class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Bearer-token auth and request metrics for every gRPC method but health and reflection."""
+
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        self.expected = f"Bearer {token}" if token else None
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = str(details.method)
+        if handler is None or handler.unary_unary is None or method.startswith(_OPEN_GRPC_PREFIXES):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        authorized = self.expected is None or hmac.compare_digest(
+            str(metadata.get("authorization", "")), self.expected
+        )
+        inner = handler.unary_unary
+        metrics = self.metrics
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            in_flight = metrics.in_flight.labels(PROTOCOL_GRPC)
+            in_flight.inc()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                if not authorized:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+                response = await inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException:
+                code = context.code() or (
+                    grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
+                )
+                raise
+            finally:
+                in_flight.dec()
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                metrics.requests.labels(PROTOCOL_GRPC, name).inc()
+                metrics.request_latency.labels(PROTOCOL_GRPC).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
+    """The gateway's grpc.aio server: TF Serving's services, health and reflection (not started)."""
+    from serving.grpc import add_tfs_servicers
+
+    settings = gateway.settings
+    server = grpc.aio.server(
+        interceptors=[GrpcGuard(settings, gateway.metrics)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", max(settings.max_body_bytes, 4 * 1024 * 1024) * 4),
+        ],
+    )
+    add_tfs_servicers(server, gateway.core)
+    health_pb2_grpc.add_HealthServicer_to_server(gateway.health, server)
+    _add_reflection(server)
+    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    return server
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    from grpc_reflection.v1alpha import reflection
+
+    from serving.grpc import reflection_service_names
+
+    reflection.enable_server_reflection(
+        (*reflection_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+
+# --- the process --------------------------------------------------------------------------------
+def _uvicorn_server(app: FastAPI, settings: GatewaySettings) -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The gateway handles SIGTERM itself so REST and gRPC drain together.
+            yield
+
+    config = uvicorn.Config(
+        app,
+        host=settings.rest_host,
+        port=settings.rest_port,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+        log_config=None,
+    )
+    return _Server(config)
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain and return."""
+    gateway = await Gateway.open(settings)
+    app = create_app(gateway)
+    grpc_server = create_grpc_server(gateway)
+    rest_server = _uvicorn_server(app, settings)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    rest_task = asyncio.create_task(rest_server.serve())
+    while not rest_server.started and not rest_task.done():
+        await asyncio.sleep(0.01)
+    if rest_task.done():
+        await grpc_server.stop(grace=None)
+        await gateway.close()
+        rest_task.result()
+        raise SystemExit(f"error: cannot listen on {settings.rest_host}:{settings.rest_port}")
+    gateway.start_background()
+    served = gateway.core.served
+    log.info(
+        "serving ensemble %s v%s (%d members) on REST %s:%d and gRPC %s:%d",
+        served.name,
+        served_version(served.default),
+        len(served.default.members),
+        settings.rest_host,
+        settings.rest_port,
+        settings.grpc_host,
+        settings.grpc_port,
+    )
+    await stop.wait()
+
+    log.info("draining: no new requests; waiting up to %.1fs for in-flight ones", settings.drain_timeout_s)
+    gateway.draining = True
+    await gateway.check_ready()
+    rest_server.should_exit = True
+    await asyncio.gather(grpc_server.stop(grace=settings.drain_timeout_s), rest_task, return_exceptions=True)
+    await gateway.close()
+    log.info("stopped")
+
+
+def run(settings: GatewaySettings) -> None:
+    """The ``ensemble serve`` entry: logging, uvloop, and :func:`serve`."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # uvloop is not available on every platform
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
