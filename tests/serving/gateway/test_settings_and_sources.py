@@ -1,0 +1,140 @@
+"""Gateway settings precedence and the manifest sources (file and registry) with hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from registry.manifest import Manifest
+from serving.manifest_source import (
+    FileManifestSource,
+    ManifestLoadError,
+    RegistryManifestSource,
+    ServedManifests,
+    watch,
+)
+from serving.settings import GatewaySettings
+from tests.serving.gateway.helpers import make_manifest
+
+
+def test_defaults_match_tf_serving_ports() -> None:
+    settings = GatewaySettings()
+    assert (settings.grpc_port, settings.rest_port) == (8500, 8501)
+    assert settings.auth_token is None
+    assert settings.hedge_after_s is None
+
+
+def test_flags_beat_env_beat_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("grpc_port: 9000\nrest_port: 9001\nmember_deadline_s: 0.5\nbackends: [a:1]\n")
+    monkeypatch.setenv("ENSEMBLE_REST_PORT", "9101")
+    monkeypatch.setenv("ENSEMBLE_BACKENDS", "b:2, c:3")
+    monkeypatch.setenv("ENSEMBLE_MEMBER_BACKENDS", '{"m0": ["d:4"]}')
+    monkeypatch.setenv("ENSEMBLE_AUTH_TOKEN", "s3cret")
+    settings = GatewaySettings.load(config, grpc_port=9200, rest_port=None)
+    assert settings.grpc_port == 9200  # flag
+    assert settings.rest_port == 9101  # env over YAML
+    assert settings.member_deadline_s == 0.5  # YAML over default
+    assert settings.backends == ["b:2", "c:3"]
+    assert settings.addresses_for("m0") == ["d:4"]
+    assert settings.addresses_for("m1") == ["b:2", "c:3"]
+    assert settings.auth_token is not None
+    assert settings.auth_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"backends": ["nohost"]}, "must be HOST:PORT"),
+        ({"manifest": Path("m.json"), "tracking_uri": "http://x", "ensemble": "e"}, "not both"),
+        ({"tracking_uri": "http://x"}, "needs both"),
+        ({"aliases": ["bad-alias"]}, "[a-zA-Z0-9_]+"),
+        ({"grpc_port": 70000}, "less than or equal"),
+    ],
+)
+def test_bad_settings_are_rejected(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        GatewaySettings.load(None, **overrides)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        GatewaySettings.load(tmp_path / "nope.yaml")
+
+
+def test_file_source_reloads_on_change_and_reports_bad_files(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.json"
+    make_manifest(version=1).save(path)
+    source = FileManifestSource(path)
+
+    async def scenario() -> None:
+        first = await source.load()
+        assert first.default.version == 1
+        assert await source.load() is first  # unchanged file: not re-parsed
+        make_manifest((0.2, 0.3, 0.5), version=2).save(path)
+        second = await source.load()
+        assert second.default.version == 2
+        path.write_text('{"name": "toy"}')
+        with pytest.raises(ManifestLoadError, match="not a valid manifest"):
+            await source.load()
+        path.unlink()
+        with pytest.raises(ManifestLoadError, match="cannot read"):
+            await source.load()
+
+    asyncio.run(scenario())
+
+
+def test_registry_source_resolves_every_alias() -> None:
+    manifests = {"champion": make_manifest(version=3), "challenger": make_manifest(version=4)}
+    calls: list[tuple[str, str, str]] = []
+
+    def resolve(uri: str, name: str, alias: str) -> Manifest:
+        calls.append((uri, name, alias))
+        if alias not in manifests:
+            raise LookupError(f"ensemble {name!r} has no alias {alias!r}\nmore detail")
+        return manifests[alias]
+
+    async def scenario() -> ServedManifests:
+        source = RegistryManifestSource("http://mlflow", "toy", ["champion", "challenger"], resolve=resolve)
+        served = await source.load()
+        bad = RegistryManifestSource("http://mlflow", "toy", ["gone"], resolve=resolve)
+        with pytest.raises(
+            ManifestLoadError, match="^cannot resolve toy@gone: ensemble 'toy' has no alias 'gone'$"
+        ):
+            await bad.load()
+        return served
+
+    served = asyncio.run(scenario())
+    assert served.default.version == 3
+    assert {label: m.version for label, m in served.labels.items()} == {"champion": 3, "challenger": 4}
+    assert calls[:2] == [("http://mlflow", "toy", "champion"), ("http://mlflow", "toy", "challenger")]
+
+
+def test_watch_hands_over_changes_and_survives_errors(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.json"
+    make_manifest(version=1).save(path)
+    source = FileManifestSource(path)
+    changes: list[int | None] = []
+    errors: list[str] = []
+
+    async def on_change(served: ServedManifests) -> None:
+        changes.append(served.default.version)
+
+    async def scenario() -> None:
+        current = await source.load()
+        task = asyncio.create_task(watch(source, current, 0.02, on_change, lambda e: errors.append(str(e))))
+        await asyncio.sleep(0.1)
+        path.write_text("not json")
+        await asyncio.sleep(0.1)
+        make_manifest(version=2).save(path)
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert changes == [2]
+    assert errors
+    assert "not a valid manifest" in errors[0]
