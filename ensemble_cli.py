@@ -6,6 +6,9 @@ the gateway) only inside the command that needs them, so ``ensemble --help`` sta
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
@@ -24,7 +27,46 @@ def build_app() -> typer.Typer:
     training_cli.register(app)
     registry_cli.register(app)
     serving_cli.register(app)
+    app.command("demo")(demo)
     return app
+
+
+def demo(
+    out: Annotated[Path | None, typer.Option("--out", help="Where the demo ensemble lives.")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: local sqlite store).")
+    ] = None,
+    members: Annotated[int, typer.Option("--members", min=2, help="Members to train.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per member (early stopping).")] = 30,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train anew even if an ensemble exists.")
+    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="Exit after the sample predictions.")] = False,
+    rest_port: Annotated[int, typer.Option("--rest-port", help="Gateway REST port.")] = 8501,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="Gateway gRPC port.")] = 8500,
+) -> None:
+    """Train, register, sync, serve and query an ensemble on this machine, on embedded defaults."""
+    from rich.console import Console
+
+    import ensemble_demo
+    from registry.defaults import tracking_uri as resolve_tracking_uri
+
+    console = Console()
+    try:
+        ensemble_demo.run_demo(
+            out or ensemble_demo.default_out_dir(),
+            tracking_uri=resolve_tracking_uri(tracking_uri),
+            members=members,
+            epochs=epochs,
+            retrain=retrain,
+            once=once,
+            rest_port=rest_port,
+            grpc_port=grpc_port,
+            echo=console.print,
+        )
+    except ensemble_demo.DemoError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def main() -> None:
