@@ -628,7 +628,7 @@ def _json_ready(name: str, array: np.ndarray, *, as_lists: bool) -> Any:
         # orjson writes NaN as null where TF Serving writes bare NaN: the rare case goes through json,
         # with float32 values in their shortest float32 spelling rather than as widened doubles.
         if array.dtype == np.float32:
-            return np.vectorize(lambda value: float(str(value)), otypes=[np.float64])(array).tolist()
+            return _nested(array, lambda value: float(np.format_float_positional(np.float32(value))))
         return array.tolist()
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
