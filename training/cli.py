@@ -1,9 +1,222 @@
-"""Commands of the ``training``package, registered on the ``ensemble`` app."""
+"""Commands of the ``training`` package, registered on the ``ensemble`` app.
+
+``train`` = validate config and data, ``train-member`` for every index in parallel processes,
+then ``assemble`` (and log the run to the registry). The two steps are commands of their own so a
+cluster can run them as an Indexed Job and a follow-up Job.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from training.config import TrainConfig
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML training config (see examples/).", show_default=False)
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _resolve(config_path: Path | None, overrides: dict[str, Any], members: int | None) -> TrainConfig:
+    """Config file + flags, validated, with the ensemble name filled in."""
+    from training.config import ensemble_name, load_config
+
+    config = load_config(config_path, overrides)
+    if members is not None:
+        # With a search, N members means: keep the best N candidates.
+        key = "search.keep" if config.search.trials else "members.count"
+        config = load_config(config_path, {**overrides, key: members})
+    return config.model_copy(update={"name": ensemble_name(config)})
+
+
+def _check(config: TrainConfig) -> Any:
+    """Everything that can be checked before training: the data, and names that refer to it."""
+    from training.data import prepare
+    from training.errors import ConfigError
+
+    dataset = prepare(config.data, config.seed)
+    targets = {t.name for t in dataset.targets}
+    unknown = set(config.members.defaults.fit.loss_weights) - targets
+    if unknown:
+        raise ConfigError(f"fit.loss_weights names columns that are not targets: {', '.join(sorted(unknown))}")
+    return dataset
+
+
+def prepare_run(config: TrainConfig, out_dir: Path) -> None:
+    """Validate the data and write ``config.yaml`` and ``dataset.json`` (what every worker reads)."""
+    from training.layout import Layout
+
+    dataset = _check(config)
+    layout = Layout(out_dir)
+    layout.write_text(layout.config, config.to_yaml())
+    layout.write_json(layout.dataset, dataset.summary())
+
+
+def _track(out_dir: Path, tracking_uri: str | None, register: bool, alias: str | None, console: Console) -> bool:
+    """Log the run to the registry; a missing registry module is a warning, a failure is an error."""
+    from registry.defaults import tracking_uri as resolve_uri
+
+    try:
+        from registry.tracking import log_training
+    except ImportError:
+        console.print("[yellow]warning:[/] registry tracking is not available; the run was not logged")
+        return True
+    uri = resolve_uri(tracking_uri)
+    try:
+        log_training(out_dir, uri, register=register, alias=alias)
+    except Exception as exc:  # the run itself is complete; report the registry's problem in one line
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: logging to {uri} failed: {reason}", file=sys.stderr)
+        return False
+    console.print(f"Logged to {uri}" + (f" (registered, alias {alias})" if alias else " (registered)" if register else ""))
+    return True
+
+
+def _assemble_and_report(out_dir: Path, console: Console) -> None:
+    from training.assemble import assemble
+    from training.report import print_report
+
+    report = assemble(out_dir)
+    print_report(report, console)
+    console.print(f"Manifest: {out_dir / 'ensemble.json'}   Report: {out_dir / 'report.json'}   Plots: {out_dir / 'plots'}")
+
+
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working directory).",
+        show_default=False,
+    ),
+]
+NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log the run to MLflow.")]
+RegisterOpt = Annotated[bool, typer.Option("--register", help="Register the members and the manifest.")]
+AliasOpt = Annotated[
+    str | None, typer.Option("--alias", help="Point this registry alias at the new ensemble (implies --register).")
+]
+
+
+def train(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="CSV/Parquet path or sklearn:digits, sklearn:breast_cancer, sklearn:diabetes, penguins.", show_default=False)] = None,
+    target: Annotated[str | None, typer.Option(help="Target column(s), comma-separated.", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression (default: inferred).", show_default=False)] = None,
+    members: Annotated[int | None, typer.Option(help="Number of members (with a search: candidates kept).", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per member.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split and the members.", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: number of cores).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(help="Ensemble name (default: from the data).", show_default=False)] = None,
+    out: OutOpt = Path("runs/latest"),
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    register: RegisterOpt = False,
+    alias: AliasOpt = None,
+) -> None:
+    """Train an ensemble: every member in parallel, then assemble, report and log it."""
+    from training.errors import TrainingError
+    from training.runner import available_cores, run_members
+
+    overrides: dict[str, Any] = {
+        "data.source": data,
+        "data.targets": target,
+        "data.task": task,
+        "members.defaults.fit.epochs": epochs,
+        "seed": seed,
+        "name": name,
+    }
+    console = _console()
+    try:
+        if workers is not None and workers < 1:
+            raise TrainingError("--workers must be at least 1")
+        resolved = _resolve(config, overrides, members)
+        prepare_run(resolved, out)
+        count = resolved.candidate_count
+        console.print(f"Training {count} members of [bold]{resolved.name}[/] into {out}")
+        run_members(out, list(range(count)), workers or available_cores(), console)
+        _assemble_and_report(out, console)
+    except TrainingError as exc:
+        raise _fail(str(exc)) from None
+    if not no_track and not _track(out, tracking_uri, register or alias is not None, alias, console):
+        raise typer.Exit(1)
+
+
+def train_member(
+    index: Annotated[int, typer.Option("--index", "-i", help="Member index, from 0.")],
+    out: OutOpt = Path("runs/latest"),
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config to write to <out>/config.yaml first (default: use the one there).", show_default=False),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)] = None,
+) -> None:
+    """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX)."""
+    from training.errors import TrainingError
+    from training.layout import Layout
+
+    try:
+        if config is not None:
+            prepare_run(_resolve(config, {}, None), out)
+        elif not Layout(out).config.is_file():
+            raise TrainingError(f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first")
+        from training.config import TrainConfig, format_validation_error
+
+        try:
+            count = TrainConfig.model_validate(Layout(out).read_config()).candidate_count
+        except Exception as exc:
+            message = format_validation_error(exc) if hasattr(exc, "errors") else str(exc)
+            raise TrainingError(f"invalid {out / 'config.yaml'}: {message}") from None
+        if not 0 <= index < count:
+            raise TrainingError(f"--index must be between 0 and {count - 1}")
+        from training.member import train_member as run
+
+        record = run(out, index, threads=threads)
+    except TrainingError as exc:
+        raise _fail(str(exc)) from None
+    print(
+        f"member {index}: {record['model_name']} v{record['version']} "
+        f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)"
+    )
+
+
+def assemble(
+    out: OutOpt = Path("runs/latest"),
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    register: RegisterOpt = False,
+    alias: AliasOpt = None,
+) -> None:
+    """Weights, test report, manifest, models.config and plots, after every member has finished."""
+    from training.errors import TrainingError
+
+    console = _console()
+    try:
+        _assemble_and_report(out, console)
+    except TrainingError as exc:
+        raise _fail(str(exc)) from None
+    if not no_track and not _track(out, tracking_uri, register or alias is not None, alias, console):
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``; heavy imports stay inside each command."""
+    app.command("train")(train)
+    app.command("train-member")(train_member)
+    app.command("assemble")(assemble)

@@ -1,0 +1,163 @@
+"""Run ``train-member`` for many members in parallel worker processes, with a live display.
+
+Each worker is a fresh ``ensemble train-member`` process (TensorFlow does not survive a fork), so
+the local run and a cluster's Indexed Job execute the very same code. Workers report through
+their progress files; the parent only watches those and the exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from training.errors import TrainingError
+from training.layout import Layout
+from training.progress import MemberProgress, read_progress
+
+POLL_SECONDS = 0.5
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+def worker_command(out_dir: Path, index: int, threads: int | None) -> list[str]:
+    command = [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out_dir), "--index", str(index)]
+    if threads:
+        command += ["--threads", str(threads)]
+    return command
+
+
+def _table(states: Sequence[MemberProgress], total: int, elapsed: float) -> Table:
+    table = Table(title=f"Training {total} members ({elapsed:.0f}s)", title_justify="left")
+    for column in ("member", "state", "epoch", "val_loss", "best"):
+        table.add_column(column, justify="right" if column != "state" else "left")
+    for p in states:
+        epoch = f"{p.epoch}/{p.epochs}" if p.epochs else "-"
+        val = f"{p.val_loss:.4f}" if p.val_loss is not None else "-"
+        best = f"{p.best_val_loss:.4f}" if p.best_val_loss is not None else "-"
+        state = {"done": "[green]done[/]", "failed": f"[red]failed[/] {p.message}"}.get(p.state, p.state)
+        table.add_row(f"{p.index + 1}/{total}", state, epoch, val, best)
+    return table
+
+
+class _PlainReporter:
+    """For CI logs: one line per member state change and every few epochs, nothing redrawn."""
+
+    def __init__(self, console: Console, total: int, every: int = 5) -> None:
+        self.console = console
+        self.total = total
+        self.every = every
+        self.seen: dict[int, tuple[str, int]] = {}
+
+    def update(self, states: Sequence[MemberProgress]) -> None:
+        for p in states:
+            last_state, last_epoch = self.seen.get(p.index, ("waiting", 0))
+            if p.state == last_state and (p.state != "training" or p.epoch - last_epoch < self.every):
+                continue
+            self.seen[p.index] = (p.state, p.epoch)
+            val = f" val_loss={p.val_loss:.4f}" if p.val_loss is not None else ""
+            epoch = f" epoch {p.epoch}/{p.epochs}" if p.epochs else ""
+            message = f" {p.message}" if p.message else ""
+            self.console.print(f"member {p.index + 1}/{self.total}: {p.state}{epoch}{val}{message}", highlight=False)
+
+
+def run_members(
+    out_dir: Path, indices: Sequence[int], workers: int, console: Console, threads: int | None = None
+) -> None:
+    """Train ``indices`` with at most ``workers`` processes at a time; raise TrainingError if any fails."""
+    layout = Layout(out_dir)
+    total = len(indices)
+    workers = max(1, min(workers, total))
+    if threads is None and workers > 1:
+        threads = max(1, available_cores() // workers)
+    pending = list(indices)
+    running: list[_Worker] = []
+    failed: dict[int, str] = {}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+
+    def states() -> list[MemberProgress]:
+        return [read_progress(layout.member_dir(i), i) for i in indices]
+
+    def launch(index: int) -> None:
+        member_dir = layout.member_dir(index)
+        member_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("progress.json", "member.json", "predictions.npz"):
+            (member_dir / stale).unlink(missing_ok=True)
+        log = (member_dir / "worker.log").open("wb")
+        process = subprocess.Popen(
+            worker_command(out_dir, index, threads), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        running.append(_Worker(index, process, log))
+
+    def reap() -> None:
+        for worker in list(running):
+            code = worker.process.poll()
+            if code is None:
+                continue
+            worker.log.close()
+            running.remove(worker)
+            if code != 0:
+                message = read_progress(layout.member_dir(worker.index), worker.index).message
+                log_tail = _last_line(layout.member_dir(worker.index) / "worker.log")
+                failed[worker.index] = message or log_tail or f"exit code {code}"
+
+    plain = None if console.is_terminal else _PlainReporter(console, total)
+    live = Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
+    try:
+        if live is not None:
+            live.start()
+        while pending or running:
+            while pending and len(running) < workers:
+                launch(pending.pop(0))
+            time.sleep(POLL_SECONDS)
+            reap()
+            current = states()
+            if live is not None:
+                live.update(_table(current, total, time.monotonic() - started))
+            elif plain is not None:
+                plain.update(current)
+    finally:
+        for worker in running:
+            worker.process.terminate()
+        for worker in running:
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.log.close()
+        if live is not None:
+            live.stop()
+    if failed:
+        details = "; ".join(f"m{i}: {msg}" for i, msg in sorted(failed.items()))
+        raise TrainingError(f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/m*/worker.log")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
