@@ -1,0 +1,341 @@
+"""Gateway benchmark: latency, throughput and CPU cost of the ensemble gateway, in one run.
+
+Members are served by the lightweight member backend from the gateway tests (a numpy model
+speaking TF Serving's gRPC API), so the numbers isolate what the gateway itself adds; latency is
+injected where a scenario needs it. Everything runs on this machine: the load generator, the
+gateway and the backends share its cores, which the recorded machine description says.
+
+    .venv/bin/python bench/gateway.py            # writes bench/results/gateway-<date>.{json,md}
+    .venv/bin/python bench/gateway.py --quick    # shorter runs, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+from serving.protos import PredictionServiceStub, PredictRequest  # noqa: E402
+from serving.tensors import to_tensor_proto  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.serving.gateway.helpers import (  # noqa: E402
+    make_manifest,
+    start_fake_backend,
+    start_gateway,
+    stop_process,
+)
+
+MEMBERS = 5
+ROWS = 1
+
+
+@dataclass
+class Result:
+    scenario: str
+    protocol: str
+    concurrency: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    gateway_cpu_ms_per_request: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def _drive(
+    call: Callable[[], Awaitable[None]], concurrency: int, duration_s: float
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await call()
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def _summarise(
+    scenario: str, protocol: str, concurrency: int, latencies: list[float], errors: int, elapsed: float
+) -> Result:
+    ordered = sorted(latencies) or [float("nan")]
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return Result(
+        scenario=scenario,
+        protocol=protocol,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        p50_ms=round(statistics.median(ordered) * 1000, 3),
+        p99_ms=round(p99 * 1000, 3),
+        rps=round(len(latencies) / elapsed, 1),
+    )
+
+
+async def measure(
+    scenario: str,
+    protocol: str,
+    target: str,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    pid: int | None,
+) -> Result:
+    x = np.random.default_rng(0).normal(size=(ROWS, 4)).astype(np.float32)
+    if protocol == "grpc":
+        channel = grpc.aio.insecure_channel(target)
+        stub = PredictionServiceStub(channel)
+        request = PredictRequest()
+        request.model_spec.name = model
+        request.inputs["x"].CopyFrom(to_tensor_proto(x))
+
+        async def call() -> None:
+            await stub.Predict(request, timeout=10)
+
+        closer: Callable[[], Awaitable[None]] = channel.close
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        client = httpx.AsyncClient(timeout=10, limits=limits)
+        url = f"{target}/v1/models/{model}:predict"
+        body = orjson.dumps({"instances": x.tolist()})
+        headers = {"content-type": "application/json"}
+
+        async def call() -> None:
+            response = await client.post(url, content=body, headers=headers)
+            if response.status_code != 200:
+                raise RuntimeError(response.text)
+
+        closer = client.aclose
+    try:
+        await _drive(call, concurrency, min(0.5, duration_s / 4))  # warm-up: channels, connections
+        cpu_before = _cpu_seconds(pid) if pid else 0.0
+        started = time.perf_counter()
+        latencies, errors = await _drive(call, concurrency, duration_s)
+        elapsed = time.perf_counter() - started
+        cpu_after = _cpu_seconds(pid) if pid else 0.0
+    finally:
+        await closer()
+    result = _summarise(scenario, protocol, concurrency, latencies, errors, elapsed)
+    if pid and latencies:
+        result.gateway_cpu_ms_per_request = round((cpu_after - cpu_before) / len(latencies) * 1000, 3)
+    print(json.dumps(asdict(result)), flush=True)
+    return result
+
+
+@contextlib.contextmanager
+def ensemble(
+    workdir: Path, *, delay_ms: float = 0.0, batching: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
+    """Five members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend)."""
+    weights = tuple([1.0 / MEMBERS] * MEMBERS)
+    manifest = make_manifest(weights, name="bench", min_members=3)
+    path = workdir / f"bench-{delay_ms}-{batching}.json"
+    manifest.save(path)
+    backend_port, rest_port, grpc_port = free_port(), free_port(), free_port()
+    backend = start_fake_backend(backend_port, [m.name for m in manifest.members], delay_ms=delay_ms)
+    gateway = None
+    try:
+        env = {
+            "ENSEMBLE_BATCHING": "true" if batching else "false",
+            "ENSEMBLE_MAX_DELAY_MS": "2",
+            "ENSEMBLE_MAX_BATCH_SIZE": "64",
+            "ENSEMBLE_LOG_LEVEL": "warning",
+            "ENSEMBLE_MEMBER_DEADLINE_S": "5",
+            "ENSEMBLE_REQUEST_DEADLINE_S": "10",
+        }
+        address = f"127.0.0.1:{backend_port}"
+        gateway = start_gateway(
+            path, {m.name: address for m in manifest.members}, rest_port, grpc_port, env=env
+        )
+        yield gateway, rest_port, grpc_port, backend_port
+    finally:
+        if gateway is not None:
+            stop_process(gateway)
+        stop_process(backend)
+
+
+async def run_all(duration_s: float) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        with ensemble(workdir) as (gateway, rest_port, grpc_port, backend_port):
+            for concurrency in (1, 32):
+                results.append(
+                    await measure(
+                        "direct, 1 member", "grpc", f"127.0.0.1:{backend_port}", "bench-m0",
+                        concurrency, duration_s, None,
+                    )
+                )  # fmt: skip
+                for protocol, target in (
+                    ("grpc", f"127.0.0.1:{grpc_port}"),
+                    ("rest", f"http://127.0.0.1:{rest_port}"),
+                ):
+                    results.append(
+                        await measure(
+                            f"gateway, {MEMBERS} members", protocol, target, "bench",
+                            concurrency, duration_s, gateway.pid,
+                        )
+                    )  # fmt: skip
+        with ensemble(workdir, delay_ms=20.0) as (gateway, _rest, grpc_port, _backend):
+            for concurrency in (1, 32):
+                results.append(
+                    await measure(
+                        f"gateway, {MEMBERS} members with 20 ms each", "grpc", f"127.0.0.1:{grpc_port}",
+                        "bench", concurrency, duration_s, gateway.pid,
+                    )
+                )  # fmt: skip
+        for batching in (False, True):
+            with ensemble(workdir, batching=batching) as (gateway, rest_port, grpc_port, _backend):
+                for protocol, target in (
+                    ("grpc", f"127.0.0.1:{grpc_port}"),
+                    ("rest", f"http://127.0.0.1:{rest_port}"),
+                ):
+                    results.append(
+                        await measure(
+                            f"micro-batching {'on' if batching else 'off'}", protocol, target, "bench",
+                            64, duration_s, gateway.pid,
+                        )
+                    )  # fmt: skip
+    return results
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "grpcio": grpc.__version__,
+    }
+
+
+def _find(results: list[Result], scenario: str, protocol: str, concurrency: int) -> Result | None:
+    for r in results:
+        if r.scenario == scenario and r.protocol == protocol and r.concurrency == concurrency:
+            return r
+    return None
+
+
+def markdown(results: list[Result], meta: dict[str, object]) -> str:
+    lines = [
+        f"# Gateway benchmark, {meta['date']}",
+        "",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "  # type: ignore[index]
+        f"(load generator, gateway and backends share them); Python {meta['machine']['python']}.",  # type: ignore[index]
+        f"Requests carry {ROWS} row(s); members are numpy models behind TF Serving's gRPC API.",
+        "",
+        "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cpu = "" if r.gateway_cpu_ms_per_request is None else f"{r.gateway_cpu_ms_per_request:.3f}"
+        lines.append(
+            f"| {r.scenario} | {r.protocol} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.rps:.0f} | {cpu} | {r.errors} |"
+        )
+    direct = _find(results, "direct, 1 member", "grpc", 1)
+    gateway = _find(results, f"gateway, {MEMBERS} members", "grpc", 1)
+    slow = _find(results, f"gateway, {MEMBERS} members with 20 ms each", "grpc", 1)
+    off = _find(results, "micro-batching off", "grpc", 64)
+    on = _find(results, "micro-batching on", "grpc", 64)
+    off_rest = _find(results, "micro-batching off", "rest", 64)
+    on_rest = _find(results, "micro-batching on", "rest", 64)
+    lines += ["", "## Against the targets", ""]
+    if direct and gateway:
+        lines.append(
+            f"- Gateway overhead at concurrency 1 over gRPC (p50, 5 members vs 1 member direct): "
+            f"{gateway.p50_ms - direct.p50_ms:+.2f} ms (target: at most 1 ms)."
+        )
+    if slow:
+        lines.append(f"- 5 members with 20 ms each: ensemble p50 {slow.p50_ms:.1f} ms (target: near 20 ms).")
+    if off and on:
+        lines.append(
+            f"- Micro-batching at concurrency 64, gRPC: {on.rps:.0f} vs {off.rps:.0f} req/s "
+            f"= {on.rps / max(off.rps, 1e-9):.2f}x (target: at least 2x)."
+        )
+    if off_rest and on_rest:
+        lines.append(
+            f"- Micro-batching at concurrency 64, REST: {on_rest.rps:.0f} vs {off_rest.rps:.0f} req/s "
+            f"= {on_rest.rps / max(off_rest.rps, 1e-9):.2f}x."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="1 second per measurement")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    duration = 1.0 if args.quick else args.duration
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        results = runner.run(run_all(duration))
+    now = dt.datetime.now(dt.UTC)
+    meta: dict[str, object] = {
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "duration_s": duration,
+        "rows_per_request": ROWS,
+        "members": MEMBERS,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"gateway-{now.strftime('%Y-%m-%d')}"
+    stem.with_suffix(".json").write_text(
+        json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2) + "\n"
+    )
+    report = markdown(results, meta)
+    stem.with_suffix(".md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
