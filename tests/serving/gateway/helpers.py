@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -62,11 +63,14 @@ def member_answer(member: str, x: np.ndarray) -> np.ndarray:
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def start_process(args: list[str], ready: str = "READY", timeout_s: float = 30.0) -> subprocess.Popen[str]:
+def start_process(
+    args: list[str], ready: str = "READY", timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start ``python args...`` from the repository root and wait for its ``ready`` line."""
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -124,3 +128,41 @@ def start_fake_backend(
             str(version),
         ]
     )
+
+
+GATEWAY_READY = "serving ensemble"
+
+
+def start_gateway(
+    manifest: Path,
+    member_addresses: dict[str, str],
+    rest_port: int,
+    grpc_port: int,
+    *,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+) -> subprocess.Popen[str]:
+    """``ensemble serve`` on 127.0.0.1 with one backend address per member (fast test settings)."""
+    args = [
+        "-m",
+        "ensemble_cli",
+        "serve",
+        "--manifest",
+        str(manifest),
+        "--host",
+        "127.0.0.1",
+        "--rest-port",
+        str(rest_port),
+        "--grpc-port",
+        str(grpc_port),
+    ]
+    for member, address in member_addresses.items():
+        args += ["--member-backend", f"{member}={address}"]
+    test_env = {
+        "ENSEMBLE_MEMBER_DEADLINE_S": "1.0",
+        "ENSEMBLE_POLL_INTERVAL_S": "0.2",
+        "ENSEMBLE_BREAKER_FAILURES": "3",
+        "ENSEMBLE_BREAKER_COOLDOWN_S": "0.3",
+        **(env or {}),
+    }
+    return start_process([*args, *(extra_args or [])], ready=GATEWAY_READY, env=test_env)
