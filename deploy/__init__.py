@@ -1,0 +1,1 @@
+"""Deployment helpers: container build and health-check scripts, monitoring configuration."""

@@ -1,0 +1,1 @@
+"""Scripts the Dockerfile copies into the build: dependency export and the gateway health check."""
