@@ -23,7 +23,7 @@ import grpc
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from serving.backends import BackendPool
 from serving.ensemble import EnsembleCore, FanOutPolicy
@@ -346,7 +346,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
     """The gateway's grpc.aio server: TF Serving's services, health and reflection (not started)."""
-    from serving.grpc import add_tfs_servicers
+    from serving.grpc import add_health_and_reflection, add_tfs_servicers
 
     settings = gateway.settings
     server = grpc.aio.server(
@@ -357,20 +357,9 @@ def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
         ],
     )
     add_tfs_servicers(server, gateway.core)
-    health_pb2_grpc.add_HealthServicer_to_server(gateway.health, server)
-    _add_reflection(server)
+    gateway.health = add_health_and_reflection(server)
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     return server
-
-
-def _add_reflection(server: grpc.aio.Server) -> None:
-    from grpc_reflection.v1alpha import reflection
-
-    from serving.grpc import reflection_service_names
-
-    reflection.enable_server_reflection(
-        (*reflection_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
 
 
 # --- the process --------------------------------------------------------------------------------

@@ -1,0 +1,486 @@
+"""The gateway as a real process on 127.0.0.1, in front of fake member backends (no TensorFlow).
+
+Each member runs in its own fake backend process, so a test can kill and restart one member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from registry.manifest import Manifest
+from serving import combine
+from serving.protos import (
+    GetModelMetadataRequest,
+    GetModelStatusRequest,
+    ModelServiceStub,
+    PredictionServiceStub,
+    PredictRequest,
+    SignatureDefMap,
+)
+from serving.tensors import from_tensor_proto, to_tensor_proto
+from tests.conftest import free_port
+from tests.serving.gateway.helpers import (
+    make_manifest,
+    member_answer,
+    start_fake_backend,
+    start_gateway,
+    stop_process,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def offline(manifest: Manifest, x: np.ndarray, answered: list[bool] | None = None) -> np.ndarray:
+    """The ensemble answer computed offline with the shared combine functions."""
+    answered = answered or [True] * len(manifest.members)
+    weights = combine.method_weights(manifest.combiner.method, manifest.weights)
+    used = combine.renormalized(weights, answered)[np.asarray(answered)]
+    answers = [
+        {"probabilities": member_answer(m.name, x)}
+        for m, ok in zip(manifest.members, answered, strict=True)
+        if ok
+    ]
+    return combine.combine_outputs(answers, used)["probabilities"]
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+
+
+@dataclass
+class Deployment:
+    """Member backends (one process each) and a gateway in front of them."""
+
+    manifest_path: Path
+    rest_port: int
+    grpc_port: int
+    backend_ports: dict[str, int]
+    backends: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    gateway: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def start_member(self, member: str, delay_ms: float = 0.0) -> None:
+        self.backends[member] = start_fake_backend(self.backend_ports[member], [member], delay_ms=delay_ms)
+
+    def kill_member(self, member: str) -> None:
+        proc = self.backends.pop(member)
+        stop_process(proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            stop_process(self.gateway)
+        for proc in self.backends.values():
+            stop_process(proc)
+
+
+@contextlib.contextmanager
+def deployment(
+    tmp_path: Path,
+    manifest: Manifest | None = None,
+    *,
+    delay_ms: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Deployment]:
+    manifest = manifest or make_manifest()
+    path = tmp_path / "ensemble.json"
+    manifest.save(path)
+    deploy = Deployment(
+        manifest_path=path,
+        rest_port=free_port(),
+        grpc_port=free_port(),
+        backend_ports={m.name: free_port() for m in manifest.members},
+    )
+    try:
+        for member in manifest.members:
+            deploy.start_member(member.name, (delay_ms or {}).get(member.name, 0.0))
+        addresses = {name: f"127.0.0.1:{port}" for name, port in deploy.backend_ports.items()}
+        deploy.gateway = start_gateway(path, addresses, deploy.rest_port, deploy.grpc_port, env=env)
+        yield deploy
+    finally:
+        deploy.stop()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(tmp_path_factory.mktemp("gateway"), env={"ENSEMBLE_MAX_BODY_BYTES": "200000"}) as deploy:
+        yield deploy
+
+
+def predict_rest(
+    client: httpx.Client, deploy: Deployment, x: np.ndarray, path: str = "toy"
+) -> httpx.Response:
+    return client.post(f"{deploy.url}/v1/models/{path}:predict", json={"instances": x.tolist()})
+
+
+# --- the API -------------------------------------------------------------------------------------
+def test_rest_predict_matches_the_offline_ensemble(running: Deployment) -> None:
+    manifest = Manifest.load(running.manifest_path)
+    x = rows(6)
+    with httpx.Client(timeout=10) as client:
+        row = predict_rest(client, running, x)
+        columnar = client.post(
+            f"{running.url}/v1/models/toy/versions/1:predict", json={"inputs": {"x": x.tolist()}}
+        )
+    assert row.status_code == 200, row.text
+    assert row.headers["x-ensemble-members"] == "3/3"
+    assert row.headers["x-ensemble-manifest-version"] == "1"
+    np.testing.assert_allclose(np.array(row.json()["predictions"]), offline(manifest, x), atol=1e-6)
+    assert columnar.status_code == 200, columnar.text
+    np.testing.assert_allclose(np.array(columnar.json()["outputs"]), offline(manifest, x), atol=1e-6)
+
+
+def test_rest_status_metadata_and_errors(running: Deployment) -> None:
+    with httpx.Client(timeout=10) as client:
+        status = client.get(f"{running.url}/v1/models/toy")
+        metadata = client.get(f"{running.url}/v1/models/toy/metadata")
+        unknown_model = predict_rest(client, running, rows(1), path="nope")
+        unknown_version = predict_rest(client, running, rows(1), path="toy/versions/9")
+        bad_shape = client.post(f"{running.url}/v1/models/toy:predict", json={"instances": [[1.0, 2.0]]})
+        bad_json = client.post(f"{running.url}/v1/models/toy:predict", content=b"{")
+        too_big = client.post(f"{running.url}/v1/models/toy:predict", json={"instances": rows(5000).tolist()})
+        detail = client.post(
+            f"{running.url}/v1/models/toy:predict",
+            json={"inputs": {"x": rows(2).tolist()}},
+            headers={"x-ensemble-detail": "members"},
+        )
+    assert status.status_code == 200
+    assert status.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert metadata.status_code == 200
+    assert metadata.json()["model_spec"]["name"] == "toy"
+    assert "x" in metadata.json()["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    assert unknown_model.status_code == 404
+    assert unknown_version.status_code == 404
+    assert bad_shape.status_code == 400
+    assert "shape" in bad_shape.json()["error"]
+    assert bad_json.status_code == 400
+    assert too_big.status_code == 413
+    assert "limit" in too_big.json()["error"]
+    assert detail.status_code == 200
+    outputs = detail.json()["outputs"]
+    assert {"probabilities", "probabilities:spread", "probabilities:toy-m0"} <= set(outputs)
+
+
+def test_health_readiness_and_metrics(running: Deployment) -> None:
+    with httpx.Client(timeout=10) as client:
+        predict_rest(client, running, rows(1))
+        assert client.get(f"{running.url}/healthz").status_code == 200
+        ready = client.get(f"{running.url}/readyz")
+        metrics = client.get(f"{running.url}/metrics").text
+    assert ready.status_code == 200, ready.text
+    for series in (
+        'ensemble_requests_total{code="200",protocol="rest"}',
+        "ensemble_request_duration_seconds_bucket",
+        'ensemble_member_duration_seconds_count{member="toy-m0",version="1"}',
+        "ensemble_members_answered_bucket",
+        'ensemble_manifest_info{ensemble="toy",label="",version="1"} 1.0',
+        'ensemble_manifest_reloads_total{outcome="loaded"}',
+        "ensemble_in_flight_requests",
+        "ensemble_disagreement_bucket",
+    ):
+        assert series in metrics, series
+
+
+def test_grpc_predict_status_metadata_and_health(running: Deployment) -> None:
+    manifest = Manifest.load(running.manifest_path)
+    x = rows(3, seed=5)
+
+    async def scenario() -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            request = PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["x"].CopyFrom(to_tensor_proto(x))
+            call = PredictionServiceStub(channel).Predict(request, timeout=10)
+            response = await call
+            trailing = dict(await call.trailing_metadata() or ())
+            np.testing.assert_allclose(
+                from_tensor_proto(response.outputs["probabilities"]), offline(manifest, x), atol=1e-6
+            )
+            assert trailing["x-ensemble-members"] == "3/3"
+
+            status_request = GetModelStatusRequest()
+            status_request.model_spec.name = "toy"
+            status = await ModelServiceStub(channel).GetModelStatus(status_request, timeout=10)
+            assert [s.version for s in status.model_version_status] == [1]
+
+            meta_request = GetModelMetadataRequest()
+            meta_request.model_spec.name = "toy"
+            meta_request.metadata_field.append("signature_def")
+            meta = await PredictionServiceStub(channel).GetModelMetadata(meta_request, timeout=10)
+            signatures = SignatureDefMap()
+            assert meta.metadata["signature_def"].Unpack(signatures)
+            assert "x" in signatures.signature_def["serving_default"].inputs
+
+            bad = PredictRequest()
+            bad.model_spec.name = "nope"
+            bad.inputs["x"].CopyFrom(to_tensor_proto(x))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await PredictionServiceStub(channel).Predict(bad, timeout=10)
+            assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+    asyncio.run(scenario())
+
+
+# --- failures under load -------------------------------------------------------------------------
+async def _load(
+    url: str, x: np.ndarray, stop: asyncio.Event, outcomes: list[tuple[int, str, str]], workers: int = 8
+) -> None:
+    body = orjson.dumps({"instances": x.tolist()})
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            try:
+                response = await client.post(
+                    f"{url}/v1/models/toy:predict", content=body, headers={"content-type": "application/json"}
+                )
+                outcomes.append(
+                    (response.status_code, response.headers.get("x-ensemble-members", ""), response.text)
+                )
+            except httpx.HTTPError as exc:
+                outcomes.append((0, "", repr(exc)))
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.gather(*(worker(client) for _ in range(workers)))
+
+
+def test_killed_members_degrade_then_fail_clearly_then_recover(tmp_path: Path) -> None:
+    manifest = make_manifest(min_members=2)
+    x = rows(2)
+    with deployment(tmp_path, manifest) as deploy:
+
+        async def phase(action: object, seconds: float = 1.0) -> list[tuple[int, str, str]]:
+            stop = asyncio.Event()
+            outcomes: list[tuple[int, str, str]] = []
+            load = asyncio.create_task(_load(deploy.url, x, stop, outcomes))
+            await asyncio.sleep(0.3)
+            if callable(action):
+                await asyncio.to_thread(action)
+            await asyncio.sleep(seconds)
+            stop.set()
+            await load
+            return outcomes
+
+        async def scenario() -> None:
+            # one member killed mid-run: quorum (2 of 3) holds, nothing fails
+            degraded = await phase(lambda: deploy.kill_member("toy-m2"))
+            assert degraded
+            assert {code for code, _, _ in degraded} == {200}, collections.Counter(t for _, _, t in degraded)
+            assert degraded[-1][1] == "2/3"
+            # a second member killed: below quorum, every failure is a clear 503
+            below = await phase(lambda: deploy.kill_member("toy-m1"))
+            codes = collections.Counter(code for code, _, _ in below)
+            assert set(codes) <= {200, 503}, codes
+            assert codes[503] > 0
+            failure = next(text for code, _, text in below if code == 503)
+            assert "toy-m1" in orjson.loads(failure)["error"]
+            assert "quorum" in orjson.loads(failure)["error"]
+            # both come back: service recovers to full answers
+            deploy.start_member("toy-m1")
+            deploy.start_member("toy-m2")
+            recovered: list[tuple[int, str, str]] = []
+            for _ in range(50):
+                recovered = await phase(None, seconds=0.3)
+                if recovered and recovered[-1][1] == "3/3":
+                    break
+            assert recovered[-1][0] == 200
+            assert recovered[-1][1] == "3/3"
+
+        asyncio.run(scenario())
+        with httpx.Client(timeout=10) as client:
+            answer = predict_rest(client, deploy, x).json()["predictions"]
+        np.testing.assert_allclose(np.array(answer), offline(manifest, x), atol=1e-6)
+
+
+def test_straggler_is_cut_off_by_the_member_deadline(tmp_path: Path) -> None:
+    manifest = make_manifest(min_members=2)
+    x = rows(3)
+    with (
+        deployment(tmp_path, manifest, delay_ms={"toy-m1": 5000}) as deploy,
+        httpx.Client(timeout=10) as client,
+    ):
+        response = predict_rest(client, deploy, x)
+        metrics = client.get(f"{deploy.url}/metrics").text
+    assert response.status_code == 200, response.text
+    assert response.headers["x-ensemble-members"] == "2/3"
+    np.testing.assert_allclose(
+        np.array(response.json()["predictions"]), offline(manifest, x, [True, False, True]), atol=1e-6
+    )
+    assert 'ensemble_member_failures_total{member="toy-m1",reason="deadline",version="1"} 1.0' in metrics
+
+
+def test_manifest_moving_under_load_fails_nothing(tmp_path: Path) -> None:
+    old = make_manifest(version=1)
+    new = make_manifest((0.1, 0.1, 0.8), version=2)
+    x = rows(2)
+    with deployment(tmp_path, old) as deploy:
+
+        async def scenario() -> list[tuple[int, str, str]]:
+            stop = asyncio.Event()
+            outcomes: list[tuple[int, str, str]] = []
+            load = asyncio.create_task(_load(deploy.url, x, stop, outcomes))
+            await asyncio.sleep(0.5)
+            new.save(deploy.manifest_path)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await load
+            return outcomes
+
+        outcomes = asyncio.run(scenario())
+    assert outcomes
+    assert {code for code, _, _ in outcomes} == {200}
+    answers = [np.array(orjson.loads(text)["predictions"]) for _, _, text in outcomes]
+    old_answer, new_answer = offline(old, x), offline(new, x)
+    kinds = [_which(a, old_answer, new_answer) for a in answers]
+    assert "?" not in kinds
+    assert kinds[0] == "old"
+    assert kinds[-1] == "new"
+    # once switched, never back
+    assert kinds == sorted(kinds, key=lambda k: k == "new")
+
+
+def _which(answer: np.ndarray, old: np.ndarray, new: np.ndarray) -> str:
+    if np.allclose(answer, old, atol=1e-6):
+        return "old"
+    return "new" if np.allclose(answer, new, atol=1e-6) else "?"
+
+
+def test_sigterm_under_load_finishes_everything_accepted(tmp_path: Path) -> None:
+    manifest = make_manifest()
+    delays = {m.name: 400.0 for m in manifest.members}
+    x = rows(1)
+    with deployment(tmp_path, manifest, delay_ms=delays) as deploy:
+        assert deploy.gateway is not None
+
+        async def scenario() -> tuple[list[int], list[str]]:
+            body = orjson.dumps({"instances": x.tolist()})
+            async with httpx.AsyncClient(timeout=10) as client:
+                rest = [
+                    asyncio.create_task(client.post(f"{deploy.url}/v1/models/toy:predict", content=body))
+                    for _ in range(12)
+                ]
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{deploy.grpc_port}") as channel:
+                    request = PredictRequest()
+                    request.model_spec.name = "toy"
+                    request.inputs["x"].CopyFrom(to_tensor_proto(x))
+                    stub = PredictionServiceStub(channel)
+                    calls = [asyncio.ensure_future(stub.Predict(request, timeout=10)) for _ in range(12)]
+                    await asyncio.sleep(0.2)  # all accepted and waiting on the slow members
+                    assert deploy.gateway is not None
+                    deploy.gateway.send_signal(signal.SIGTERM)
+                    grpc_results = await asyncio.gather(*calls, return_exceptions=True)
+                rest_results = await asyncio.gather(*rest, return_exceptions=True)
+            codes = [r.status_code if isinstance(r, httpx.Response) else 0 for r in rest_results]
+            grpc_outcomes = [type(r).__name__ for r in grpc_results]
+            return codes, grpc_outcomes
+
+        codes, grpc_outcomes = asyncio.run(scenario())
+        exit_code = deploy.gateway.wait(timeout=20)
+        deploy.gateway = None
+        assert codes == [200] * 12
+        assert grpc_outcomes == ["PredictResponse"] * 12
+        assert exit_code == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{deploy.url}/healthz", timeout=2)
+
+
+def test_bearer_token_on_rest_and_grpc(tmp_path: Path) -> None:
+    x = rows(1)
+    with deployment(tmp_path, env={"ENSEMBLE_AUTH_TOKEN": "let-me-in"}) as deploy:
+        with httpx.Client(timeout=10) as client:
+            missing = predict_rest(client, deploy, x)
+            wrong = client.post(
+                f"{deploy.url}/v1/models/toy:predict",
+                json={"instances": x.tolist()},
+                headers={"authorization": "Bearer nope"},
+            )
+            right = client.post(
+                f"{deploy.url}/v1/models/toy:predict",
+                json={"instances": x.tolist()},
+                headers={"authorization": "Bearer let-me-in"},
+            )
+            health = client.get(f"{deploy.url}/healthz")
+        assert (missing.status_code, wrong.status_code, right.status_code, health.status_code) == (
+            401,
+            401,
+            200,
+            200,
+        )
+        assert missing.json() == {"error": "missing or wrong bearer token"}
+
+        async def grpc_calls() -> None:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{deploy.grpc_port}") as channel:
+                request = PredictRequest()
+                request.model_spec.name = "toy"
+                request.inputs["x"].CopyFrom(to_tensor_proto(x))
+                stub = PredictionServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Predict(request, timeout=10)
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                await stub.Predict(request, timeout=10, metadata=(("authorization", "Bearer let-me-in"),))
+
+        asyncio.run(grpc_calls())
+
+
+def test_gateway_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, asyncio\n"
+        "from serving.settings import GatewaySettings\n"
+        "import serving.app, serving.cli, serving.ensemble, serving.backends\n"
+        "import serving.rest, serving.grpc\n"
+        "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m)\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "clean", result.stderr[-2000:]
+
+
+def test_official_tf_serving_client_gets_the_ensemble_answer(running: Deployment) -> None:
+    manifest = Manifest.load(running.manifest_path)
+    x = rows(4, seed=11)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.serving.gateway.official_client",
+            f"127.0.0.1:{running.grpc_port}",
+            "toy",
+        ],
+        input=orjson.dumps({"x": x.tolist()}).decode(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = orjson.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(answer["outputs"]["probabilities"]), offline(manifest, x), atol=1e-6)
+    assert answer["version"] == 1
+    assert answer["trailing"]["x-ensemble-members"] == "3/3"
+    assert answer["signature_inputs"] == ["x"]
+    assert answer["status"] == [[1, 30]]
