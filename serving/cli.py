@@ -11,6 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``; heavy imports stay inside each command."""
     app.command("serve")(serve)
+    app.command("backend")(backend)
 
 
 def serve(
@@ -109,3 +110,72 @@ def _member_backends(values: list[str]) -> dict[str, list[str]]:
             raise ValueError(f"--member-backend {value!r} must be MEMBER=HOST:PORT[,HOST:PORT]")
         overrides.setdefault(member, []).extend(a.strip() for a in addresses.split(",") if a.strip())
     return overrides
+
+
+def backend(
+    port: Annotated[int, typer.Option("--port", help="gRPC port.")] = 8500,
+    rest_api_port: Annotated[
+        int,
+        typer.Option("--rest_api_port", help="REST port; 0 (the default, as in TF Serving) turns REST off."),
+    ] = 0,
+    rest_api_timeout_in_ms: Annotated[
+        int, typer.Option("--rest_api_timeout_in_ms", help="Upper bound on a REST predict; 0 for none.")
+    ] = 30000,
+    model_config_file: Annotated[
+        Path | None, typer.Option("--model_config_file", help="models.config in TF Serving's text format.")
+    ] = None,
+    model_config_file_poll_wait_seconds: Annotated[
+        int,
+        typer.Option(
+            "--model_config_file_poll_wait_seconds", help="Re-read the config this often; 0 = once."
+        ),
+    ] = 0,
+    model_name: Annotated[
+        str, typer.Option("--model_name", help="Single-model mode: the name (with --model_base_path).")
+    ] = "default",
+    model_base_path: Annotated[
+        Path | None, typer.Option("--model_base_path", help="Single-model mode: folder of version folders.")
+    ] = None,
+    file_system_poll_wait_seconds: Annotated[
+        int,
+        typer.Option("--file_system_poll_wait_seconds", help="Look for new versions this often; 0 = once."),
+    ] = 1,
+    enable_grpc_healthcheck_service: Annotated[
+        str,
+        typer.Option(
+            "--enable_grpc_healthcheck_service",
+            help="Accepted for TF Serving compatibility; health is always on.",
+        ),
+    ] = "true",
+    fault_config: Annotated[
+        Path | None,
+        typer.Option("--fault_config", help="Testing aid: YAML/JSON of added latency and errors per model."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (TF Serving binds all).")] = "0.0.0.0",
+) -> None:
+    """Local model server: a stand-in for tensorflow_model_server with TF Serving's flags and API."""
+    from pydantic import ValidationError
+
+    from serving.local_server.server import run, settings_from_flags
+
+    del enable_grpc_healthcheck_service  # the standard health service is always served
+    try:
+        settings = settings_from_flags(
+            port=port,
+            rest_api_port=rest_api_port,
+            rest_api_timeout_in_ms=rest_api_timeout_in_ms,
+            model_config_file=model_config_file,
+            model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
+            model_name=model_name,
+            model_base_path=model_base_path,
+            file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+            fault_config=fault_config,
+            host=host,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        typer.echo(f"error: {'--' + where + ': ' if where else ''}{message}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run(settings))

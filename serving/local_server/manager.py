@@ -1,0 +1,321 @@
+"""Which model versions are served: config, version policies, labels, loading and unloading.
+
+The manager follows TF Serving's model lifecycle. It reads the models (``models.config`` or the
+single-model flags), looks for numbered version folders under each base path, and keeps the
+versions the policy wants (latest N, specific, all). New versions load in the background. An old
+version keeps serving until the versions that replace it have loaded. Versions that leave the
+policy, and models that leave the config, are unloaded. States are TF Serving's:
+START, LOADING, AVAILABLE, UNLOADING, END.
+
+The manager's state is changed only on the event loop. Loads run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from serving.core import ModelRef, TensorInfo, VersionStatus
+from serving.errors import InvalidArgument, NotFound
+from serving.model_config import ModelConfigError, ModelEntry, read_model_config
+from serving.protos import SignatureDefMap
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"\d+")
+_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+class Servable(Protocol):
+    """A loaded version (``saved_model.SavedModelServable``, or a stand-in in tests)."""
+
+    signature_defs: SignatureDefMap
+
+    def input_signature(self, signature_name: str) -> Mapping[str, TensorInfo]: ...
+
+    def run(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> tuple[str, dict[str, np.ndarray]]: ...
+
+
+Loader = Callable[[Path], Servable]
+
+
+@dataclass(slots=True)
+class VersionSlot:
+    """One version of a model and where it is in its lifecycle."""
+
+    version: int
+    path: Path
+    state: str = "START"
+    error_code: str = "OK"
+    error_message: str = ""
+    servable: Servable | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "END" and self.error_code != "OK"
+
+    def status(self) -> VersionStatus:
+        return VersionStatus(self.version, self.state, self.error_code, self.error_message)
+
+
+@dataclass(slots=True)
+class ModelSlot:
+    """A model of the config with its versions and the labels currently in effect."""
+
+    entry: ModelEntry
+    base_path: Path
+    versions: dict[int, VersionSlot] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def available(self) -> list[int]:
+        return sorted(v for v, slot in self.versions.items() if slot.state == "AVAILABLE")
+
+
+def scan_versions(base_path: Path) -> dict[int, Path]:
+    """Numbered version folders that hold a SavedModel (folders still being written are skipped)."""
+    try:
+        children = list(base_path.iterdir())
+    except OSError:
+        return {}
+    return {
+        int(child.name): child
+        for child in children
+        if _VERSION_DIR.fullmatch(child.name)
+        and child.is_dir()
+        and any((child / name).is_file() for name in _MODEL_FILES)
+    }
+
+
+def wanted_versions(entry: ModelEntry, found: Sequence[int]) -> set[int]:
+    """The versions the entry's policy serves out of those found on disk."""
+    if entry.versions is not None:
+        return set(entry.versions) & set(found)
+    if entry.all_versions:
+        return set(found)
+    return set(sorted(found)[-(entry.num_latest or 1) :])
+
+
+class ModelManager:
+    """Keeps the loaded versions in line with the config and the version folders on disk."""
+
+    def __init__(
+        self,
+        loader: Loader,
+        load_executor: Executor,
+        *,
+        config_file: Path | None = None,
+        single_model: ModelEntry | None = None,
+    ) -> None:
+        if (config_file is None) == (single_model is None):
+            raise ValueError("give exactly one of config_file and single_model")
+        self._loader = loader
+        self._load_executor = load_executor
+        self._config_file = config_file
+        self._entries: list[ModelEntry] = [single_model] if single_model is not None else []
+        self._config_text: str | None = None
+        self.models: dict[str, ModelSlot] = {}
+        self._loads: set[asyncio.Task[None]] = set()
+        self._reconcile_lock = asyncio.Lock()
+        self._closed = False
+
+    # ----------------------------------------------------------------------------- config + disk
+
+    def read_config(self) -> bool:
+        """Re-read the config file; True when it changed. A bad file keeps the current config."""
+        if self._config_file is None:
+            return False
+        try:
+            text = self._config_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelConfigError(f"{self._config_file}: cannot read: {exc.strerror}") from None
+        if text == self._config_text:
+            return False
+        entries = read_model_config(self._config_file)
+        self._config_text = text
+        self._entries = entries
+        log.info("model config %s: %s", self._config_file, ", ".join(e.name for e in entries) or "no models")
+        return True
+
+    def _base_path(self, entry: ModelEntry) -> Path:
+        path = Path(entry.base_path).expanduser()
+        if not path.is_absolute() and self._config_file is not None:
+            path = self._config_file.parent / path
+        return path.resolve()
+
+    async def reconcile(self) -> None:
+        """Bring models and versions in line with the config and the disk (one pass)."""
+        async with self._reconcile_lock:
+            if self._closed:
+                return
+            entries = {entry.name: entry for entry in self._entries}
+            for name in list(self.models):
+                if name not in entries:
+                    self._unload_model(name)
+            for name, entry in entries.items():
+                model = self.models.get(name)
+                base_path = self._base_path(entry)
+                if model is None or model.base_path != base_path:
+                    if model is not None:
+                        self._unload_model(name)
+                    model = self.models[name] = ModelSlot(entry, base_path)
+                model.entry = entry
+                found = await asyncio.to_thread(scan_versions, base_path)
+                self._reconcile_model(model, found)
+
+    def _reconcile_model(self, model: ModelSlot, found: dict[int, Path]) -> None:
+        wanted = wanted_versions(model.entry, list(found))
+        for version in sorted(wanted):
+            slot = model.versions.get(version)
+            if slot is not None and slot.path == found[version] and (slot.state != "END" or slot.failed):
+                continue  # loading, loaded, or failed on this very folder: nothing new to try
+            slot = model.versions[version] = VersionSlot(version, found[version])
+            task = asyncio.create_task(self._load(model, slot), name=f"load {model.entry.name}/{version}")
+            self._loads.add(task)
+            task.add_done_callback(self._loads.discard)
+        # Old versions go only when every wanted version has settled and at least one serves,
+        # so a model never drops to zero available versions during a roll-over.
+        pending = any(model.versions[v].state in ("START", "LOADING") for v in wanted if v in model.versions)
+        serving_wanted = any(model.versions[v].state == "AVAILABLE" for v in wanted if v in model.versions)
+        for version, slot in list(model.versions.items()):
+            if version in wanted or slot.state == "END":
+                continue
+            if slot.state in ("START", "LOADING") or (not pending and (serving_wanted or not wanted)):
+                self._unload(model, slot)
+        self._apply_labels(model)
+
+    def _apply_labels(self, model: ModelSlot) -> None:
+        wanted = model.entry.labels
+        for label in list(model.labels):
+            if label not in wanted:
+                del model.labels[label]
+        for label, version in wanted.items():
+            slot = model.versions.get(version)
+            if slot is not None and slot.state == "AVAILABLE":
+                model.labels[label] = version
+            elif model.labels.get(label) != version:
+                # As TF Serving: a label may only move to a version that is already serving.
+                log.info(
+                    "label %s of %s waits for version %d to be available", label, model.entry.name, version
+                )
+        for label, version in list(model.labels.items()):
+            if model.versions.get(version) is None or model.versions[version].state != "AVAILABLE":
+                del model.labels[label]
+
+    async def _load(self, model: ModelSlot, slot: VersionSlot) -> None:
+        slot.state = "LOADING"
+        name = model.entry.name
+        log.info("loading %s version %d from %s", name, slot.version, slot.path)
+        loop = asyncio.get_running_loop()
+        try:
+            servable = await loop.run_in_executor(self._load_executor, self._loader, slot.path)
+        except Exception as exc:
+            slot.state, slot.error_code = "END", "UNKNOWN"
+            slot.error_message = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
+            log.error("%s", slot.error_message)
+        else:
+            if slot.state != "LOADING" or self.models.get(name) is not model:
+                return  # unloaded while loading: drop it
+            slot.servable, slot.state = servable, "AVAILABLE"
+            log.info("%s version %d is available", name, slot.version)
+        if not self._closed:
+            await self.reconcile()
+
+    def _unload(self, model: ModelSlot, slot: VersionSlot) -> None:
+        if slot.state == "AVAILABLE":
+            log.info("unloading %s version %d", model.entry.name, slot.version)
+        slot.state = "UNLOADING"
+        # Requests already running keep their own reference; the memory goes with the last one.
+        slot.servable = None
+        slot.state = "END"
+
+    def _unload_model(self, name: str) -> None:
+        model = self.models.pop(name)
+        for slot in model.versions.values():
+            if slot.state != "END":
+                self._unload(model, slot)
+        log.info("model %s is no longer served", name)
+
+    async def wait_for_loads(self) -> None:
+        """Wait until no load is in progress (including loads that finishing loads start)."""
+        while self._loads:
+            await asyncio.gather(*list(self._loads), return_exceptions=True)
+
+    async def poll(self, config_wait_s: float, file_system_wait_s: float) -> None:
+        """Re-read the config and re-scan the folders at their intervals, until cancelled."""
+        waits = [w for w in (config_wait_s, file_system_wait_s) if w > 0]
+        if not waits:
+            return
+        tick = min(waits)
+        since_config = since_disk = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            since_config += tick
+            since_disk += tick
+            changed = False
+            if config_wait_s > 0 and since_config >= config_wait_s:
+                since_config = 0.0
+                try:
+                    changed = self.read_config()
+                except ModelConfigError as exc:
+                    log.error("%s (keeping the current config)", exc)
+            if changed or (file_system_wait_s > 0 and since_disk >= file_system_wait_s):
+                since_disk = 0.0
+                await self.reconcile()
+
+    def close(self) -> None:
+        """Stop loading; loaded versions are dropped."""
+        self._closed = True
+        for task in self._loads:
+            task.cancel()
+        for name in list(self.models):
+            self._unload_model(name)
+
+    # ----------------------------------------------------------------------------- lookups
+
+    def resolve(self, ref: ModelRef) -> tuple[int, Servable]:
+        """The version and servable a request addresses; NotFound / InvalidArgument as TF Serving."""
+        model = self.models.get(ref.name)
+        if ref.label is not None:
+            if model is None or ref.label not in model.labels:
+                if model is None:
+                    raise NotFound(f"Servable not found for request: Latest({ref.name})")
+                raise InvalidArgument(f"Unrecognized servable version label: {ref.label}")
+            version: int | None = model.labels[ref.label]
+        else:
+            version = ref.version
+        if model is not None:
+            if version is None:
+                available = model.available()
+                version = available[-1] if available else None
+            slot = model.versions.get(version) if version is not None else None
+            if slot is not None and slot.state == "AVAILABLE" and slot.servable is not None:
+                return slot.version, slot.servable
+        if ref.version is not None or ref.label is not None:
+            raise NotFound(f"Servable not found for request: Specific({ref.name}, {version})")
+        raise NotFound(f"Servable not found for request: Latest({ref.name})")
+
+    def status(self, ref: ModelRef) -> list[VersionStatus]:
+        """TF Serving's GetModelStatus: every version of the model, or the one addressed."""
+        model = self.models.get(ref.name)
+        if model is None or not model.versions:
+            raise NotFound(f"Could not find any versions of model {ref.name}")
+        version = ref.version
+        if ref.label is not None:
+            if ref.label not in model.labels:
+                raise InvalidArgument(f"Unrecognized servable version label: {ref.label}")
+            version = model.labels[ref.label]
+        if version is None:
+            return [model.versions[v].status() for v in sorted(model.versions)]
+        if version not in model.versions:
+            raise NotFound(f"Could not find version {version} of model {ref.name}")
+        return [model.versions[version].status()]
