@@ -159,7 +159,10 @@ def train(
 
 
 def train_member(
-    index: Annotated[int, typer.Option("--index", "-i", help="Member index, from 0.")],
+    index: Annotated[
+        list[int],
+        typer.Option("--index", "-i", help="Member index, from 0; repeat to train several in this process."),
+    ],
     out: OutOpt = Path("runs/latest"),
     config: Annotated[
         Path | None,
@@ -167,7 +170,10 @@ def train_member(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)] = None,
 ) -> None:
-    """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX)."""
+    """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
+
+    Several --index values train those members one after another in this process.
+    """
     from training.errors import TrainingError
     from training.layout import Layout
 
@@ -183,17 +189,20 @@ def train_member(
         except Exception as exc:
             message = format_validation_error(exc) if hasattr(exc, "errors") else str(exc)
             raise TrainingError(f"invalid {out / 'config.yaml'}: {message}") from None
-        if not 0 <= index < count:
-            raise TrainingError(f"--index must be between 0 and {count - 1}")
+        bad = [i for i in index if not 0 <= i < count]
+        if bad:
+            raise TrainingError(f"--index {bad[0]} is out of range: members are 0 to {count - 1}")
         from training.member import train_member as run
 
-        record = run(out, index, threads=threads)
+        for i in index:
+            record = run(out, i, threads=threads)
+            print(
+                f"member {i}: {record['model_name']} v{record['version']} "
+                f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",
+                flush=True,
+            )
     except TrainingError as exc:
         raise _fail(str(exc)) from None
-    print(
-        f"member {index}: {record['model_name']} v{record['version']} "
-        f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)"
-    )
 
 
 def assemble(

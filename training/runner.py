@@ -36,16 +36,24 @@ def available_cores() -> int:
 
 @dataclass
 class _Worker:
-    index: int
+    indices: list[int]
     process: subprocess.Popen[bytes]
     log: IO[bytes]
 
 
-def worker_command(out_dir: Path, index: int, threads: int | None) -> list[str]:
-    command = [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out_dir), "--index", str(index)]
+def worker_command(out_dir: Path, indices: Sequence[int], threads: int | None) -> list[str]:
+    command = [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out_dir)]
+    for index in indices:
+        command += ["--index", str(index)]
     if threads:
         command += ["--threads", str(threads)]
     return command
+
+
+def assign(indices: Sequence[int], workers: int) -> list[list[int]]:
+    """Members per worker process, round robin: each process imports TensorFlow once for all of its members."""
+    workers = max(1, min(workers, len(indices)))
+    return [list(indices[w::workers]) for w in range(workers)]
 
 
 def _table(states: Sequence[MemberProgress], total: int, elapsed: float) -> Table:
@@ -91,7 +99,6 @@ def run_members(
     workers = max(1, min(workers, total))
     if threads is None and workers > 1:
         threads = max(1, available_cores() // workers)
-    pending = list(indices)
     running: list[_Worker] = []
     failed: dict[int, str] = {}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -100,16 +107,15 @@ def run_members(
     def states() -> list[MemberProgress]:
         return [read_progress(layout.member_dir(i), i) for i in indices]
 
-    def launch(index: int) -> None:
-        member_dir = layout.member_dir(index)
-        member_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("progress.json", "member.json", "predictions.npz"):
-            (member_dir / stale).unlink(missing_ok=True)
-        log = (member_dir / "worker.log").open("wb")
-        process = subprocess.Popen(
-            worker_command(out_dir, index, threads), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        running.append(_Worker(index, process, log))
+    def launch(number: int, chunk: list[int]) -> None:
+        for index in chunk:
+            member_dir = layout.member_dir(index)
+            member_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ("progress.json", "member.json", "predictions.npz"):
+                (member_dir / stale).unlink(missing_ok=True)
+        log = (layout.members / f"worker{number}.log").open("wb")
+        process = subprocess.Popen(worker_command(out_dir, chunk, threads), stdout=log, stderr=subprocess.STDOUT, env=env)
+        running.append(_Worker(chunk, process, log))
 
     def reap() -> None:
         for worker in list(running):
@@ -118,19 +124,26 @@ def run_members(
                 continue
             worker.log.close()
             running.remove(worker)
-            if code != 0:
-                message = read_progress(layout.member_dir(worker.index), worker.index).message
-                log_tail = _last_line(layout.member_dir(worker.index) / "worker.log")
-                failed[worker.index] = message or log_tail or f"exit code {code}"
+            if code == 0:
+                continue
+            log_tail = _last_line(Path(worker.log.name))
+            for index in worker.indices:
+                progress = read_progress(layout.member_dir(index), index)
+                if progress.state == "done":
+                    continue
+                if progress.state == "waiting":
+                    failed[index] = "not trained: its worker stopped"
+                else:
+                    failed[index] = progress.message or log_tail or f"exit code {code}"
 
     plain = None if console.is_terminal else _PlainReporter(console, total)
     live = Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
     try:
         if live is not None:
             live.start()
-        while pending or running:
-            while pending and len(running) < workers:
-                launch(pending.pop(0))
+        for number, chunk in enumerate(assign(indices, workers)):
+            launch(number, chunk)
+        while running:
             time.sleep(POLL_SECONDS)
             reap()
             current = states()
@@ -152,7 +165,7 @@ def run_members(
             live.stop()
     if failed:
         details = "; ".join(f"m{i}: {msg}" for i, msg in sorted(failed.items()))
-        raise TrainingError(f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/m*/worker.log")
+        raise TrainingError(f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/worker*.log")
 
 
 def _last_line(path: Path) -> str:

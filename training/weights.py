@@ -57,6 +57,9 @@ def optimized(
     count = len(member_outputs)
     if count == 1:
         return np.ones(1)
+    # float64 answers: combining float32 ones rounds the objective to float32, and the solver's
+    # finite-difference gradient would then see a flat surface and stop at the start.
+    member_outputs = [{k: np.asarray(v, dtype=np.float64) for k, v in m.items()} for m in member_outputs]
 
     def objective(w: np.ndarray) -> float:
         return validation_loss(member_outputs, np.clip(w, 0.0, None) + 1e-15, truth, kinds)
