@@ -1,0 +1,243 @@
+"""The whole registry flow over HTTP against a real ``mlflow server``: log, register, promote, sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ensemble_cli import build_app
+from registry.client import connect
+from registry.resolve import resolve_manifest, resolve_version
+from registry.tracking import record_training
+from serving.model_config import read_model_config
+from tests.conftest import free_port
+from tests.registry.conftest import MlflowServer
+from tests.registry.fakes import write_training_output
+
+pytestmark = pytest.mark.slow
+
+
+def _train(server: MlflowServer, out: Path, name: str, alias: str | None = None, **kwargs: object) -> int:
+    write_training_output(out, name, **kwargs)  # type: ignore[arg-type]
+    logged = record_training(out, server.uri, register=True, alias=alias)
+    assert logged.ensemble_version is not None
+    return logged.ensemble_version
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(build_app(), list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_training_is_logged_and_registered(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    write_training_output(tmp_path / "out", "track", members=2, epochs=3, test_nll=0.25)
+    logged = record_training(tmp_path / "out", mlflow_server.uri, register=True, alias="champion")
+    client = connect(mlflow_server.uri)
+
+    parent = client.get_run(logged.parent_run_id)
+    assert parent.data.tags["dataset.test_fingerprint"] == "t" * 64
+    assert parent.data.metrics["test_nll"] == pytest.approx(0.25)
+    assert parent.inputs.dataset_inputs[0].dataset.digest == ("f" * 64)[:36]
+    parent_files = {f.path for f in client.list_artifacts(logged.parent_run_id)}
+    assert {"manifest", "plots", "config.yaml", "dataset.json", "report.json"} <= parent_files
+
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{logged.parent_run_id}'"
+    )
+    assert sorted(run.info.run_id for run in children) == sorted(logged.member_run_ids)
+    member_run = client.get_run(logged.member_run_ids[1])
+    assert member_run.data.params["units"] == "64"
+    assert [m.step for m in client.get_metric_history(member_run.info.run_id, "val_loss")] == [0, 1, 2]
+    member_files = {f.path for f in client.list_artifacts(member_run.info.run_id)}
+    assert {"saved_model", "checkpoint.keras", "tensorboard", "history.csv"} <= member_files
+    assert {f.path for f in client.list_artifacts(member_run.info.run_id, "saved_model")} >= {
+        "saved_model/saved_model.pb"
+    }
+
+    # The registered manifest names the registered member versions and its own version.
+    manifest = resolve_manifest(mlflow_server.uri, "track", "champion")
+    assert (
+        manifest.version == logged.ensemble_version == resolve_version(mlflow_server.uri, "track", "champion")
+    )
+    for member in manifest.members:
+        version = client.get_model_version(member.name, str(member.version))
+        assert version.run_id in logged.member_run_ids
+        assert version.source.endswith("/saved_model")
+        assert logged.member_versions[member.name] == member.version
+    assert manifest.provenance.parent_run_id == logged.parent_run_id
+    registered = client.get_model_version("track", str(manifest.version))
+    assert {registered.tags[f"member.{m.name}"] for m in manifest.members} == {
+        str(m.version) for m in manifest.members
+    }
+    assert float(registered.tags["metric.test_nll"]) == pytest.approx(0.25)
+
+
+def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    uri = mlflow_server.uri
+    v1 = _train(mlflow_server, tmp_path / "a", "promo", "champion", test_nll=0.3)
+    v2 = _train(mlflow_server, tmp_path / "b", "promo", test_nll=0.4)
+    v3 = _train(mlflow_server, tmp_path / "c", "promo", test_nll=0.2)
+    v4 = _train(mlflow_server, tmp_path / "d", "promo", test_nll=0.1, test_fingerprint="o" * 64)
+
+    code, _, err = _cli(
+        "promote", "promo", "--version", str(v2), "--alias", "champion", "--tracking-uri", uri
+    )
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "refused" in err
+    assert "worse" in err
+    assert resolve_version(uri, "promo", "champion") == v1
+
+    code, out, _ = _cli(
+        "promote", "promo", "--version", str(v3), "--alias", "champion", "--tracking-uri", uri
+    )
+    assert code == 0, out
+    assert resolve_version(uri, "promo", "champion") == v3
+
+    code, _, err = _cli("promote", "promo", "--version", str(v4), "--tracking-uri", uri)
+    assert code == 1
+    assert "different test data" in err
+    assert resolve_version(uri, "promo", "champion") == v3
+
+    code, out, _ = _cli(
+        "promote", "promo", "--version", str(v2), "--force", "--reason", "canary", "--tracking-uri", uri
+    )
+    assert code == 0
+    assert "forced" in out
+    assert resolve_version(uri, "promo", "champion") == v2
+    # The members' registered models carry the alias too.
+    member = resolve_manifest(uri, "promo", "champion").members[0]
+    client = connect(uri)
+    assert client.get_model_version_by_alias(member.name, "champion").version == str(member.version)
+
+    code, _, _ = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
+    assert code == 0
+    assert resolve_version(uri, "promo", "champion") == v3
+    code, _, _ = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
+    assert code == 0
+    assert resolve_version(uri, "promo", "champion") == v1
+    code, _, err = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
+    assert code == 1
+    assert "no previous holder" in err
+
+    code, out, _ = _cli("registry", "show", "promo", "--tracking-uri", uri)
+    assert code == 0
+    for word in ("register", "promote", "(forced)", "rollback", "canary"):
+        assert word in out
+    code, out, _ = _cli("registry", "show", f"promo/{v3}", "--tracking-uri", uri)
+    assert code == 0
+    assert "promo-m0" in out
+    assert "0.2" in out
+    code, out, _ = _cli("registry", "list", "--tracking-uri", uri)
+    assert code == 0
+    assert "promo" in out
+    assert "champion" in out
+
+
+def _disk_versions(repo: Path, model: str) -> list[int]:
+    return sorted(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
+
+
+def _check_layout_matches_config(repo: Path) -> dict[str, tuple[list[int], dict[str, int]]]:
+    entries = read_model_config(repo / "models.config")
+    for entry in entries:
+        assert entry.base_path == str(repo.resolve() / entry.name)
+        assert entry.versions is not None
+        assert _disk_versions(repo, entry.name) == sorted(entry.versions)
+        for version in entry.versions:
+            assert (repo / entry.name / str(version) / "saved_model.pb").is_file()
+        assert set(entry.labels.values()) <= set(entry.versions)
+    return {entry.name: (sorted(entry.versions or []), entry.labels) for entry in entries}
+
+
+def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    uri = mlflow_server.uri
+    repo = tmp_path / "repo"
+    v1 = _train(mlflow_server, tmp_path / "a", "syn", "champion", test_nll=0.3, payload="first")
+    v2 = _train(mlflow_server, tmp_path / "b", "syn", "challenger", test_nll=0.2, payload="second")
+    champion, challenger = (
+        resolve_manifest(uri, "syn", "champion"),
+        resolve_manifest(uri, "syn", "challenger"),
+    )
+    sync = ["sync", "syn", "--alias", "champion", "--alias", "challenger", "--model-repo", str(repo)]
+
+    code, out, err = _cli(*sync, "--tracking-uri", uri)
+    assert code == 0, err
+    config = _check_layout_matches_config(repo)
+    for old, new in zip(champion.members, challenger.members, strict=True):
+        assert config[old.name] == (
+            sorted([old.version, new.version]),
+            {"champion": old.version, "challenger": new.version},
+        )
+        payload = (repo / old.name / str(new.version) / "saved_model.pb").read_text()
+        assert payload == f"{old.name}:second"
+
+    before = (repo / "models.config").stat().st_mtime_ns
+    code, out, _ = _cli(*sync, "--tracking-uri", uri)
+    assert code == 0
+    assert "unchanged" in out
+    assert (repo / "models.config").stat().st_mtime_ns == before
+
+    # Both aliases on the same manifest: one version folder per member, two labels on it; v1 pruned.
+    code, _, _ = _cli("promote", "syn", "--version", str(v2), "--alias", "champion", "--tracking-uri", uri)
+    assert code == 0
+    code, out, _ = _cli(*sync, "--tracking-uri", uri)
+    assert code == 0
+    assert "pruned" in out
+    config = _check_layout_matches_config(repo)
+    for member in challenger.members:
+        assert config[member.name] == (
+            [member.version],
+            {"champion": member.version, "challenger": member.version},
+        )
+
+    # Staged labels: the new challenger version is listed first, its label moves on the next pass.
+    v3 = _train(mlflow_server, tmp_path / "c", "syn", "challenger", test_nll=0.25, payload="third")
+    newest = resolve_manifest(uri, "syn", "challenger")
+    assert newest.version == v3 != v1
+    code, out, _ = _cli(*sync, "--staged-labels", "--tracking-uri", uri)
+    assert code == 0
+    assert "waiting" in out
+    config = _check_layout_matches_config(repo)
+    for old, new in zip(challenger.members, newest.members, strict=True):
+        assert config[old.name] == (
+            sorted([old.version, new.version]),
+            {"champion": old.version, "challenger": old.version},
+        )
+    code, out, _ = _cli(*sync, "--staged-labels", "--tracking-uri", uri)
+    assert code == 0
+    assert "waiting" not in out
+    config = _check_layout_matches_config(repo)
+    for old, new in zip(challenger.members, newest.members, strict=True):
+        assert config[old.name][1] == {"champion": old.version, "challenger": new.version}
+
+
+def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    uri = mlflow_server.uri
+    _train(mlflow_server, tmp_path / "a", "errs", "champion")
+    cases = [
+        (["registry", "show", "nosuch"], "unknown ensemble 'nosuch'"),
+        (["registry", "show", "errs@nosuch"], "has no alias 'nosuch'"),
+        (["registry", "show", "errs/99"], "has no version 99"),
+        (["promote", "errs", "--version", "99"], "has no version 99"),
+        (["sync", "nosuch", "--model-repo", str(tmp_path / "r")], "unknown ensemble"),
+        (["promote", "errs", "--version", "1", "--alias", "bad-alias"], "not usable"),
+    ]
+    for args, message in cases:
+        code, _, err = _cli(*args, "--tracking-uri", uri)
+        assert code != 0, args
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+
+    # A manifest whose member version is gone cannot be served.
+    connect(uri).delete_model_version("errs-m1", "1")
+    code, _, err = _cli("sync", "errs", "--model-repo", str(tmp_path / "r"), "--tracking-uri", uri)
+    assert code == 1
+    assert "references errs-m1 version 1, which is not registered" in err
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err = _cli("registry", "list", "--tracking-uri", dead)
+    assert code == 3
+    assert "unreachable" in err
+    assert err.count("\n") == 1

@@ -1,0 +1,114 @@
+"""Pure parts of the registry: references, the promotion gate, alias history, output-directory reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.aliases import AliasMove, check_alias, holder_stack
+from registry.defaults import DEFAULT_TRACKING_URI, tracking_uri
+from registry.errors import InvalidArgument
+from registry.manifest import Manifest
+from registry.outdir import read_training_output
+from registry.promotion import gate, higher_is_better
+from registry.resolve import EnsembleRef, parse_ref
+from tests.registry.fakes import write_training_output
+
+
+def _manifest(tmp_path: Path, *, nll: float, fingerprint: str = "t" * 64, version: int = 1) -> Manifest:
+    manifest = write_training_output(tmp_path / f"out-{version}", test_nll=nll, test_fingerprint=fingerprint)
+    return manifest.model_copy(update={"version": version})
+
+
+def test_parse_ref_forms() -> None:
+    assert parse_ref("digits") == EnsembleRef("digits")
+    assert parse_ref("digits@champion") == EnsembleRef("digits", alias="champion")
+    assert parse_ref("digits/3") == EnsembleRef("digits", version=3)
+    for bad in ("", "digits@", "digits/x", "@champion", "digits@a-b"):
+        with pytest.raises(InvalidArgument):
+            parse_ref(bad)
+
+
+def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri(None) == "http://mlflow:5000"
+    assert tracking_uri("sqlite:///other.db") == "sqlite:///other.db"
+
+
+def test_gate_compares_metric_on_same_test_data(tmp_path: Path) -> None:
+    holder = _manifest(tmp_path, nll=0.3, version=1)
+    better = _manifest(tmp_path, nll=0.2, version=2)
+    worse = _manifest(tmp_path, nll=0.4, version=3)
+    equal = _manifest(tmp_path, nll=0.3, version=4)
+    other_data = _manifest(tmp_path, nll=0.1, fingerprint="o" * 64, version=5)
+    assert gate(better, holder, "test_nll").passed
+    assert gate(equal, holder, "test_nll").passed
+    verdict = gate(worse, holder, "test_nll")
+    assert not verdict.passed
+    assert "worse" in verdict.reason
+    # Accuracy grows with quality: the worse-NLL manifest also has the lower accuracy.
+    assert not gate(worse, holder, "test_accuracy").passed
+    assert gate(better, holder, "test_accuracy").passed
+    verdict = gate(other_data, holder, "test_nll")
+    assert not verdict.passed
+    assert "different test data" in verdict.reason
+    verdict = gate(better, holder, "test_rmse")
+    assert not verdict.passed
+    assert "no metric" in verdict.reason
+
+
+def test_higher_is_better_only_for_accuracy_like_metrics() -> None:
+    assert higher_is_better("test_accuracy")
+    assert not higher_is_better("test_nll")
+    assert not higher_is_better("test_brier")
+
+
+def _move(alias: str, frm: int | None, to: int, action: str) -> AliasMove:
+    return AliasMove.model_validate(
+        {"alias": alias, "from_version": frm, "to_version": to, "action": action, "who": "t", "when": "x"}
+    )
+
+
+def test_holder_stack_walks_back_through_rollbacks() -> None:
+    moves = [
+        _move("champion", None, 1, "register"),
+        _move("champion", 1, 2, "promote"),
+        _move("champion", 2, 3, "promote"),
+        _move("champion", 3, 2, "rollback"),
+    ]
+    assert holder_stack(moves) == [1, 2]
+    assert holder_stack([*moves, _move("champion", 2, 1, "rollback")]) == [1]
+    assert holder_stack([*moves, _move("champion", 2, 4, "promote")]) == [1, 2, 4]
+
+
+def test_alias_must_be_a_tf_serving_label() -> None:
+    assert check_alias("champion") == "champion"
+    for bad in ("cham-pion", "v3", "latest", "", "1st"):
+        with pytest.raises(InvalidArgument):
+            check_alias(bad)
+
+
+def test_read_training_output(tmp_path: Path) -> None:
+    write_training_output(tmp_path / "out", members=3, epochs=4)
+    output = read_training_output(tmp_path / "out")
+    assert [m.model_name for m in output.members] == ["digits-m0", "digits-m1", "digits-m2"]
+    history = output.members[1].history()
+    assert [step for step, _ in history] == [0, 1, 2, 3]
+    assert set(history[0][1]) == {"loss", "val_loss", "lr"}
+    assert output.members[1].hyperparameters["units"] == 64
+    assert output.dataset["test_fingerprint"] == "t" * 64
+
+
+def test_read_training_output_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        read_training_output(tmp_path / "absent")
+    write_training_output(tmp_path / "out")
+    (tmp_path / "out" / "models" / "digits-m1" / "1" / "saved_model.pb").unlink()
+    with pytest.raises(InvalidArgument, match=r"no saved_model\.pb"):
+        read_training_output(tmp_path / "out")
+    (tmp_path / "out" / "ensemble.json").unlink()
+    with pytest.raises(InvalidArgument, match=r"ensemble\.json is missing"):
+        read_training_output(tmp_path / "out")
