@@ -246,3 +246,52 @@ def test_monitoring_component_hpa_option_renders(tmp_path: Path) -> None:
     assert kinds == {"Resource", "Pods"}
     pods_metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")
     assert pods_metric["pods"]["metric"]["name"] == "ensemble_in_flight_requests"
+
+
+EXTERNAL_SECRETS = {"gateway-auth": {"token"}, "mlflow-database": {"uri"}}
+"""Secrets prod expects to exist already (docs/deploy.md says how to create them)."""
+
+
+def references(objects: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(kind, name) → keys, for every Secret, ConfigMap and PVC the pods refer to."""
+    refs: dict[tuple[str, str], set[str]] = {}
+    for obj in workloads(objects):
+        spec = pod_spec(obj)
+        assert spec is not None
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                refs.setdefault(
+                    ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]), set()
+                )
+            if "configMap" in volume:
+                refs.setdefault(("ConfigMap", volume["configMap"]["name"]), set())
+        for c in containers(spec):
+            for source in c.get("envFrom", []):
+                for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    if key in source:
+                        refs.setdefault((kind, source[key]["name"]), set())
+            for var in c.get("env", []):
+                for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                    ref = var.get("valueFrom", {}).get(key)
+                    if ref:
+                        refs.setdefault((kind, ref["name"]), set()).add(ref["key"])
+    return refs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_reference_resolves_or_is_a_documented_external_secret(overlay: str) -> None:
+    objects = render(overlay)
+    rendered = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    missing: dict[str, set[str]] = {}
+    for (kind, name), keys in references(objects).items():
+        obj = rendered.get((kind, name))
+        if obj is None:
+            assert kind == "Secret", f"{overlay}: {kind}/{name} is referenced but not rendered"
+            missing[name] = keys
+            continue
+        data = set(obj.get("data", {})) | set(obj.get("stringData", {}))
+        assert keys <= data, f"{overlay}: {kind}/{name} lacks keys {keys - data}"
+    if overlay == "overlays/prod":
+        assert missing == EXTERNAL_SECRETS
+    else:
+        assert not missing, f"{overlay} must run without anything created by hand: {missing}"
