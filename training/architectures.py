@@ -89,7 +89,9 @@ def _residual(cfg: ModelConfig, encoded: list[Any]) -> Any:
     for b in range(cfg.residual_blocks):
         h = _apply(_hidden_layers(cfg, cfg.width, f"res{b}a"), x)
         h = _dense(cfg, cfg.width, f"res{b}b_dense")(h)
-        x = keras.layers.Activation(cfg.activation, name=f"res{b}_out")(keras.layers.Add(name=f"res{b}_add")([x, h]))
+        x = keras.layers.Activation(cfg.activation, name=f"res{b}_out")(
+            keras.layers.Add(name=f"res{b}_add")([x, h])
+        )
     return x
 
 

@@ -164,8 +164,10 @@ def assemble(out_dir: Path) -> dict[str, Any]:
             method="mean" if config.assemble.weights == "uniform" else "weighted_mean",
             min_members=min(config.assemble.min_members, len(refs)),
         ),
-        inputs=[TensorSpec(name=g.name, dtype="float32" if g.kind == "numeric" else "string", shape=g.shape)
-                for g in dataset.inputs],
+        inputs=[
+            TensorSpec(name=g.name, dtype="float32" if g.kind == "numeric" else "string", shape=g.shape)
+            for g in dataset.inputs
+        ],
         outputs=_output_specs(dataset, members[0].test),
         metrics=weighted_test,
         provenance=Provenance(
@@ -229,12 +231,16 @@ def _plots(
         labels = test_truth[output].reshape(-1)
         best = min(range(len(members)), key=lambda i: _primary(members[i].record["metrics"], report))
         plots.reliability_diagram(
-            {"ensemble (weighted)": (combined[output], labels), f"best member ({members[best].name})": (
-                members[best].test[output], labels)},
+            {
+                "ensemble (weighted)": (combined[output], labels),
+                f"best member ({members[best].name})": (members[best].test[output], labels),
+            },
             layout.plots / "reliability.png",
         )
     else:
-        plots.predicted_vs_actual(combined[output], test_truth[output], layout.plots / "predicted_vs_actual.png")
+        plots.predicted_vs_actual(
+            combined[output], test_truth[output], layout.plots / "predicted_vs_actual.png"
+        )
     metric = primary_metric(report)
     names = [m.name for m in members] + ["ensemble (uniform)", "ensemble (weighted)"]
     values = [m.record["metrics"][metric] for m in members]
@@ -244,7 +250,7 @@ def _plots(
 
 def primary_metric(report: dict[str, Any]) -> str:
     """The first target's headline metric: test NLL for a classifier, test RMSE for a regressor."""
-    output, target, kind = report["outputs"][0]
+    _output, target, kind = report["outputs"][0]
     metric = "nll" if kind == "probabilities" else "rmse"
     return f"test_{metric}" if len(report["outputs"]) == 1 else f"test_{target}_{metric}"
 

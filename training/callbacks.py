@@ -31,7 +31,9 @@ class ProgressFile(keras.callbacks.Callback):  # type: ignore[misc]
         write_progress(self.member_dir, self.progress)
 
 
-def learning_rate(fit: FitConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(
+    fit: FitConfig, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The optimizer's learning rate: a constant, or a schedule stepping per batch."""
     decay_steps = max(1, fit.decay_epochs * steps_per_epoch)
     if fit.schedule == "step":
@@ -56,7 +58,9 @@ def optimizer(fit: FitConfig, steps_per_epoch: int) -> keras.optimizers.Optimize
     return keras.optimizers.Adam(learning_rate=rate)
 
 
-def fit_callbacks(fit: FitConfig, member_dir: Path, progress: MemberProgress) -> list[keras.callbacks.Callback]:
+def fit_callbacks(
+    fit: FitConfig, member_dir: Path, progress: MemberProgress
+) -> list[keras.callbacks.Callback]:
     """EarlyStopping (best weights back), best-only checkpoint, CSV history, TensorBoard, progress."""
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=fit.patience, restore_best_weights=True),

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from training.config import TrainConfig
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML training config (see examples/).", show_default=False)
+    Path | None,
+    typer.Option("--config", "-c", help="YAML training config (see examples/).", show_default=False),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory of the run.")]
 
@@ -56,7 +57,9 @@ def _check(config: TrainConfig) -> Any:
     targets = {t.name for t in dataset.targets}
     unknown = set(config.members.defaults.fit.loss_weights) - targets
     if unknown:
-        raise ConfigError(f"fit.loss_weights names columns that are not targets: {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"fit.loss_weights names columns that are not targets: {', '.join(sorted(unknown))}"
+        )
     return dataset
 
 
@@ -70,7 +73,9 @@ def prepare_run(config: TrainConfig, out_dir: Path) -> None:
     layout.write_json(layout.dataset, dataset.summary())
 
 
-def _track(out_dir: Path, tracking_uri: str | None, register: bool, alias: str | None, console: Console) -> bool:
+def _track(
+    out_dir: Path, tracking_uri: str | None, register: bool, alias: str | None, console: Console
+) -> bool:
     """Log the run to the registry; a missing registry module is a warning, a failure is an error."""
     from registry.defaults import tracking_uri as resolve_uri
 
@@ -86,7 +91,10 @@ def _track(out_dir: Path, tracking_uri: str | None, register: bool, alias: str |
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: logging to {uri} failed: {reason}", file=sys.stderr)
         return False
-    console.print(f"Logged to {uri}" + (f" (registered, alias {alias})" if alias else " (registered)" if register else ""))
+    console.print(
+        f"Logged to {uri}"
+        + (f" (registered, alias {alias})" if alias else " (registered)" if register else "")
+    )
     return True
 
 
@@ -96,34 +104,57 @@ def _assemble_and_report(out_dir: Path, console: Console) -> None:
 
     report = assemble(out_dir)
     print_report(report, console)
-    console.print(f"Manifest: {out_dir / 'ensemble.json'}   Report: {out_dir / 'report.json'}   Plots: {out_dir / 'plots'}")
+    console.print(f"Manifest: {out_dir / 'ensemble.json'}", f"Report: {out_dir / 'report.json'}", sep="   ")
+    console.print(f"Plots: {out_dir / 'plots'}")
 
 
 TrackingUriOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the working directory).",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the "
+        "working directory, artifacts in ./mlartifacts).",
         show_default=False,
     ),
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log the run to MLflow.")]
 RegisterOpt = Annotated[bool, typer.Option("--register", help="Register the members and the manifest.")]
 AliasOpt = Annotated[
-    str | None, typer.Option("--alias", help="Point this registry alias at the new ensemble (implies --register).")
+    str | None,
+    typer.Option("--alias", help="Point this registry alias at the new ensemble (implies --register)."),
 ]
 
 
 def train(
     config: ConfigOpt = None,
-    data: Annotated[str | None, typer.Option(help="CSV/Parquet path or sklearn:digits, sklearn:breast_cancer, sklearn:diabetes, penguins.", show_default=False)] = None,
-    target: Annotated[str | None, typer.Option(help="Target column(s), comma-separated.", show_default=False)] = None,
-    task: Annotated[str | None, typer.Option(help="classification or regression (default: inferred).", show_default=False)] = None,
-    members: Annotated[int | None, typer.Option(help="Number of members (with a search: candidates kept).", show_default=False)] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="CSV/Parquet path or sklearn:digits, sklearn:breast_cancer, sklearn:diabetes, penguins.",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target column(s), comma-separated.", show_default=False)
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification or regression (default: inferred).", show_default=False)
+    ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option(help="Number of members (with a search: candidates kept).", show_default=False),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per member.", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split and the members.", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: number of cores).", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(help="Ensemble name (default: from the data).", show_default=False)] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the split and the members.", show_default=False)
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel worker processes (default: number of cores).", show_default=False),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Ensemble name (default: from the data).", show_default=False)
+    ] = None,
     out: OutOpt = Path("runs/latest"),
     tracking_uri: TrackingUriOpt = None,
     no_track: NoTrackOpt = False,
@@ -166,9 +197,16 @@ def train_member(
     out: OutOpt = Path("runs/latest"),
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Config to write to <out>/config.yaml first (default: use the one there).", show_default=False),
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config to write to <out>/config.yaml first (default: use the one there).",
+            show_default=False,
+        ),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)
+    ] = None,
 ) -> None:
     """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
 
@@ -181,14 +219,17 @@ def train_member(
         if config is not None:
             prepare_run(_resolve(config, {}, None), out)
         elif not Layout(out).config.is_file():
-            raise TrainingError(f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first")
+            raise TrainingError(
+                f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first"
+            )
+        from pydantic import ValidationError
+
         from training.config import TrainConfig, format_validation_error
 
         try:
             count = TrainConfig.model_validate(Layout(out).read_config()).candidate_count
-        except Exception as exc:
-            message = format_validation_error(exc) if hasattr(exc, "errors") else str(exc)
-            raise TrainingError(f"invalid {out / 'config.yaml'}: {message}") from None
+        except ValidationError as exc:
+            raise TrainingError(f"invalid {out / 'config.yaml'}: {format_validation_error(exc)}") from None
         bad = [i for i in index if not 0 <= i < count]
         if bad:
             raise TrainingError(f"--index {bad[0]} is out of range: members are 0 to {count - 1}")

@@ -160,8 +160,8 @@ class SearchConfig(_Strict):
     def _known_keys(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
         for key in space:
             section, _, name = key.partition(".")
-            model = {"model": ModelConfig, "fit": FitConfig}.get(section)
-            if model is None or name not in model.model_fields:
+            fields = {"model": ModelConfig.model_fields, "fit": FitConfig.model_fields}.get(section)
+            if fields is None or name not in fields:
                 raise ValueError(f"unknown search key {key!r} (use model.<field> or fit.<field>)")
         return space
 
@@ -193,11 +193,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.assemble.weights == "given" and self.assemble.given is not None:
-            if len(self.assemble.given) != self.candidate_count:
-                raise ValueError(
-                    f"assemble.given has {len(self.assemble.given)} weights for {self.candidate_count} members"
-                )
+        given = self.assemble.given
+        if self.assemble.weights == "given" and given is not None and len(given) != self.candidate_count:
+            raise ValueError(f"assemble.given has {len(given)} weights for {self.candidate_count} members")
         if self.search.trials and self.search.keep > self.search.trials:
             raise ValueError("search.keep exceeds search.trials")
         for i, variant in enumerate(self.members.variants):

@@ -91,9 +91,9 @@ class Dataset:
             if group.kind == "numeric":
                 arrays[group.name] = part[group.columns].to_numpy(dtype=np.float32, na_value=np.nan)
             else:
-                arrays[group.name] = np.stack(
-                    [_as_strings(part[c]) for c in group.columns], axis=1
-                ).astype(object)
+                arrays[group.name] = np.stack([_as_strings(part[c]) for c in group.columns], axis=1).astype(
+                    object
+                )
         return arrays
 
     def labels(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
@@ -225,9 +225,9 @@ def _infer_task(series: pd.Series) -> Task:
     if _is_categorical(series):
         return "classification"
     values = series.dropna()
-    if pd.api.types.is_integer_dtype(values) or bool((values == values.round()).all()):
-        if values.nunique() <= 20:
-            return "classification"
+    integral = pd.api.types.is_integer_dtype(values) or bool((values == values.round()).all())
+    if integral and values.nunique() <= 20:
+        return "classification"
     return "regression"
 
 
@@ -241,7 +241,9 @@ def _targets(frame: pd.DataFrame, config: DataConfig, default: list[str]) -> lis
         raise DataError("no target: pass --target COLUMN (or data.targets in the config)")
     for name in targets:
         if name not in frame.columns:
-            raise DataError(f"target column {name!r} not found; columns: {', '.join(map(str, frame.columns))}")
+            raise DataError(
+                f"target column {name!r} not found; columns: {', '.join(map(str, frame.columns))}"
+            )
     if len(set(targets)) != len(targets):
         raise DataError("a target is listed twice")
     return targets
@@ -283,7 +285,8 @@ def _input_groups(
     frame: pd.DataFrame, config: DataConfig, columns: list[str], default: dict[str, list[str]] | None
 ) -> list[InputGroup]:
     kinds: dict[str, Kind] = {
-        c: "categorical" if c in config.categorical or _is_categorical(frame[c]) else "numeric" for c in columns
+        c: "categorical" if c in config.categorical or _is_categorical(frame[c]) else "numeric"
+        for c in columns
     }
     grouping = config.inputs if config.inputs is not None else default or {}
     groups: list[InputGroup] = []
@@ -297,7 +300,9 @@ def _input_groups(
             if column not in kinds:
                 raise DataError(f"column {column!r} in input group {name!r} is not a feature")
             if kinds[column] != "numeric":
-                raise DataError(f"input group {name!r}: column {column!r} is categorical; group numeric columns")
+                raise DataError(
+                    f"input group {name!r}: column {column!r} is categorical; group numeric columns"
+                )
             if column in grouped:
                 raise DataError(f"column {column!r} is in two input groups")
             grouped.add(column)

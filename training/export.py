@@ -28,7 +28,9 @@ def next_version(model_dir: Path) -> int:
 
 def _input_signature(dataset: Dataset) -> dict[str, tf.TensorSpec]:
     return {
-        g.name: tf.TensorSpec([None, len(g.columns)], tf.float32 if g.kind == "numeric" else tf.string, name=g.name)
+        g.name: tf.TensorSpec(
+            [None, len(g.columns)], tf.float32 if g.kind == "numeric" else tf.string, name=g.name
+        )
         for g in dataset.inputs
     }
 
@@ -47,7 +49,7 @@ def save_member(model: keras.Model, dataset: Dataset, path: Path) -> None:
     """Write ``path`` (a version folder) with a ``serving_default`` signature of named tensors."""
     output_names = [dataset.output_name(t) for t in dataset.targets]
 
-    @tf.function(input_signature=[_input_signature(dataset)])  # type: ignore[misc]
+    @tf.function(input_signature=[_input_signature(dataset)])  # type: ignore[misc,untyped-decorator]
     def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         outputs = model(inputs, training=False)
         return {name: tf.identity(outputs[name], name=name) for name in output_names}
@@ -85,5 +87,7 @@ def verify_round_trip(model: keras.Model, path: Path, features: dict[str, np.nda
         raise ExportError(f"{path}: SavedModel outputs {sorted(actual)} differ from Keras {sorted(expected)}")
     worst = max(float(np.max(np.abs(actual[n] - expected[n]), initial=0.0)) for n in expected)
     if not worst <= ROUND_TRIP_ATOL:
-        raise ExportError(f"{path}: SavedModel differs from the Keras model by {worst:.3g} (> {ROUND_TRIP_ATOL})")
+        raise ExportError(
+            f"{path}: SavedModel differs from the Keras model by {worst:.3g} (> {ROUND_TRIP_ATOL})"
+        )
     return worst

@@ -37,7 +37,9 @@ def quiet_tensorflow(threads: int | None) -> None:
             os.environ[var] = str(threads)
 
 
-def _dataset(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch: int, seed: int | None) -> Any:
+def _dataset(
+    features: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch: int, seed: int | None
+) -> Any:
     import tensorflow as tf
 
     from training.export import _to_tensors
@@ -121,11 +123,9 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
 
         val_pred = run_saved_model(export_path, x_val)
         test_pred = run_saved_model(export_path, x_test)
-        np.savez_compressed(
-            member_dir / "predictions.npz",
-            **{f"val/{k}": v for k, v in val_pred.items()},
-            **{f"test/{k}": v for k, v in test_pred.items()},
-        )
+        arrays: dict[str, Any] = {f"val/{k}": v for k, v in val_pred.items()}
+        arrays.update({f"test/{k}": v for k, v in test_pred.items()})
+        np.savez_compressed(member_dir / "predictions.npz", **arrays)
         kinds = output_kinds(dataset)
         metrics = {**evaluate(val_pred, y_val, kinds, "val"), **evaluate(test_pred, y_test, kinds, "test")}
         val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]

@@ -53,12 +53,16 @@ def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
 
 
 def rmse(predictions: np.ndarray, values: np.ndarray) -> float:
-    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(values, dtype=np.float64).reshape(-1)
+    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(
+        values, dtype=np.float64
+    ).reshape(-1)
     return float(np.sqrt(np.mean(diff**2)))
 
 
 def mae(predictions: np.ndarray, values: np.ndarray) -> float:
-    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(values, dtype=np.float64).reshape(-1)
+    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(
+        values, dtype=np.float64
+    ).reshape(-1)
     return float(np.mean(np.abs(diff)))
 
 

@@ -51,7 +51,7 @@ def worker_command(out_dir: Path, indices: Sequence[int], threads: int | None) -
 
 
 def assign(indices: Sequence[int], workers: int) -> list[list[int]]:
-    """Members per worker process, round robin: each process imports TensorFlow once for all of its members."""
+    """Members per worker process, round robin: a process imports TensorFlow once for all its members."""
     workers = max(1, min(workers, len(indices)))
     return [list(indices[w::workers]) for w in range(workers)]
 
@@ -87,7 +87,9 @@ class _PlainReporter:
             val = f" val_loss={p.val_loss:.4f}" if p.val_loss is not None else ""
             epoch = f" epoch {p.epoch}/{p.epochs}" if p.epochs else ""
             message = f" {p.message}" if p.message else ""
-            self.console.print(f"member {p.index + 1}/{self.total}: {p.state}{epoch}{val}{message}", highlight=False)
+            self.console.print(
+                f"member {p.index + 1}/{self.total}: {p.state}{epoch}{val}{message}", highlight=False
+            )
 
 
 def run_members(
@@ -114,7 +116,9 @@ def run_members(
             for stale in ("progress.json", "member.json", "predictions.npz"):
                 (member_dir / stale).unlink(missing_ok=True)
         log = (layout.members / f"worker{number}.log").open("wb")
-        process = subprocess.Popen(worker_command(out_dir, chunk, threads), stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            worker_command(out_dir, chunk, threads), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         running.append(_Worker(chunk, process, log))
 
     def reap() -> None:
@@ -137,7 +141,9 @@ def run_members(
                     failed[index] = progress.message or log_tail or f"exit code {code}"
 
     plain = None if console.is_terminal else _PlainReporter(console, total)
-    live = Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
+    live = (
+        Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
+    )
     try:
         if live is not None:
             live.start()
@@ -165,7 +171,9 @@ def run_members(
             live.stop()
     if failed:
         details = "; ".join(f"m{i}: {msg}" for i, msg in sorted(failed.items()))
-        raise TrainingError(f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/worker*.log")
+        raise TrainingError(
+            f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/worker*.log"
+        )
 
 
 def _last_line(path: Path) -> str:

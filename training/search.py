@@ -16,7 +16,8 @@ from training.config import MemberConfig, ParamSpace, TrainConfig, member_base, 
 def _suggest(trial: Any, key: str, space: ParamSpace) -> Any:
     if space.choices is not None:
         return trial.suggest_categorical(key, space.choices)
-    assert space.low is not None and space.high is not None
+    assert space.low is not None
+    assert space.high is not None
     if space.integer:
         return trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
     return trial.suggest_float(key, space.low, space.high, log=space.log)

@@ -25,7 +25,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("colour: blue\n", "colour: Extra inputs are not permitted"),
         ("search:\n  trials: 3\n  space:\n    model.colour: {choices: [1]}\n", "unknown search key"),
         ("assemble:\n  weights: given\n", "needs a `given` list"),
-        ("members:\n  count: 2\nassemble:\n  weights: given\n  given: [1, 2, 3]\n", "3 weights for 2 members"),
+        (
+            "members:\n  count: 2\nassemble:\n  weights: given\n  given: [1, 2, 3]\n",
+            "3 weights for 2 members",
+        ),
         ("members:\n  variants:\n    - model: {width: -3}\n", "members.variants[0]"),
         ("data:\n  split: {validation: 0.5, test: 0.45}\n", "at least 10%"),
     ],

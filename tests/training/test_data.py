@@ -18,7 +18,7 @@ def _frame(rows: int = 60, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "height cm": rng.normal(170, 10, rows),
-            "colour": rng.choice(["red", "green", None], rows),
+            "colour": np.array(["red", "green", None], dtype=object)[rng.integers(0, 3, rows)],
             "constant": np.ones(rows),
             "label": rng.choice(["a", "b", "c"], rows, p=[0.6, 0.3, 0.1]),
             "score": rng.normal(0, 1, rows),
@@ -69,11 +69,15 @@ def test_csv_with_own_columns_kinds_names_and_missing(tmp_path: Path) -> None:
         "colour": "categorical",
         "constant": "numeric",
     }
-    assert [(t.name, t.task) for t in dataset.targets] == [("label", "classification"), ("score", "regression")]
+    assert [(t.name, t.task) for t in dataset.targets] == [
+        ("label", "classification"),
+        ("score", "regression"),
+    ]
     assert dataset.targets[0].classes == ["a", "b", "c"]
     assert [dataset.output_name(t) for t in dataset.targets] == ["label_probabilities", "score_predictions"]
     colour = dataset.features(np.arange(len(dataset.frame)))["colour"]
-    assert colour.shape == (60, 1) and "" in set(colour[:, 0])
+    assert colour.shape == (60, 1)
+    assert "" in set(colour[:, 0])
 
 
 def test_rows_with_a_missing_target_are_dropped(tmp_path: Path) -> None:

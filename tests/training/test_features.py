@@ -34,7 +34,8 @@ def test_layer_imputes_and_appends_missing_flags() -> None:
     out = np.asarray(layer(np.array([[np.nan, 4.0], [3.0, np.nan]], dtype=np.float32)))
     assert out.shape == (2, 3)  # two scaled columns + one flag (only column 0 had gaps)
     assert out[0, 0] == pytest.approx(0.0)  # missing -> mean -> 0
-    assert out[0, 2] == 1.0 and out[1, 2] == 0.0
+    assert out[0, 2] == 1.0
+    assert out[1, 2] == 0.0
     assert out[1, 1] == pytest.approx(0.0)  # missing in a column without a flag still imputes
     assert out[1, 0] == pytest.approx(1.0)
     restored = NumericPreprocessing.from_config(layer.get_config())

@@ -30,14 +30,19 @@ def test_optimized_weights_lie_on_the_simplex_and_beat_uniform() -> None:
     assert np.all(weights >= 0)
     assert weights.sum() == pytest.approx(1.0)
     assert weights[2] > weights[0]
-    assert validation_loss(members, weights, truth, KINDS) < validation_loss(members, uniform(3), truth, KINDS)
+    assert validation_loss(members, weights, truth, KINDS) < validation_loss(
+        members, uniform(3), truth, KINDS
+    )
 
 
 def test_optimized_matches_a_brute_force_grid() -> None:
     members, truth = _members(1)
     weights = optimized(members, truth, KINDS)
     grid = [
-        np.array([a, b, 1 - a - b]) for a in np.linspace(0, 1, 21) for b in np.linspace(0, 1, 21) if a + b <= 1
+        np.array([a, b, 1 - a - b])
+        for a in np.linspace(0, 1, 21)
+        for b in np.linspace(0, 1, 21)
+        if a + b <= 1
     ]
     best = min(validation_loss(members, w + 1e-15, truth, KINDS) for w in grid)
     assert validation_loss(members, weights, truth, KINDS) <= best + 1e-3
@@ -67,5 +72,5 @@ def test_regression_objective_and_weights() -> None:
 def test_given_and_uniform() -> None:
     assert np.allclose(given([1, 3]), [0.25, 0.75])
     assert np.allclose(uniform(4), 0.25)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         given([0, 0])

@@ -1,0 +1,270 @@
+"""End to end: train, export, assemble, on bundled sets and on a CSV of one's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from registry.manifest import Manifest
+from serving.combine import combine_outputs
+
+pytestmark = pytest.mark.slow
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_digits_layout_manifest_and_models_config(tiny_digits: Path) -> None:
+    from serving.model_config import read_model_config
+
+    for name in ("config.yaml", "dataset.json", "ensemble.json", "report.json", "models/models.config"):
+        assert (tiny_digits / name).is_file(), name
+    for plot in ("learning_curves.png", "reliability.png", "members_vs_ensemble.png"):
+        assert (tiny_digits / "plots" / plot).stat().st_size > 1000
+    manifest = Manifest.load(tiny_digits / "ensemble.json")
+    assert manifest.name == "digits"
+    assert [(s.name, s.dtype, s.shape) for s in manifest.inputs] == [("pixels", "float32", [-1, 64])]
+    (output,) = manifest.outputs
+    assert (output.name, output.kind, output.shape, output.classes) == (
+        "probabilities",
+        "probabilities",
+        [-1, 10],
+        [str(d) for d in range(10)],
+    )
+    assert set(manifest.metrics) == {"test_accuracy", "test_nll", "test_brier", "test_ece"}
+    assert manifest.provenance.dataset == "sklearn:digits"
+    assert len(manifest.provenance.test_fingerprint) == 64
+    dataset = json.loads((tiny_digits / "dataset.json").read_text())
+    assert dataset["test_fingerprint"] == manifest.provenance.test_fingerprint
+    assert all(m.weight > 0 for m in manifest.members)
+    assert sum(m.weight for m in manifest.members) == pytest.approx(1.0)
+
+    entries = {e.name: e for e in read_model_config(tiny_digits / "models" / "models.config")}
+    assert set(entries) == {m.name for m in manifest.members}
+    for member in manifest.members:
+        entry = entries[member.name]
+        assert Path(entry.base_path).is_absolute()
+        assert entry.versions == [member.version]
+        assert (Path(entry.base_path) / str(member.version) / "saved_model.pb").is_file()
+
+    for i in range(3):
+        member_dir = tiny_digits / "members" / f"m{i}"
+        record = json.loads((member_dir / "member.json").read_text())
+        assert record["model_name"] == f"digits-m{i}"
+        assert record["version"] == 1
+        assert {"val_nll", "test_nll", "val_accuracy"} <= set(record["metrics"])
+        assert (member_dir / "checkpoint.keras").is_file()
+        assert any((member_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        history = pd.read_csv(member_dir / "history.csv")
+        assert len(history) == record["epochs_trained"]
+        assert "val_loss" in history
+
+
+def test_ensemble_nll_is_below_the_mean_member_nll(tiny_digits: Path) -> None:
+    report = json.loads((tiny_digits / "report.json").read_text())
+    member_nll = [m["metrics"]["test_nll"] for m in report["members"]]
+    assert report["ensemble_uniform"]["test_nll"] < np.mean(member_nll)
+    assert report["ensemble_weighted"]["test_nll"] < np.mean(member_nll)
+    manifest = Manifest.load(tiny_digits / "ensemble.json")
+    assert manifest.metrics["test_nll"] == pytest.approx(report["ensemble_weighted"]["test_nll"])
+
+
+def test_export_round_trip_and_offline_numbers_match_the_saved_models(tiny_digits: Path) -> None:
+    import tensorflow as tf
+
+    from training.config import TrainConfig
+    from training.data import prepare
+    from training.layout import Layout
+    from training.metrics import nll
+
+    config = TrainConfig.model_validate(Layout(tiny_digits).read_config())
+    dataset = prepare(config.data, config.seed)
+    pixels = dataset.features(dataset.test_rows)["pixels"]
+    manifest = Manifest.load(tiny_digits / "ensemble.json")
+    answers = []
+    for index, member in enumerate(manifest.members):
+        loaded = tf.saved_model.load(str(tiny_digits / "models" / member.name / str(member.version)))
+        signature = loaded.signatures["serving_default"]
+        assert list(signature.structured_input_signature[1]) == ["pixels"]
+        assert list(signature.structured_outputs) == ["probabilities"]
+        answer = signature(pixels=tf.constant(pixels))["probabilities"].numpy()
+        saved = _npz(tiny_digits / "members" / f"m{index}" / "predictions.npz")
+        assert set(saved) == {"val/probabilities", "test/probabilities"}
+        np.testing.assert_allclose(answer, saved["test/probabilities"], atol=1e-5)
+        answers.append({"probabilities": answer})
+    combined = combine_outputs(answers, manifest.weights)["probabilities"]
+    labels = dataset.labels(dataset.test_rows)["probabilities"]
+    assert nll(combined, labels) == pytest.approx(manifest.metrics["test_nll"], abs=1e-5)
+
+
+def test_assemble_again_is_repeatable(tiny_digits: Path) -> None:
+    from training.assemble import assemble
+
+    before = Manifest.load(tiny_digits / "ensemble.json")
+    assemble(tiny_digits)
+    after = Manifest.load(tiny_digits / "ensemble.json")
+    assert after.members == before.members
+    assert after.metrics == before.metrics
+
+
+def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training.testing import train_tiny
+
+    out = train_tiny(
+        tmp_path / "penguins",
+        "penguins",
+        members=3,
+        epochs=4,
+        extra={
+            "search.trials": 3,
+            "search.keep": 2,
+            "search.space": {
+                "model.width": {"choices": [8, 16, 32]},
+                "fit.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
+            },
+        },
+    )
+    manifest = Manifest.load(out / "ensemble.json")
+    specs = {s.name: (s.dtype, s.shape) for s in manifest.inputs}
+    assert specs["island"] == ("string", [-1, 1])
+    assert specs["sex"] == ("string", [-1, 1])
+    assert specs["bill_length_mm"] == ("float32", [-1, 1])
+    assert manifest.outputs[0].classes == ["Adelie", "Chinstrap", "Gentoo"]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["members"]) == 3
+    assert sum(m["selected"] for m in report["members"]) == 2
+    assert 1 <= len(manifest.members) <= 2
+    widths = {m["hyperparameters"]["model"]["width"] for m in report["members"]}
+    assert widths <= {8, 16, 32}
+
+    member = manifest.members[0]
+    signature = tf.saved_model.load(str(out / "models" / member.name / str(member.version))).signatures[
+        "serving_default"
+    ]
+    inputs = {
+        name: tf.constant([[""], ["Biscoe"]])
+        if dtype == "string"
+        else tf.constant([[np.nan], [45.0]], tf.float32)
+        for name, (dtype, _) in specs.items()
+    }
+    probs = signature(**inputs)["probabilities"].numpy()
+    assert probs.shape == (2, 3)
+    assert np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_diabetes_regression(tmp_path: Path) -> None:
+    from training.testing import train_tiny
+
+    out = train_tiny(tmp_path / "diabetes", "sklearn:diabetes", members=2, epochs=25)
+    manifest = Manifest.load(out / "ensemble.json")
+    (output,) = manifest.outputs
+    assert (output.name, output.kind, output.shape, output.classes) == (
+        "predictions",
+        "predictions",
+        [-1, 1],
+        None,
+    )
+    assert set(manifest.metrics) == {"test_rmse", "test_mae"}
+    assert (out / "plots" / "predicted_vs_actual.png").is_file()
+    # in the target's own units, and better than always answering the mean
+    from training.config import TrainConfig
+    from training.data import prepare
+    from training.layout import Layout
+
+    config = TrainConfig.model_validate(Layout(out).read_config())
+    dataset = prepare(config.data, config.seed)
+    y_test = dataset.labels(dataset.test_rows)["predictions"]
+    assert manifest.metrics["test_rmse"] < float(np.std(y_test))
+    predictions = _npz(out / "members" / "m0" / "predictions.npz")["test/predictions"]
+    assert 25 < float(np.mean(predictions)) < 350
+
+
+def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ensemble_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_csv_with_own_columns_and_two_targets_through_the_cli(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = 240
+    size = rng.normal(10, 3, rows)
+    colour = rng.choice(["red", "blue", ""], rows)
+    frame = pd.DataFrame(
+        {
+            "size": np.where(rng.random(rows) < 0.05, np.nan, size),
+            "colour": colour,
+            "flat": 3.0,
+            "kind": np.where(size > 10, "big", "small"),
+            "price": 2 * size + (colour == "red") * 5 + rng.normal(0, 0.5, rows),
+        }
+    )
+    frame.to_csv(tmp_path / "shop.csv", index=False)
+    result = _ensemble(
+        "train",
+        "--data",
+        "shop.csv",
+        "--target",
+        "kind,price",
+        "--members",
+        "2",
+        "--epochs",
+        "4",
+        "--workers",
+        "2",
+        "--out",
+        "run",
+        "--no-track",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ensemble, optimized" in result.stdout
+    manifest = Manifest.load(tmp_path / "run" / "ensemble.json")
+    assert manifest.name == "shop"
+    assert [(o.name, o.kind, o.target) for o in manifest.outputs] == [
+        ("kind_probabilities", "probabilities", "kind"),
+        ("price_predictions", "predictions", "price"),
+    ]
+    assert {"test_kind_accuracy", "test_kind_nll", "test_price_rmse", "test_price_mae"} <= set(
+        manifest.metrics
+    )
+    assert {s.name: s.dtype for s in manifest.inputs} == {
+        "size": "float32",
+        "colour": "string",
+        "flat": "float32",
+    }
+    assert np.isfinite(list(manifest.metrics.values())).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "missing.csv"], "no such file"),
+        (["--data", "sklearn:digits", "--target", "nope"], "target column 'nope' not found"),
+        (["--data", "sklearn:diabetes", "--members", "0"], "members.count"),
+        (["--config", "bad.yaml"], "not valid YAML"),
+        (["--data", "tiny.csv", "--target", "y"], "too few rows"),
+    ],
+)
+def test_bad_input_exits_with_one_line_before_training(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "bad.yaml").write_text("members: [1,\n")
+    pd.DataFrame({"x": range(5), "y": range(5)}).to_csv(tmp_path / "tiny.csv", index=False)
+    result = _ensemble("train", *args, "--out", "run", "--no-track", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert not (tmp_path / "run" / "members").exists()
