@@ -36,8 +36,11 @@ AVAILABLE = 30
 
 
 class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ignore[misc]
-    def __init__(self, models: list[str], version: int, delay_s: float, fail_rate: float) -> None:
+    def __init__(
+        self, models: list[str], version: int, delay_s: float, fail_rate: float, slow: set[str]
+    ) -> None:
         self.models = set(models)
+        self.slow = slow or self.models
         self.version = version
         self.delay_s = delay_s
         self.fail_rate = fail_rate
@@ -48,7 +51,7 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
 
     async def Predict(self, request: PredictRequest, context: grpc.aio.ServicerContext) -> PredictResponse:
         await self._check(request.model_spec.name, context)
-        if self.delay_s:
+        if self.delay_s and request.model_spec.name in self.slow:
             await asyncio.sleep(self.delay_s)
         if self.fail_rate and random.random() < self.fail_rate:
             await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
@@ -92,9 +95,11 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
         return response
 
 
-async def serve(port: int, models: list[str], version: int, delay_s: float, fail_rate: float) -> None:
+async def serve(
+    port: int, models: list[str], version: int, delay_s: float, fail_rate: float, slow: set[str]
+) -> None:
     server = grpc.aio.server()
-    servicer = FakeMembers(models, version, delay_s, fail_rate)
+    servicer = FakeMembers(models, version, delay_s, fail_rate, slow)
     add_PredictionServiceServicer_to_server(servicer, server)
     add_ModelServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -115,8 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--slow-models", default="", help="models the delay applies to (default: all)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.models.split(","), args.version, args.delay_ms / 1000, args.fail_rate))
+    slow = {m for m in args.slow_models.split(",") if m}
+    asyncio.run(
+        serve(args.port, args.models.split(","), args.version, args.delay_ms / 1000, args.fail_rate, slow)
+    )
 
 
 if __name__ == "__main__":

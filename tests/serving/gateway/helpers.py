@@ -63,11 +63,9 @@ def member_answer(member: str, x: np.ndarray) -> np.ndarray:
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def start_process(
-    args: list[str], ready: str = "READY", timeout_s: float = 30.0, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """Start ``python args...`` from the repository root and wait for its ``ready`` line."""
-    proc = subprocess.Popen(
+def spawn_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``python args...`` from the repository root; :func:`wait_ready` waits for it."""
+    return subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
@@ -75,6 +73,10 @@ def start_process(
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_ready(proc: subprocess.Popen[str], ready: str = "READY", timeout_s: float = 60.0) -> None:
+    """Read the process's output until its ``ready`` line; stop it and raise if it never comes."""
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
     assert proc.stdout is not None
@@ -86,9 +88,18 @@ def start_process(
         if ready in line:
             # Keep draining output so a chatty process never blocks on a full pipe.
             threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-            return proc
+            return
     stop_process(proc)
-    raise RuntimeError(f"{args} did not start:\n{''.join(seen)[-3000:]}")
+    raise RuntimeError(f"{proc.args!r} did not start:\n{''.join(seen)[-3000:]}")
+
+
+def start_process(
+    args: list[str], ready: str = "READY", timeout_s: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``python args...`` from the repository root and wait for its ``ready`` line."""
+    proc = spawn_process(args, env)
+    wait_ready(proc, ready, timeout_s)
+    return proc
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:
@@ -109,40 +120,49 @@ def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout
     return proc.returncode
 
 
+def fake_backend_args(
+    port: int,
+    models: list[str],
+    *,
+    delay_ms: float = 0.0,
+    slow_models: list[str] | None = None,
+    fail_rate: float = 0.0,
+    version: int = 1,
+) -> list[str]:
+    args = [
+        "-m",
+        "tests.serving.gateway.fake_backend",
+        "--port",
+        str(port),
+        "--models",
+        ",".join(models),
+        "--delay-ms",
+        str(delay_ms),
+        "--fail-rate",
+        str(fail_rate),
+        "--version",
+        str(version),
+    ]
+    if slow_models:
+        args += ["--slow-models", ",".join(slow_models)]
+    return args
+
+
 def start_fake_backend(
     port: int, models: list[str], *, delay_ms: float = 0.0, fail_rate: float = 0.0, version: int = 1
 ) -> subprocess.Popen[str]:
     return start_process(
-        [
-            "-m",
-            "tests.serving.gateway.fake_backend",
-            "--port",
-            str(port),
-            "--models",
-            ",".join(models),
-            "--delay-ms",
-            str(delay_ms),
-            "--fail-rate",
-            str(fail_rate),
-            "--version",
-            str(version),
-        ]
+        fake_backend_args(port, models, delay_ms=delay_ms, fail_rate=fail_rate, version=version)
     )
 
 
 GATEWAY_READY = "serving ensemble"
 
 
-def start_gateway(
-    manifest: Path,
-    member_addresses: dict[str, str],
-    rest_port: int,
-    grpc_port: int,
-    *,
-    env: dict[str, str] | None = None,
-    extra_args: list[str] | None = None,
-) -> subprocess.Popen[str]:
-    """``ensemble serve`` on 127.0.0.1 with one backend address per member (fast test settings)."""
+def gateway_args(
+    manifest: Path, member_addresses: dict[str, str], rest_port: int, grpc_port: int
+) -> list[str]:
+    """``ensemble serve`` on 127.0.0.1 with one backend address per member."""
     args = [
         "-m",
         "ensemble_cli",
@@ -158,11 +178,30 @@ def start_gateway(
     ]
     for member, address in member_addresses.items():
         args += ["--member-backend", f"{member}={address}"]
-    test_env = {
+    return args
+
+
+def gateway_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Fast settings for tests: short deadlines, quick reload polling and breaker recovery."""
+    return {
         "ENSEMBLE_MEMBER_DEADLINE_S": "1.0",
         "ENSEMBLE_POLL_INTERVAL_S": "0.2",
         "ENSEMBLE_BREAKER_FAILURES": "3",
         "ENSEMBLE_BREAKER_COOLDOWN_S": "0.3",
         **(env or {}),
     }
-    return start_process([*args, *(extra_args or [])], ready=GATEWAY_READY, env=test_env)
+
+
+def start_gateway(
+    manifest: Path,
+    member_addresses: dict[str, str],
+    rest_port: int,
+    grpc_port: int,
+    *,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    return start_process(
+        gateway_args(manifest, member_addresses, rest_port, grpc_port),
+        ready=GATEWAY_READY,
+        env=gateway_env(env),
+    )

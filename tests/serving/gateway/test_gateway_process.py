@@ -34,11 +34,16 @@ from serving.protos import (
 from serving.tensors import from_tensor_proto, to_tensor_proto
 from tests.conftest import free_port
 from tests.serving.gateway.helpers import (
+    GATEWAY_READY,
+    fake_backend_args,
+    gateway_args,
+    gateway_env,
     make_manifest,
     member_answer,
-    start_fake_backend,
-    start_gateway,
+    spawn_process,
+    start_process,
     stop_process,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.slow
@@ -63,12 +68,12 @@ def rows(n: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class Deployment:
-    """Member backends (one process each) and a gateway in front of them."""
+    """Member backends and a gateway in front of them; members share one backend unless separate."""
 
     manifest_path: Path
     rest_port: int
     grpc_port: int
-    backend_ports: dict[str, int]
+    member_ports: dict[str, int]
     backends: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     gateway: subprocess.Popen[str] | None = None
 
@@ -76,12 +81,12 @@ class Deployment:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.rest_port}"
 
-    def start_member(self, member: str, delay_ms: float = 0.0) -> None:
-        self.backends[member] = start_fake_backend(self.backend_ports[member], [member], delay_ms=delay_ms)
+    def start_member(self, member: str) -> None:
+        """(Re)start a member that has its own backend process."""
+        self.backends[member] = start_process(fake_backend_args(self.member_ports[member], [member]))
 
     def kill_member(self, member: str) -> None:
-        proc = self.backends.pop(member)
-        stop_process(proc, signal.SIGKILL)
+        stop_process(self.backends.pop(member), signal.SIGKILL)
 
     def stop(self) -> None:
         if self.gateway is not None:
@@ -95,23 +100,38 @@ def deployment(
     tmp_path: Path,
     manifest: Manifest | None = None,
     *,
-    delay_ms: dict[str, float] | None = None,
+    separate: bool = False,
+    delay_ms: float = 0.0,
+    slow_members: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
+    """Start the backends and the gateway all at once (startup is the slow part), then wait."""
     manifest = manifest or make_manifest()
     path = tmp_path / "ensemble.json"
     manifest.save(path)
+    names = [m.name for m in manifest.members]
+    shared_port = free_port()
     deploy = Deployment(
         manifest_path=path,
         rest_port=free_port(),
         grpc_port=free_port(),
-        backend_ports={m.name: free_port() for m in manifest.members},
+        member_ports={name: free_port() if separate else shared_port for name in names},
     )
     try:
-        for member in manifest.members:
-            deploy.start_member(member.name, (delay_ms or {}).get(member.name, 0.0))
-        addresses = {name: f"127.0.0.1:{port}" for name, port in deploy.backend_ports.items()}
-        deploy.gateway = start_gateway(path, addresses, deploy.rest_port, deploy.grpc_port, env=env)
+        groups = [[name] for name in names] if separate else [names]
+        for group in groups:
+            deploy.backends[group[0] if separate else "all"] = spawn_process(
+                fake_backend_args(
+                    deploy.member_ports[group[0]], group, delay_ms=delay_ms, slow_models=slow_members
+                )
+            )
+        addresses = {name: f"127.0.0.1:{port}" for name, port in deploy.member_ports.items()}
+        deploy.gateway = spawn_process(
+            gateway_args(path, addresses, deploy.rest_port, deploy.grpc_port), env=gateway_env(env)
+        )
+        for proc in deploy.backends.values():
+            wait_ready(proc)
+        wait_ready(deploy.gateway, GATEWAY_READY)
         yield deploy
     finally:
         deploy.stop()
@@ -269,7 +289,7 @@ async def _load(
 def test_killed_members_degrade_then_fail_clearly_then_recover(tmp_path: Path) -> None:
     manifest = make_manifest(min_members=2)
     x = rows(2)
-    with deployment(tmp_path, manifest) as deploy:
+    with deployment(tmp_path, manifest, separate=True) as deploy:
 
         async def phase(action: object, seconds: float = 1.0) -> list[tuple[int, str, str]]:
             stop = asyncio.Event()
@@ -318,7 +338,7 @@ def test_straggler_is_cut_off_by_the_member_deadline(tmp_path: Path) -> None:
     manifest = make_manifest(min_members=2)
     x = rows(3)
     with (
-        deployment(tmp_path, manifest, delay_ms={"toy-m1": 5000}) as deploy,
+        deployment(tmp_path, manifest, delay_ms=5000, slow_members=["toy-m1"]) as deploy,
         httpx.Client(timeout=10) as client,
     ):
         response = predict_rest(client, deploy, x)
@@ -369,9 +389,8 @@ def _which(answer: np.ndarray, old: np.ndarray, new: np.ndarray) -> str:
 
 def test_sigterm_under_load_finishes_everything_accepted(tmp_path: Path) -> None:
     manifest = make_manifest()
-    delays = {m.name: 400.0 for m in manifest.members}
     x = rows(1)
-    with deployment(tmp_path, manifest, delay_ms=delays) as deploy:
+    with deployment(tmp_path, manifest, delay_ms=400) as deploy:
         assert deploy.gateway is not None
 
         async def scenario() -> tuple[list[int], list[str]]:
