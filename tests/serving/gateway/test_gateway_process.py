@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,3 +505,53 @@ def test_official_tf_serving_client_gets_the_ensemble_answer(running: Deployment
     assert answer["trailing"]["x-ensemble-members"] == "3/3"
     assert answer["signature_inputs"] == ["x"]
     assert answer["status"] == [[1, 30]]
+
+
+def test_real_prometheus_scrapes_the_metrics(running: Deployment, tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("the prometheus binary is not installed (Debian package 'prometheus')")
+    with httpx.Client(timeout=10) as client:
+        assert predict_rest(client, running, rows(2)).status_code == 200
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: gateway\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{running.rest_port}']}}]\n"
+    )
+    web_port = free_port()
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        found: dict[str, list[object]] = {}
+        deadline = time.monotonic() + 60
+        query = 'up{job="gateway"} or ensemble_requests_total or ensemble_manifest_info'
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                answer = httpx.get(
+                    f"http://127.0.0.1:{web_port}/api/v1/query", params={"query": query}, timeout=5
+                ).json()
+            except httpx.HTTPError:
+                continue
+            found = {}
+            for series in answer.get("data", {}).get("result", []):
+                found.setdefault(series["metric"]["__name__"], []).append(series)
+            if {"up", "ensemble_requests_total", "ensemble_manifest_info"} <= set(found):
+                break
+        assert {"up", "ensemble_requests_total", "ensemble_manifest_info"} <= set(found), found
+        assert found["up"][0]["value"][1] == "1"  # type: ignore[index]
+        labels = [s["metric"] for s in found["ensemble_requests_total"]]  # type: ignore[index]
+        assert any(m.get("protocol") == "rest" and m.get("code") == "200" for m in labels), labels
+    finally:
+        stop_process(proc)
