@@ -127,6 +127,8 @@ class ModelManager:
         self._loads: set[asyncio.Task[None]] = set()
         self._reconcile_lock = asyncio.Lock()
         self._closed = False
+        self._label_waits: set[tuple[str, int]] = set()
+        self._bad_config_text: str | None = None
 
     # ----------------------------------------------------------------------------- config + disk
 
@@ -138,10 +140,14 @@ class ModelManager:
             text = self._config_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ModelConfigError(f"{self._config_file}: cannot read: {exc.strerror}") from None
-        if text == self._config_text:
-            return False
-        entries = read_model_config(self._config_file)
-        self._config_text = text
+        if text in (self._config_text, self._bad_config_text):
+            return False  # unchanged, or the same broken file already reported
+        try:
+            entries = read_model_config(self._config_file)
+        except ModelConfigError:
+            self._bad_config_text = text
+            raise
+        self._config_text, self._bad_config_text = text, None
         self._entries = entries
         log.info("model config %s: %s", self._config_file, ", ".join(e.name for e in entries) or "no models")
         return True
@@ -202,8 +208,9 @@ class ModelManager:
             slot = model.versions.get(version)
             if slot is not None and slot.state == "AVAILABLE":
                 model.labels[label] = version
-            elif model.labels.get(label) != version:
+            elif model.labels.get(label) != version and (label, version) not in self._label_waits:
                 # As TF Serving: a label may only move to a version that is already serving.
+                self._label_waits.add((label, version))
                 log.info(
                     "label %s of %s waits for version %d to be available", label, model.entry.name, version
                 )

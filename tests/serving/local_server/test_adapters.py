@@ -1,0 +1,234 @@
+"""The shared REST and gRPC adapters on a recording core: conversions, headers, deadlines, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
+from serving.errors import NotFound, ResourceExhausted
+from serving.grpc import add_health_and_reflection, add_tfs_servicers
+from serving.protos import (
+    GetModelMetadataRequest,
+    GetModelStatusRequest,
+    ModelServiceStub,
+    ModelVersionStatus,
+    PredictionServiceStub,
+    PredictRequest,
+    SignatureDefMap,
+)
+from serving.rest import create_tfs_router, install_error_handlers
+from serving.tensors import from_tensor_proto, to_tensor_proto
+from tests.conftest import free_port
+
+
+class RecordingCore:
+    """Doubles ``x``; remembers what each call received; fails on demand by model name."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def _check(self, ref: ModelRef) -> None:
+        if ref.name == "missing":
+            raise NotFound("Servable not found for request: Latest(missing)")
+        if ref.name == "busy":
+            raise ResourceExhausted("too many requests")
+        if ref.name == "broken":
+            raise RuntimeError("secret internals")
+
+    def input_signature(self, ref: ModelRef) -> Mapping[str, TensorInfo]:
+        self._check(ref)
+        return {"x": TensorInfo(np.dtype(np.float32), (-1, 2))}
+
+    async def predict(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        output_filter: Sequence[str] = (),
+        timeout_s: float | None = None,
+        request_headers: Mapping[str, str] | None = None,
+    ) -> PredictResult:
+        self._check(ref)
+        self.calls.append(
+            {"ref": ref, "inputs": dict(inputs), "filter": list(output_filter), "timeout": timeout_s,
+             "headers": dict(request_headers or {})}
+        )  # fmt: skip
+        return PredictResult({"y": inputs["x"] * 2}, ref.name, 7, headers={"x-members-answered": "3"})
+
+    async def metadata(self, ref: ModelRef) -> ModelMetadata:
+        self._check(ref)
+        signatures = SignatureDefMap()
+        signatures.signature_def["serving_default"].inputs["x"].dtype = 1
+        return ModelMetadata(ref.name, 7, signatures)
+
+    async def status(self, ref: ModelRef) -> list[VersionStatus]:
+        self._check(ref)
+        return [VersionStatus(7, "AVAILABLE"), VersionStatus(6, "END", "UNKNOWN", "failed to load")]
+
+
+@pytest.fixture
+def rest() -> tuple[TestClient, RecordingCore]:
+    core = RecordingCore()
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(create_tfs_router(core, timeout_s=2.5))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    return TestClient(app, raise_server_exceptions=False), core
+
+
+def test_rest_predict_passes_ref_headers_and_timeout(rest: tuple[TestClient, RecordingCore]) -> None:
+    client, core = rest
+    response = client.post(
+        "/V1/MODELS/m/Labels/champion:Predict",
+        content=b'{"signature_name": "s", "instances": [[1, 2]]}',
+        headers={"X-Trace": "abc"},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"predictions": [[2.0, 4.0]]}
+    assert response.headers["x-members-answered"] == "3"
+    call = core.calls[-1]
+    assert call["ref"] == ModelRef("m", None, "champion", "s")
+    assert call["timeout"] == 2.5
+    assert call["headers"]["x-trace"] == "abc"
+    assert call["inputs"]["x"].dtype == np.float32
+    response = client.post("/v1/models/m/versions/12:predict", content=b'{"inputs": [[1, 2]]}')
+    assert response.json() == {"outputs": [[2.0, 4.0]]}
+    assert core.calls[-1]["ref"].version == 12
+
+
+def test_rest_status_and_metadata(rest: tuple[TestClient, RecordingCore]) -> None:
+    client, _ = rest
+    status = client.get("/v1/models/m/versions/7").json()
+    assert status["model_version_status"][0] == {
+        "version": "7",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    assert status["model_version_status"][1]["status"] == {
+        "error_code": "UNKNOWN",
+        "error_message": "failed to load",
+    }
+    metadata = client.get("/v1/models/m/metadata").json()
+    assert metadata["model_spec"] == {"name": "m", "signature_name": "", "version": "7"}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["x"]["dtype"] == "DT_FLOAT"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("POST", "/v1/models/m:predict", b"", 400, "JSON Parse error: The document is empty"),
+        ("POST", "/v1/models/m:predict", b"{nope", 400, "JSON Parse error"),
+        ("POST", "/v1/models/missing:predict", b'{"instances": [[1, 2]]}', 404, "Servable not found"),
+        ("POST", "/v1/models/busy:predict", b'{"instances": [[1, 2]]}', 429, "too many requests"),
+        (
+            "POST",
+            "/v1/models/broken:predict",
+            b'{"instances": [[1, 2]]}',
+            500,
+            "Internal error: RuntimeError",
+        ),
+        ("POST", "/v1/models/m:explode", b"{}", 400, "Malformed request: POST /v1/models/m:explode"),
+        ("POST", "/v1/models/m/versions/x:predict", b"{}", 400, "Malformed request"),
+        ("POST", "/v1/models/m", b"{}", 400, "Malformed request"),
+        ("GET", "/v1/models/m:predict", None, 400, "Malformed request"),
+        ("GET", "/v1/models/missing", None, 404, "Servable not found"),
+        ("POST", "/v1/models/m:classify", b"{}", 501, "classify"),
+        ("GET", "/v2/anything", None, 404, "Not Found"),
+    ],
+)
+def test_rest_errors_are_tf_serving_shaped(
+    rest, method: str, path: str, body, status: int, message: str
+) -> None:
+    client, _ = rest
+    response = client.request(method, path, content=body)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+    assert "secret internals" not in response.text
+
+
+def test_other_routes_still_work(rest: tuple[TestClient, RecordingCore]) -> None:
+    client, _ = rest
+    assert client.get("/healthz").json() == {"status": "alive"}
+
+
+def test_grpc_servicers() -> None:
+    async def scenario() -> None:
+        core = RecordingCore()
+        server = grpc.aio.server()
+        add_tfs_servicers(server, core)
+        add_health_and_reflection(server)
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                predict = PredictionServiceStub(channel)
+                request = PredictRequest()
+                request.model_spec.name = "m"
+                request.model_spec.version.value = 5
+                request.inputs["x"].CopyFrom(to_tensor_proto(np.array([[1.0, 2.0]], np.float32)))
+                request.output_filter.append("y")
+                call = predict.Predict(request, timeout=5, metadata=(("x-trace", "abc"),))
+                response = await call
+                assert from_tensor_proto(response.outputs["y"]).tolist() == [[2.0, 4.0]]
+                assert (response.model_spec.name, response.model_spec.version.value) == ("m", 7)
+                assert ("x-members-answered", "3") in tuple(await call.trailing_metadata())
+                recorded = core.calls[-1]
+                assert recorded["ref"] == ModelRef("m", 5, None, "")
+                assert recorded["filter"] == ["y"]
+                assert recorded["headers"]["x-trace"] == "abc"
+                assert 0 < recorded["timeout"] <= 5
+
+                request.model_spec.name = "missing"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await predict.Predict(request, timeout=5)
+                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+                request.model_spec.name = "broken"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await predict.Predict(request, timeout=5)
+                assert caught.value.code() == grpc.StatusCode.INTERNAL
+                assert "secret" not in (caught.value.details() or "")
+
+                metadata_request = GetModelMetadataRequest()
+                metadata_request.model_spec.name = "m"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await predict.GetModelMetadata(metadata_request, timeout=5)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                metadata_request.metadata_field.append("signature_def")
+                metadata = await predict.GetModelMetadata(metadata_request, timeout=5)
+                signatures = SignatureDefMap()
+                assert metadata.metadata["signature_def"].Unpack(signatures)
+                assert "serving_default" in signatures.signature_def
+
+                status_request = GetModelStatusRequest()
+                status_request.model_spec.name = "m"
+                status = await ModelServiceStub(channel).GetModelStatus(status_request, timeout=5)
+                assert [s.state for s in status.model_version_status] == [
+                    ModelVersionStatus.AVAILABLE,
+                    ModelVersionStatus.END,
+                ]
+                assert status.model_version_status[1].status.error_message == "failed to load"
+
+                from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+                health = health_pb2_grpc.HealthStub(channel)
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
