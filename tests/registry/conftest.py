@@ -77,8 +77,11 @@ def run_mlflow_server(backend_store_uri: str, root: Path) -> Iterator[MlflowServ
         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     try:
         _wait_healthy(uri, process, log)
         yield MlflowServer(uri=uri, root=root)
@@ -86,9 +89,17 @@ def run_mlflow_server(backend_store_uri: str, root: Path) -> Iterator[MlflowServ
         _stop(process)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True)
+def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """An MLflow tracking server with a SQLite store and served artifacts, one per test module."""
+    """An MLflow tracking server with a SQLite store and served artifacts, shared by the session.
+
+    Tests that share it use their own ensemble names, so they do not see each other's versions.
+    """
     root = tmp_path_factory.mktemp("mlflow")
     with run_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root) as server:
         yield server

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _train(server: MlflowServer, out: Path, name: str, alias: str | None = None, **kwargs: object) -> int:
+    kwargs.setdefault("members", 1)  # one member keeps the many trainings here quick
     write_training_output(out, name, **kwargs)  # type: ignore[arg-type]
     logged = record_training(out, server.uri, register=True, alias=alias)
     assert logged.ensemble_version is not None
@@ -155,8 +156,8 @@ def _check_layout_matches_config(repo: Path) -> dict[str, tuple[list[int], dict[
 def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     uri = mlflow_server.uri
     repo = tmp_path / "repo"
-    v1 = _train(mlflow_server, tmp_path / "a", "syn", "champion", test_nll=0.3, payload="first")
-    v2 = _train(mlflow_server, tmp_path / "b", "syn", "challenger", test_nll=0.2, payload="second")
+    v1 = _train(mlflow_server, tmp_path / "a", "syn", "champion", members=2, test_nll=0.3, payload="first")
+    v2 = _train(mlflow_server, tmp_path / "b", "syn", "challenger", members=2, test_nll=0.2, payload="second")
     champion, challenger = (
         resolve_manifest(uri, "syn", "champion"),
         resolve_manifest(uri, "syn", "challenger"),
@@ -194,7 +195,7 @@ def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
         )
 
     # Staged labels: the new challenger version is listed first, its label moves on the next pass.
-    v3 = _train(mlflow_server, tmp_path / "c", "syn", "challenger", test_nll=0.25, payload="third")
+    v3 = _train(mlflow_server, tmp_path / "c", "syn", "challenger", members=2, test_nll=0.25, payload="third")
     newest = resolve_manifest(uri, "syn", "challenger")
     assert newest.version == v3 != v1
     code, out, _ = _cli(*sync, "--staged-labels", "--tracking-uri", uri)
@@ -216,7 +217,7 @@ def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
 
 def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     uri = mlflow_server.uri
-    _train(mlflow_server, tmp_path / "a", "errs", "champion")
+    _train(mlflow_server, tmp_path / "a", "errs", "champion", members=2)
     cases = [
         (["registry", "show", "nosuch"], "unknown ensemble 'nosuch'"),
         (["registry", "show", "errs@nosuch"], "has no alias 'nosuch'"),
@@ -228,7 +229,8 @@ def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> Non
     for args, message in cases:
         code, _, err = _cli(*args, "--tracking-uri", uri)
         assert code != 0, args
-        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+        assert message in err, (args, err)
+        assert err.count("\n") == 1, (args, err)
 
     # A manifest whose member version is gone cannot be served.
     connect(uri).delete_model_version("errs-m1", "1")
