@@ -40,6 +40,7 @@ def test_training_is_logged_and_registered(mlflow_server: MlflowServer, tmp_path
     parent = client.get_run(logged.parent_run_id)
     assert parent.data.tags["dataset.test_fingerprint"] == "t" * 64
     assert parent.data.metrics["test_nll"] == pytest.approx(0.25)
+    assert parent.inputs is not None
     assert parent.inputs.dataset_inputs[0].dataset.digest == ("f" * 64)[:36]
     parent_files = {f.path for f in client.list_artifacts(logged.parent_run_id)}
     assert {"manifest", "plots", "config.yaml", "dataset.json", "report.json"} <= parent_files
@@ -65,7 +66,7 @@ def test_training_is_logged_and_registered(mlflow_server: MlflowServer, tmp_path
     for member in manifest.members:
         version = client.get_model_version(member.name, str(member.version))
         assert version.run_id in logged.member_run_ids
-        assert version.source.endswith("/saved_model")
+        assert str(version.source).endswith("/saved_model")
         assert logged.member_versions[member.name] == member.version
     assert manifest.provenance.parent_run_id == logged.parent_run_id
     registered = client.get_model_version("track", str(manifest.version))
