@@ -17,7 +17,7 @@ import grpc
 from grpc import aio
 
 from serving.core import ModelRef, ServingCore
-from serving.errors import InvalidArgument, ServingError
+from serving.errors import InvalidArgument, ServingError, Unimplemented
 from serving.protos import (
     ErrorCode,
     GetModelMetadataRequest,
@@ -30,6 +30,8 @@ from serving.protos import (
     PredictionServiceServicer,
     PredictRequest,
     PredictResponse,
+    ReloadConfigRequest,
+    ReloadConfigResponse,
     add_ModelServiceServicer_to_server,
     add_PredictionServiceServicer_to_server,
 )
@@ -159,6 +161,14 @@ class ModelServicer(ModelServiceServicer):  # type: ignore[misc]
             entry.status.error_code = ErrorCode.Value(status.error_code)
             entry.status.error_message = status.error_message
         return response
+
+    @_serving_errors
+    async def HandleReloadConfigRequest(
+        self, request: ReloadConfigRequest, context: aio.ServicerContext
+    ) -> ReloadConfigResponse:
+        raise Unimplemented(
+            "HandleReloadConfigRequest is not supported here: the served models follow the model config file"
+        )
 
 
 def add_tfs_servicers(server: aio.Server, core: ServingCore) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from serving.core import TensorInfo
 from serving.errors import FailedPrecondition
-from serving.protos import SignatureDefMap
+from serving.protos import DataType, SignatureDefMap
 
 
 class FakeServable:
@@ -28,7 +28,7 @@ class FakeServable:
         self.signature_defs = SignatureDefMap()
         sig = self.signature_defs.signature_def["serving_default"]
         sig.inputs["x"].name = "x:0"
-        sig.inputs["x"].dtype = 1
+        sig.inputs["x"].dtype = DataType.DT_FLOAT
 
     def input_signature(self, signature_name: str) -> Mapping[str, TensorInfo]:
         if signature_name not in ("", "serving_default"):

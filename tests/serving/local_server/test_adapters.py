@@ -16,12 +16,14 @@ from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, Ver
 from serving.errors import NotFound, ResourceExhausted
 from serving.grpc import add_health_and_reflection, add_tfs_servicers
 from serving.protos import (
+    DataType,
     GetModelMetadataRequest,
     GetModelStatusRequest,
     ModelServiceStub,
     ModelVersionStatus,
     PredictionServiceStub,
     PredictRequest,
+    ReloadConfigRequest,
     SignatureDefMap,
 )
 from serving.rest import create_tfs_router, install_error_handlers
@@ -66,7 +68,7 @@ class RecordingCore:
     async def metadata(self, ref: ModelRef) -> ModelMetadata:
         self._check(ref)
         signatures = SignatureDefMap()
-        signatures.signature_def["serving_default"].inputs["x"].dtype = 1
+        signatures.signature_def["serving_default"].inputs["x"].dtype = DataType.DT_FLOAT
         return ModelMetadata(ref.name, 7, signatures)
 
     async def status(self, ref: ModelRef) -> list[VersionStatus]:
@@ -222,6 +224,17 @@ def test_grpc_servicers() -> None:
                     ModelVersionStatus.END,
                 ]
                 assert status.model_version_status[1].status.error_message == "failed to load"
+
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await ModelServiceStub(channel).HandleReloadConfigRequest(
+                        ReloadConfigRequest(), timeout=5
+                    )
+                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary("/tensorflow.serving.PredictionService/Classify")(
+                        b"", timeout=5
+                    )
+                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
                 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
