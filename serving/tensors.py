@@ -524,11 +524,25 @@ _INT_RANGES: Final[dict[int, tuple[int, int]]] = {
 }
 
 
+_DT_STRING: Final = int(DataType.DT_STRING)
+_DT_BOOL: Final = int(DataType.DT_BOOL)
+_F32_MAX: Final = float(np.finfo(np.float32).max)
+_F64_MAX: Final = float(np.finfo(np.float64).max)
+# Float targets: the name TF's message uses, the first integer that is not exact, the largest value.
+_FLOAT_TARGETS: Final[dict[int, tuple[str, int, float]]] = {
+    DataType.DT_FLOAT: ("float", 2**24, _F32_MAX),
+    DataType.DT_HALF: ("float", 2**24, _F32_MAX),
+    DataType.DT_BFLOAT16: ("float", 2**24, _F32_MAX),
+    DataType.DT_DOUBLE: ("double", 2**53, _F64_MAX),
+}
+
+
 def _scalar(value: Any, dtype_enum: int) -> Any:
-    if dtype_enum == DataType.DT_STRING:
-        if isinstance(value, str):
+    kind = type(value)
+    if dtype_enum == _DT_STRING:
+        if kind is str:
             return value.encode("utf-8")
-        if isinstance(value, dict):
+        if kind is dict:
             if not _is_b64(value):
                 raise InvalidArgument(
                     f"JSON Value: {_preview(value)} not formatted correctly for base64 data"
@@ -538,29 +552,25 @@ def _scalar(value: Any, dtype_enum: int) -> Any:
             except (binascii.Error, ValueError):
                 raise InvalidArgument("Unable to base64 decode") from None
         raise _type_error(value, dtype_enum)
-    if isinstance(value, bool):
-        if dtype_enum == DataType.DT_BOOL:
+    if kind is bool:
+        if dtype_enum == _DT_BOOL:
             return value
         raise _type_error(value, dtype_enum)
-    if dtype_enum == DataType.DT_BOOL or not isinstance(value, int | float):
+    if dtype_enum == _DT_BOOL or (kind is not int and kind is not float):
         raise _type_error(value, dtype_enum)
-    if dtype_enum in (DataType.DT_FLOAT, DataType.DT_DOUBLE, DataType.DT_HALF, DataType.DT_BFLOAT16):
-        target = "double" if dtype_enum == DataType.DT_DOUBLE else "float"
-        dtype: np.dtype[np.floating[Any]] = np.dtype(np.float64 if target == "double" else np.float32)
-        if math.isfinite(value):
-            lossy = (
-                abs(value) >= _FLOAT_EXACT_INT[dtype]
-                if isinstance(value, int)
-                else abs(value) > float(np.finfo(dtype).max)
+    target = _FLOAT_TARGETS.get(dtype_enum)
+    if target is not None:
+        name, exact_below, largest = target
+        magnitude = abs(value)
+        lossy = magnitude >= exact_below if kind is int else largest < magnitude < math.inf
+        if lossy:
+            raise InvalidArgument(
+                f"Cannot convert JSON value: {_preview(value)} to {name} without loss of precision."
             )
-            if lossy:
-                raise InvalidArgument(
-                    f"Cannot convert JSON value: {_preview(value)} to {target} without loss of precision."
-                )
         return value
-    if dtype_enum in _INT_RANGES:
-        low, high = _INT_RANGES[dtype_enum]
-        if isinstance(value, float) or not low <= value <= high:
+    limits = _INT_RANGES.get(dtype_enum)
+    if limits is not None:
+        if kind is float or not limits[0] <= value <= limits[1]:
             raise _type_error(value, dtype_enum)
         return value
     raise Unimplemented(f"Conversion of JSON Value: {_preview(value)} to type: {data_type_name(dtype_enum)}")
