@@ -105,6 +105,9 @@ def main() -> None:
             if generated.name.endswith("_grpc.pyi"):
                 # mypy-protobuf's sync/async overloads overlap by design; stubs are always followed.
                 text = '# mypy: disable-error-code="overload-cannot-match"\n' + text
+                # At run time every servicer method has a default (UNIMPLEMENTED): a servicer may
+                # implement only some of them, so the stubs must not make them abstract.
+                text = re.sub(r"^\s*@_abc_1\.abstractmethod\n", "", text, flags=re.MULTILINE)
             target.write_text(text)
         for top in TOP_LEVEL:
             for folder in [PROTO_ROOT / top, *(p for p in (PROTO_ROOT / top).rglob("*") if p.is_dir())]:

@@ -43,14 +43,11 @@ class ModelServiceAsyncStub(ModelServiceStub):
     HandleReloadConfigRequest: _aio.UnaryUnaryMultiCallable[_model_management_pb2.ReloadConfigRequest, _model_management_pb2.ReloadConfigResponse]  # type: ignore[assignment]
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
-    @_abc_1.abstractmethod
     def GetModelStatus(
         self,
         request: _get_model_status_pb2.GetModelStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_get_model_status_pb2.GetModelStatusResponse, _abc.Awaitable[_get_model_status_pb2.GetModelStatusResponse]]: ...
-
-    @_abc_1.abstractmethod
     def HandleReloadConfigRequest(
         self,
         request: _model_management_pb2.ReloadConfigRequest,

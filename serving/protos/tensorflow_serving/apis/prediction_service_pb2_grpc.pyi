@@ -46,14 +46,11 @@ class PredictionServiceAsyncStub(PredictionServiceStub):
     GetModelMetadata: _aio.UnaryUnaryMultiCallable[_get_model_metadata_pb2.GetModelMetadataRequest, _get_model_metadata_pb2.GetModelMetadataResponse]  # type: ignore[assignment]
 
 class PredictionServiceServicer(metaclass=_abc_1.ABCMeta):
-    @_abc_1.abstractmethod
     def Predict(
         self,
         request: _predict_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_predict_pb2.PredictResponse, _abc.Awaitable[_predict_pb2.PredictResponse]]: ...
-
-    @_abc_1.abstractmethod
     def GetModelMetadata(
         self,
         request: _get_model_metadata_pb2.GetModelMetadataRequest,
