@@ -1,6 +1,7 @@
 """Regenerates the Python code for the project's wire-compatible protos under ``serving/protos``.
 
-Run ``python tools/gen_protos.py`` after editing a ``.proto`` file, and commit the output.
+Run ``python tools/gen_protos.py`` after editing a ``.proto`` file, and commit the output;
+``--check`` only compares (exit status 1 when the committed code is out of date).
 
 The generated modules are post-processed so that
 
@@ -85,22 +86,18 @@ def _rewrite(text: str, *, is_pb2: bool) -> str:
     return text
 
 
-def main() -> None:
+def generate() -> dict[Path, str]:
+    """The post-processed generated files, by path relative to ``serving/protos``."""
+    files: dict[Path, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         _run_protoc(out_dir)
-        for top in TOP_LEVEL:
-            for old in (PROTO_ROOT / top).rglob("*"):
-                if old.is_file() and old.suffix in {".py", ".pyi"}:
-                    old.unlink()
         for generated in sorted(out_dir.rglob("*")):
             if not generated.is_file():
                 continue
             text = generated.read_text()
             if "_pb2_grpc" in generated.name and "Stub" not in text:
                 continue  # a file without services: grpc writes an empty module for it
-            target = PROTO_ROOT / generated.relative_to(out_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
             text = _rewrite(text, is_pb2=generated.name.endswith("_pb2.py"))
             if generated.name.endswith("_grpc.pyi"):
                 # mypy-protobuf's sync/async overloads overlap by design; stubs are always followed.
@@ -108,13 +105,43 @@ def main() -> None:
                 # At run time every servicer method has a default (UNIMPLEMENTED): a servicer may
                 # implement only some of them, so the stubs must not make them abstract.
                 text = re.sub(r"^\s*@_abc_1\.abstractmethod\n", "", text, flags=re.MULTILINE)
-            target.write_text(text)
-        for top in TOP_LEVEL:
-            for folder in [PROTO_ROOT / top, *(p for p in (PROTO_ROOT / top).rglob("*") if p.is_dir())]:
-                (folder / "__init__.py").touch()
+            relative = generated.relative_to(out_dir)
+            files[relative] = text
+            for parent in relative.parents:
+                if parent != Path("."):
+                    files.setdefault(parent / "__init__.py", "")
+    return files
+
+
+def _committed() -> dict[Path, str]:
+    return {
+        path.relative_to(PROTO_ROOT): path.read_text()
+        for top in TOP_LEVEL
+        for path in (PROTO_ROOT / top).rglob("*")
+        if path.is_file() and path.suffix in {".py", ".pyi"}
+    }
+
+
+def main(argv: list[str]) -> int:
+    files = generate()
+    if "--check" in argv:
+        committed = _committed()
+        stale = sorted(str(p) for p in set(files) | set(committed) if files.get(p) != committed.get(p))
+        if stale:
+            print("generated code is out of date, run tools/gen_protos.py:", *stale, sep="\n  ")
+            return 1
+        print("generated code is up to date")
+        return 0
+    for old in _committed():
+        (PROTO_ROOT / old).unlink()
+    for relative, text in files.items():
+        target = PROTO_ROOT / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
     shutil.rmtree(PROTO_ROOT / "__pycache__", ignore_errors=True)
     print(f"generated {len(_proto_files())} protos under {PROTO_ROOT.relative_to(REPO)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(sys.argv[1:]))

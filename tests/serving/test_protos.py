@@ -228,3 +228,20 @@ def test_model_server_config_text_matches_the_official_parser() -> None:
     mine = text_format.Parse(text, ours.ModelServerConfig())
     theirs = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     assert mine.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+
+
+def test_committed_generated_code_matches_the_protos() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("grpc_tools")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "tools/gen_protos.py", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
