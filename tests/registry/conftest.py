@@ -58,7 +58,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     # The server forks workers: signal its whole process group, which it leads.
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
