@@ -33,7 +33,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and would squeeze the report table.
+    return console if console.is_terminal else Console(width=160)
 
 
 def _resolve(config_path: Path | None, overrides: dict[str, Any], members: int | None) -> TrainConfig:

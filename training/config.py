@@ -74,11 +74,11 @@ class ModelConfig(_Strict):
     """The architecture of one member. Every field can differ per member or be searched."""
 
     architecture: Architecture = "mlp"
-    width: int = Field(default=128, ge=1, le=8192)
+    width: int = Field(default=256, ge=1, le=8192)
     depth: int = Field(default=2, ge=1, le=32, description="Hidden layers (mlp) or layers per branch.")
     residual_blocks: int = Field(default=2, ge=0, le=32, description="Blocks of the residual body.")
     activation: str = "relu"
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     batch_norm: bool = False
     l1: float = Field(default=0.0, ge=0.0)
     l2: float = Field(default=1e-4, ge=0.0)
@@ -97,7 +97,7 @@ class FitConfig(_Strict):
     decay_epochs: int = Field(default=10, ge=1, description="Epochs per step (step/exponential decay).")
     batch_size: int = Field(default=64, ge=1)
     epochs: int = Field(default=60, ge=1)
-    patience: int = Field(default=8, ge=1, description="EarlyStopping patience on val_loss.")
+    patience: int = Field(default=15, ge=1, description="EarlyStopping patience on val_loss.")
     loss_weights: dict[str, float] = Field(
         default_factory=dict, description="Per target loss weight (several targets); default 1."
     )

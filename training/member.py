@@ -68,7 +68,13 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
     from training import search
     from training.architectures import build_model, losses
     from training.callbacks import fit_callbacks, optimizer
-    from training.export import next_version, run_saved_model, save_member, verify_round_trip
+    from training.export import (
+        load_signature,
+        next_version,
+        run_signature,
+        save_member,
+        verify_round_trip,
+    )
     from training.metrics import evaluate
 
     if threads:
@@ -119,10 +125,10 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         version = next_version(layout.model_dir(model_name))
         export_path = layout.model_dir(model_name) / str(version)
         save_member(model, dataset, export_path)
-        max_diff = verify_round_trip(model, export_path, x_val)
-
-        val_pred = run_saved_model(export_path, x_val)
-        test_pred = run_saved_model(export_path, x_test)
+        signature = load_signature(export_path)
+        val_pred = run_signature(signature, x_val)
+        test_pred = run_signature(signature, x_test)
+        max_diff = verify_round_trip(model, export_path, val_pred, x_val)
         arrays: dict[str, Any] = {f"val/{k}": v for k, v in val_pred.items()}
         arrays.update({f"test/{k}": v for k, v in test_pred.items()})
         np.savez_compressed(member_dir / "predictions.npz", **arrays)

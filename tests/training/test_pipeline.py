@@ -230,6 +230,7 @@ def test_csv_with_own_columns_and_two_targets_through_the_cli(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ensemble, optimized" in result.stdout
+    assert "member 2/2: done" in result.stdout
     manifest = Manifest.load(tmp_path / "run" / "ensemble.json")
     assert manifest.name == "shop"
     assert [(o.name, o.kind, o.target) for o in manifest.outputs] == [
