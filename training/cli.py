@@ -93,10 +93,6 @@ def _track(
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: logging to {uri} failed: {reason}", file=sys.stderr)
         return False
-    console.print(
-        f"Logged to {uri}"
-        + (f" (registered, alias {alias})" if alias else " (registered)" if register else "")
-    )
     return True
 
 
