@@ -1,9 +1,294 @@
-"""Commands of the ``registry``package, registered on the ``ensemble`` app."""
+"""Commands of the ``registry`` package, registered on the ``ensemble`` app.
+
+``registry list``, ``registry show``, ``promote``, ``rollback`` and ``sync``. mlflow and rich are
+imported inside the commands, so ``ensemble --help`` stays instant. Every RegistryError becomes a
+one-line message on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mlflow import MlflowClient
+    from rich.console import Console
+    from rich.table import Table
+
+    from registry.aliases import AliasMove
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db).",
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    from registry.errors import RegistryError
+
+    try:
+        yield
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _client(tracking_uri: str | None) -> MlflowClient:
+    from registry.client import connect
+
+    return connect(tracking_uri)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped output would otherwise wrap at 80 columns, which folds every table cell.
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _metric_order(metric: str) -> tuple[int, str]:
+    """The metrics a promotion usually looks at first."""
+    preferred = ("test_nll", "test_accuracy", "test_rmse", "test_mae")
+    return (preferred.index(metric) if metric in preferred else len(preferred), metric)
+
+
+def _fmt_metrics(metrics: dict[str, float], limit: int = 4) -> str:
+    return ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())[:limit])
+
+
+def registry_list(
+    tracking_uri: TrackingUri = None,
+    members: Annotated[bool, typer.Option("--members", help="Also list the members' models.")] = False,
+) -> None:
+    """List registered ensembles: versions, latest, aliases."""
+    from rich.table import Table
+
+    from registry.views import list_models
+
+    with _one_line_errors():
+        rows = list_models(_client(tracking_uri), include_members=members)
+    if not rows:
+        typer.echo("no registered ensembles")
+        return
+    table = Table("name", "kind", "versions", "latest", "aliases", "updated")
+    for row in rows:
+        aliases = ", ".join(f"{alias}→{version}" for alias, version in sorted(row.aliases.items()))
+        table.add_row(row.name, row.kind, str(row.versions), str(row.latest or ""), aliases, row.updated)
+    _console().print(table)
+
+
+def registry_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Show an ensemble's versions and alias history, or one version's manifest in detail."""
+    from registry.resolve import parse_ref
+
+    console = _console()
+    with _one_line_errors():
+        parsed = parse_ref(ref)
+        client = _client(tracking_uri)
+        if parsed.alias is None and parsed.version is None:
+            _show_ensemble(console, client, parsed.name)
+        else:
+            _show_version(console, client, parsed.name, parsed.alias, parsed.version)
+
+
+def _history_table(moves: Sequence[AliasMove]) -> Table:
+    from rich.table import Table
+
+    table = Table("when (UTC)", "alias", "from", "to", "action", "who", "why", title="alias history")
+    for move in moves:
+        action = f"{move.action} (forced)" if move.forced else move.action
+        previous = "—" if move.from_version is None else str(move.from_version)
+        table.add_row(
+            move.when.replace("T", " ")[:19],
+            move.alias,
+            previous,
+            str(move.to_version),
+            action,
+            move.who,
+            move.why,
+        )
+    return table
+
+
+def _show_ensemble(console: Console, client: MlflowClient, name: str) -> None:
+    from rich.table import Table
+
+    from registry.aliases import history
+    from registry.views import version_rows
+
+    rows = version_rows(client, name)
+    metric_names = sorted({key for row in rows for key in row.metrics}, key=_metric_order)[:4]
+    table = Table("version", "aliases", *metric_names, "members", "test data", "created (UTC)", title=name)
+    for row in rows:
+        # Member models are named <ensemble>-m<i>: the suffix is enough inside this table.
+        members = " ".join(
+            f"{member.removeprefix(name + '-')}/{version}" for member, version in sorted(row.members.items())
+        )
+        metrics = [f"{row.metrics[key]:.4g}" if key in row.metrics else "" for key in metric_names]
+        table.add_row(
+            str(row.version),
+            ", ".join(row.aliases),
+            *metrics,
+            members,
+            row.test_fingerprint[:8],
+            row.created,
+        )
+    console.print(table)
+    moves = history(client, name)
+    if moves:
+        console.print(_history_table(moves))
+
+
+def _show_version(
+    console: Console, client: MlflowClient, name: str, alias: str | None, version: int | None
+) -> None:
+    from rich.table import Table
+
+    from registry.aliases import history
+    from registry.resolve import load_manifest, version_for_alias
+    from registry.views import member_metrics
+
+    resolved = version if version is not None else version_for_alias(client, name, alias or "")
+    manifest = load_manifest(client, name, resolved)
+    title = f"{name} version {resolved}" + (f" (@{alias})" if alias else "")
+    members = Table("member", "version", "weight", "metrics", title=title)
+    for member in manifest.members:
+        metrics = member_metrics(client, member.name, member.version)
+        members.add_row(member.name, str(member.version), f"{member.weight:.4f}", _fmt_metrics(metrics))
+    console.print(members)
+    combiner = manifest.combiner
+    console.print(
+        f"combiner: {combiner.method}, quorum {combiner.min_members} member(s)"
+        f" / weight {combiner.min_weight:g}"
+    )
+    console.print(f"metrics: {_fmt_metrics(manifest.metrics, limit=20) or '—'}")
+    provenance = manifest.provenance
+    console.print(
+        f"data: {provenance.dataset or '—'} (fingerprint {provenance.dataset_fingerprint[:12] or '—'}, "
+        f"test {provenance.test_fingerprint[:12] or '—'}); parent run {provenance.parent_run_id or '—'}"
+    )
+    inputs = ", ".join(f"{spec.name}:{spec.dtype}{spec.shape}" for spec in manifest.inputs)
+    outputs = ", ".join(f"{spec.name}:{spec.kind}" for spec in manifest.outputs)
+    console.print(f"inputs: {inputs}\noutputs: {outputs}")
+    moves = [
+        move
+        for move in history(client, name, alias)
+        if alias is not None or resolved in (move.from_version, move.to_version)
+    ]
+    if moves:
+        console.print(_history_table(moves))
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="Ensemble (registered model) name.")],
+    version: Annotated[int, typer.Option("--version", min=1, help="Manifest version to promote.")],
+    alias: Annotated[str, typer.Option("--alias", help="Alias to move, e.g. champion.")] = "champion",
+    metric: Annotated[str, typer.Option("--metric", help="Held-out metric the gate compares.")] = "test_nll",
+    force: Annotated[bool, typer.Option("--force", help="Move even if the gate refuses (recorded).")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the history.")] = "",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Point ALIAS at VERSION if its held-out metric is at least as good, on the same test data."""
+    from registry import promotion
+
+    with _one_line_errors():
+        result = promotion.promote(
+            _client(tracking_uri), name, version, alias, metric=metric, force=force, reason=reason
+        )
+    if result.move is None:
+        typer.echo(result.verdict.reason)
+        return
+    previous = "nothing" if result.move.from_version is None else f"version {result.move.from_version}"
+    forced = " (forced over the gate)" if result.move.forced else ""
+    typer.echo(f"{name}@{alias}: {previous} -> version {version}{forced}: {result.verdict.reason}")
+
+
+def rollback(
+    name: Annotated[str, typer.Argument(help="Ensemble (registered model) name.")],
+    alias: Annotated[str, typer.Option("--alias", help="Alias to move back.")] = "champion",
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the history.")] = "",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move ALIAS back to the version it pointed at before its last move."""
+    from registry import promotion
+
+    with _one_line_errors():
+        move = promotion.rollback(_client(tracking_uri), name, alias, reason=reason)
+    typer.echo(f"{name}@{alias}: version {move.from_version} -> version {move.to_version} (rollback)")
+
+
+def sync(
+    name: Annotated[str, typer.Argument(help="Ensemble (registered model) name.")],
+    model_repo: Annotated[
+        Path, typer.Option("--model-repo", help="TF Serving model repository to write.", file_okay=False)
+    ],
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", help="Alias to serve as a version label; repeatable.")
+    ] = None,
+    base_path: Annotated[
+        str | None,
+        typer.Option(
+            "--base-path",
+            help="Repository path as TF Serving sees it (e.g. /models); default: the real path.",
+        ),
+    ] = None,
+    staged_labels: Annotated[
+        bool,
+        typer.Option(
+            "--staged-labels",
+            help="Move a label only to a version the previous config already listed "
+            "(for TF Serving without --allow_version_labels_for_unavailable_models).",
+        ),
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep syncing every --interval seconds.")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between passes.")] = 30.0,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
+    from registry import sync as sync_module
+
+    aliases = alias or ["champion"]
+    policy: sync_module.LabelPolicy = "staged" if staged_labels else "immediate"
+    with _one_line_errors():
+        client = _client(tracking_uri)
+
+        def once() -> sync_module.SyncResult:
+            return sync_module.sync_once(
+                client, name, aliases, model_repo, base_path=base_path, label_policy=policy
+            )
+
+        if not watch:
+            typer.echo(once().summary())
+            return
+    report: Callable[[str], None] = lambda line: typer.echo(line, err=True)  # noqa: E731
+    typer.echo(f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s", err=True)
+    try:
+        sync_module.watch(once, interval_s=interval, report=report)
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``; heavy imports stay inside each command."""
+    registry_app = typer.Typer(help="Registered ensembles: list them, show versions and alias history.")
+    registry_app.command("list")(registry_list)
+    registry_app.command("show")(registry_show)
+    app.add_typer(registry_app, name="registry")
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("sync")(sync)
