@@ -68,3 +68,9 @@ def test_ensemble_name_from_source() -> None:
     assert ensemble_name(TrainConfig()) == "digits"
     assert ensemble_name(TrainConfig.model_validate({"data": {"source": "/x/my data.csv"}})) == "my-data"
     assert ensemble_name(TrainConfig(name="given")) == "given"
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")))
+def test_example_configs_are_valid(example: Path) -> None:
+    config = load_config(example)
+    assert config.candidate_count >= 1

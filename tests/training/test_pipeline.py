@@ -126,6 +126,8 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
         members=3,
         epochs=4,
         extra={
+            "members.defaults.model.architecture": "branches",
+            "members.defaults.model.categorical_encoding": "embedding",
             "search.trials": 3,
             "search.keep": 2,
             "search.space": {
@@ -166,7 +168,19 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
 def test_diabetes_regression(tmp_path: Path) -> None:
     from training.testing import train_tiny
 
-    out = train_tiny(tmp_path / "diabetes", "sklearn:diabetes", members=2, epochs=25)
+    out = train_tiny(
+        tmp_path / "diabetes",
+        "sklearn:diabetes",
+        members=2,
+        epochs=25,
+        extra={
+            "members.bootstrap": True,
+            "members.defaults.model.architecture": "residual",
+            "members.defaults.model.batch_norm": True,
+            "members.defaults.fit.schedule": "exponential",
+            "assemble.weights": "greedy",
+        },
+    )
     manifest = Manifest.load(out / "ensemble.json")
     (output,) = manifest.outputs
     assert (output.name, output.kind, output.shape, output.classes) == (
@@ -176,6 +190,9 @@ def test_diabetes_regression(tmp_path: Path) -> None:
         None,
     )
     assert set(manifest.metrics) == {"test_rmse", "test_mae"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights_method"] == "greedy"
+    assert {m["hyperparameters"]["model"]["architecture"] for m in report["members"]} == {"residual"}
     assert (out / "plots" / "predicted_vs_actual.png").is_file()
     # in the target's own units, and better than always answering the mean
     from training.config import TrainConfig
