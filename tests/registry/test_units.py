@@ -137,3 +137,25 @@ def test_watch_reports_failures_and_keeps_going(tmp_path: Path) -> None:
     assert lines[0].startswith("sync failed, retrying")
     assert "unreachable" in lines[0]
     assert lines[1] == "models.config updated"
+
+
+def test_no_mlflow_import_at_import_time() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ensemble_cli\n"
+        "import registry, registry.aliases, registry.cli, registry.client, registry.outdir\n"
+        "import registry.promotion, registry.registration, registry.resolve, registry.sync\n"
+        "import registry.tracking, registry.views\n"
+        "try:\n"
+        "    ensemble_cli.build_app()(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "False"
