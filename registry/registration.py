@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from registry.tracking import LoggedTraining
 
 KIND_TAG = "ensemble.kind"
+SAVED_MODEL_ARTIFACT = "saved_model"
+"""Artifact folder of a member run holding its SavedModel; the member version's source."""
 
 
 def ensure_registered_model(client: MlflowClient, name: str, kind: str, description: str) -> None:
@@ -45,7 +47,11 @@ def _member_version(
     run = client.get_run(run_id)
     tags = {"ensemble.name": ensemble, **{f"metric.{key}": f"{value:.6g}" for key, value in metrics.items()}}
     version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/saved_model", run_id=run_id, tags=tags
+        name,
+        source=f"{run.info.artifact_uri}/{SAVED_MODEL_ARTIFACT}",
+        run_id=run_id,
+        tags=tags,
+        await_creation_for=0,  # file sources are READY at once; waiting only adds a request and a log line
     )
     return int(version.version)
 
@@ -72,7 +78,7 @@ def register_training(
             "dataset.test_fingerprint": manifest.provenance.test_fingerprint,
         }
         created = client.create_model_version(
-            manifest.name, source=source, run_id=logged.parent_run_id, tags=tags
+            manifest.name, source=source, run_id=logged.parent_run_id, tags=tags, await_creation_for=0
         )
         version = int(created.version)
         # Validated again: the rewritten manifest must still satisfy every manifest rule.

@@ -23,12 +23,11 @@ from registry.defaults import is_local_store
 from registry.defaults import tracking_uri as default_tracking_uri
 from registry.errors import InvalidArgument
 from registry.outdir import MemberOutput, TrainingOutput, flatten, numeric_items, read_training_output
+from registry.registration import KIND_TAG, SAVED_MODEL_ARTIFACT, register_training
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-SAVED_MODEL_ARTIFACT = "saved_model"
-ENSEMBLE_KIND_TAG = "ensemble.kind"
 
 _PARAM_VALUE_LIMIT = 6000
 _BATCH = 100
@@ -153,8 +152,6 @@ def record_training(
     out_dir: Path, tracking_uri: str | None, *, register: bool, alias: str | None
 ) -> LoggedTraining:
     """Log ``out_dir`` (parent and member runs) and optionally register it; return what was created."""
-    from registry.registration import register_training
-
     if alias and not register:
         raise InvalidArgument("an alias needs registration (--register)")
     if alias:
@@ -169,7 +166,7 @@ def record_training(
             run_name=output.manifest.name,
             tags={
                 "ensemble.name": output.manifest.name,
-                ENSEMBLE_KIND_TAG: "ensemble",
+                KIND_TAG: "ensemble",
                 **_dataset_tags(output.dataset),
             },
         )
