@@ -27,6 +27,7 @@ from serving.protos import (
     GetModelMetadataRequest,
     GetModelStatusRequest,
     ModelServiceStub,
+    ModelSpec,
     PredictionServiceStub,
     PredictRequest,
     PredictResponse,
@@ -35,6 +36,19 @@ from serving.protos import (
 from serving.tensors import from_tensor_proto, to_tensor_proto
 
 _AVAILABLE = 30  # ModelVersionStatus.State.AVAILABLE
+_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
 
 @dataclass(slots=True)
@@ -88,6 +102,8 @@ class BackendPool:
         ]
         self._metrics = metrics
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._raw_predict: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._spec_fields: dict[tuple[str, int, str], bytes] = {}
         self._predict_stubs: dict[str, PredictionServiceStub] = {}
         self._model_stubs: dict[str, ModelServiceStub] = {}
         self._routes: dict[str, _Route] = {}
@@ -100,6 +116,10 @@ class BackendPool:
             self._channels[address] = channel
             self._predict_stubs[address] = PredictionServiceStub(channel)
             self._model_stubs[address] = ModelServiceStub(channel)
+            # Requests go out pre-serialized: the inputs are encoded once per fan-out, not per member.
+            self._raw_predict[address] = channel.unary_unary(
+                _PREDICT_METHOD, request_serializer=None, response_deserializer=PredictResponse.FromString
+            )
         return channel
 
     def _predict_stub(self, address: str) -> PredictionServiceStub:
@@ -132,6 +152,7 @@ class BackendPool:
         channels, self._channels = list(self._channels.values()), {}
         self._predict_stubs.clear()
         self._model_stubs.clear()
+        self._raw_predict.clear()
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
     def _set_breaker_metric(self, member: str, breaker: CircuitBreaker) -> None:
@@ -141,6 +162,26 @@ class BackendPool:
             )
 
     # --- MemberCaller --------------------------------------------------------------------------
+    def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> bytes:
+        """The ``inputs`` and ``output_filter`` fields of a PredictRequest, serialized once."""
+        request = PredictRequest()
+        for name, array in inputs.items():
+            request.inputs[name].CopyFrom(to_tensor_proto(array))
+        request.output_filter.extend(output_filter)
+        return bytes(request.SerializeToString())
+
+    def _spec_field(self, member: MemberRef, signature_name: str) -> bytes:
+        """Field 1 (``model_spec``) of a PredictRequest for this member, serialized and cached."""
+        key = (member.name, member.version, signature_name)
+        field = self._spec_fields.get(key)
+        if field is None:
+            spec = ModelSpec(name=member.name, signature_name=signature_name)
+            spec.version.value = member.version
+            body = spec.SerializeToString()
+            field = b"\x0a" + _varint(len(body)) + body
+            self._spec_fields[key] = field
+        return field
+
     async def predict(
         self,
         member: MemberRef,
@@ -148,6 +189,7 @@ class BackendPool:
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str],
         timeout_s: float,
+        encoded: bytes | None = None,
     ) -> dict[str, np.ndarray]:
         route = self._route(member.name)
         breaker = route.breaker
@@ -155,13 +197,10 @@ class BackendPool:
             raise MemberError(
                 "circuit_open", f"circuit breaker open after {self._breaker_failures} consecutive failures"
             )
-        request = PredictRequest()
-        request.model_spec.name = member.name
-        request.model_spec.version.value = member.version
-        request.model_spec.signature_name = signature_name
-        for name, array in inputs.items():
-            request.inputs[name].CopyFrom(to_tensor_proto(array))
-        request.output_filter.extend(output_filter)
+        if encoded is None:
+            encoded = self.encode(inputs, output_filter)
+        # Protobuf messages concatenate: the spec field plus the shared inputs is the whole request.
+        request = self._spec_field(member, signature_name) + encoded
         try:
             response = await self._predict_routed(route, request, timeout_s)
         except MemberError:
@@ -178,9 +217,7 @@ class BackendPool:
         except Exception as exc:  # a malformed answer is that member's failure, not ours
             raise MemberError("bad_answer", f"cannot decode the answer: {exc}") from None
 
-    async def _predict_routed(
-        self, route: _Route, request: PredictRequest, timeout_s: float
-    ) -> PredictResponse:
+    async def _predict_routed(self, route: _Route, request: bytes, timeout_s: float) -> PredictResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         order = route.order()
@@ -194,19 +231,20 @@ class BackendPool:
                 raise
             return await self._predict_once(order[1], request, deadline)
 
-    async def _predict_once(self, address: str, request: PredictRequest, deadline: float) -> PredictResponse:
+    async def _predict_once(self, address: str, request: bytes, deadline: float) -> PredictResponse:
         timeout = deadline - asyncio.get_running_loop().time()
         if timeout <= 0:
             raise MemberError("deadline", f"{address}: no time left for the call")
         try:
-            response: PredictResponse = await self._predict_stub(address).Predict(request, timeout=timeout)
+            self._channel(address)
+            response: PredictResponse = await self._raw_predict[address](request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise MemberError(
                 _reason(exc.code()), f"{address}: {exc.code().name} {_one_line(exc.details())}".strip()
             ) from None
         return response
 
-    async def _hedged(self, order: list[str], request: PredictRequest, deadline: float) -> PredictResponse:
+    async def _hedged(self, order: list[str], request: bytes, deadline: float) -> PredictResponse:
         assert self._hedge_after_s is not None
         first = asyncio.ensure_future(self._predict_once(order[0], request, deadline))
         tasks = {first}

@@ -1,9 +1,12 @@
 """Micro-batching: concurrent requests coalesced into one fan-out, answers split back per request.
 
-Requests with the same key (same manifest, outputs and input shapes) that arrive within
-``max_delay_s`` of the first are concatenated along the batch dimension, up to ``max_batch_size``
-rows, and answered by one call per member; each request gets its own rows back. A request that is
-already ``max_batch_size`` rows or more goes out alone, at once.
+Requests with the same key (same manifest, outputs and input shapes) are concatenated along the
+batch dimension, up to ``max_batch_size`` rows, and answered by one call per member; each request
+gets its own rows back. The batching adapts to load: when no batch with that key is in flight, a
+request goes out at once (with whatever arrived in the same event-loop turn), so an idle gateway
+adds no delay; while batches are in flight, requests gather until one comes back or
+``max_delay_s`` passes, whichever is first. A request of ``max_batch_size`` rows or more goes out
+alone, at once.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class _Batch(Generic[AnswerT]):
     run: RunBatch[AnswerT]
     waiting: list[_Waiting[AnswerT]] = field(default_factory=list)
     rows: int = 0
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 class MicroBatcher(Generic[AnswerT]):
@@ -55,6 +58,7 @@ class MicroBatcher(Generic[AnswerT]):
         self._max_delay_s = max_delay_s
         self._on_batch = on_batch
         self._open: dict[Hashable, _Batch[AnswerT]] = {}
+        self._in_flight: dict[Hashable, int] = {}
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(
@@ -77,7 +81,10 @@ class MicroBatcher(Generic[AnswerT]):
         if batch is None:
             batch = _Batch(run=run)
             self._open[key] = batch
-            batch.timer = loop.call_later(self._max_delay_s, self._flush, key, batch)
+            if self._in_flight.get(key, 0):
+                batch.timer = loop.call_later(self._max_delay_s, self._flush, key, batch)
+            else:
+                batch.timer = loop.call_soon(self._flush, key, batch)
         future: asyncio.Future[tuple[dict[str, np.ndarray], AnswerT]] = loop.create_future()
         batch.waiting.append(_Waiting(inputs, rows, deadline, future))
         batch.rows += rows
@@ -91,9 +98,22 @@ class MicroBatcher(Generic[AnswerT]):
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(lambda done: self._finished(key, done))
+
+    def _finished(self, key: Hashable, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        left = self._in_flight.get(key, 1) - 1
+        if left:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+            # The backends are free again: what gathered meanwhile goes out now, not at its timer.
+            waiting = self._open.get(key)
+            if waiting is not None:
+                self._flush(key, waiting)
 
     async def _run(self, batch: _Batch[AnswerT]) -> None:
         # Requests whose callers went away (cancelled) are left out of the backend call.

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class MemberError(Exception):
 class MemberCaller(Protocol):
     """How the core reaches members (``serving.backends.BackendPool`` over gRPC; fakes in tests)."""
 
+    def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> Any:
+        """The inputs in wire form, computed once per fan-out and handed to every member call."""
+        ...
+
     async def predict(
         self,
         member: MemberRef,
@@ -71,8 +75,9 @@ class MemberCaller(Protocol):
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str],
         timeout_s: float,
+        encoded: Any = None,
     ) -> dict[str, np.ndarray]:
-        """The member's outputs; raises MemberError."""
+        """The member's outputs; raises MemberError. ``encoded`` is :meth:`encode`'s answer."""
         ...
 
     async def metadata(self, member: MemberRef, timeout_s: float) -> ModelMetadata:
@@ -202,6 +207,8 @@ class EnsembleCore:
                 max_delay_s=batching[1],
                 on_batch=self._metrics.batch_size.observe,
             )
+        self._latency_children: dict[tuple[str, int], Any] = {}
+        self._weight_cache: dict[int, tuple[Manifest, combine.FloatArray]] = {}
         self._publish(served)
 
     # --- manifests -----------------------------------------------------------------------------
@@ -387,19 +394,34 @@ class EnsembleCore:
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str],
         timeout_s: float,
+        encoded: Any,
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        version = str(member.version)
         try:
             outputs = await self._caller.predict(
-                member, manifest.signature_name, inputs, output_filter, timeout_s
+                member, manifest.signature_name, inputs, output_filter, timeout_s, encoded
             )
         except MemberError as exc:
-            self._metrics.member_failures.labels(member.name, version, exc.reason).inc()
+            self._metrics.member_failures.labels(member.name, str(member.version), exc.reason).inc()
             raise
         finally:
-            self._metrics.member_latency.labels(member.name, version).observe(time.perf_counter() - started)
+            self._latency_child(member).observe(time.perf_counter() - started)
         return outputs
+
+    def _latency_child(self, member: MemberRef) -> Any:
+        key = (member.name, member.version)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._metrics.member_latency.labels(member.name, str(member.version))
+            self._latency_children[key] = child
+        return child
+
+    def _weights(self, manifest: Manifest) -> combine.FloatArray:
+        cached = self._weight_cache.get(id(manifest))
+        if cached is None or cached[0] is not manifest:
+            cached = (manifest, combine.method_weights(manifest.combiner.method, manifest.weights))
+            self._weight_cache[id(manifest)] = cached
+        return cached[1]
 
     async def _answer(
         self,
@@ -411,14 +433,15 @@ class EnsembleCore:
     ) -> EnsembleAnswer:
         loop = asyncio.get_running_loop()
         members = manifest.members
-        weights = combine.method_weights(manifest.combiner.method, manifest.weights)
+        weights = self._weights(manifest)
         quorum = manifest.combiner
         expected = list(output_filter) or [spec.name for spec in manifest.outputs]
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
         member_timeout = min(self._policy.member_deadline_s, max(deadline - loop.time(), 0.0))
 
+        encoded = self._caller.encode(inputs, output_filter)
         tasks: dict[asyncio.Task[dict[str, np.ndarray]], int] = {
-            asyncio.create_task(self._call(m, manifest, inputs, output_filter, member_timeout)): i
+            asyncio.create_task(self._call(m, manifest, inputs, output_filter, member_timeout, encoded)): i
             for i, m in enumerate(members)
         }
         results: list[dict[str, np.ndarray] | None] = [None] * len(members)
@@ -434,6 +457,7 @@ class EnsembleCore:
                 done, pending = await asyncio.wait(
                     pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
+                failed_before = len(failures)
                 for task in done:
                     index = tasks[task]
                     try:
@@ -444,6 +468,8 @@ class EnsembleCore:
                         failures[index] = f"error ({type(exc).__name__}: {exc})"
                         log.exception("unexpected error calling member %s", members[index].name)
                 # Decided early when even every pending member answering could not make the quorum.
+                if len(failures) == failed_before:
+                    continue
                 could = [results[i] is not None or t in pending for t, i in tasks.items()]
                 if not combine.quorum_holds(
                     weights, could, min_members=quorum.min_members, min_weight=quorum.min_weight

@@ -34,6 +34,9 @@ class FakeCaller:
         self.calls: list[tuple[str, int]] = []
         self.cancelled: list[str] = []
 
+    def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> object:
+        return None
+
     async def predict(
         self,
         member: MemberRef,
@@ -41,6 +44,7 @@ class FakeCaller:
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str],
         timeout_s: float,
+        encoded: object = None,
     ) -> dict[str, np.ndarray]:
         self.calls.append((member.name, int(inputs["x"].shape[0])))
         delay = self.delay_s.get(member.name, 0.0)
@@ -284,3 +288,22 @@ def test_ready_needs_quorum_available() -> None:
     assert not ready
     assert "toy-m0" in why
     assert "toy-m1" in why
+
+
+def test_micro_batching_adapts_to_load() -> None:
+    # A long max delay: only the in-flight batch coming back can release the next one early.
+    core, caller, _ = make_core(batching=(64, 5.0))
+    caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
+
+    async def scenario() -> list[PredictResult]:
+        first = asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))
+        later = []
+        for n in (2, 3, 4):
+            await asyncio.sleep(0.02)
+            later.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
+        return await asyncio.gather(first, *later)
+
+    started = asyncio.run(scenario())
+    assert [r.headers[MEMBERS_HEADER] for r in started] == ["3/3"] * 4
+    rows_per_call = [n for name, n in caller.calls if name == "toy-m0"]
+    assert rows_per_call == [1, 9]  # the idle gateway sent the first at once; the rest gathered
