@@ -69,32 +69,48 @@ def _state_path(repo: Path, name: str) -> Path:
     return repo / STATE_DIR / f"{name}.json"
 
 
-def _managed_models(repo: Path, name: str) -> set[str]:
-    """Models an earlier sync of ``name`` put in this repository (others' entries are left alone)."""
+@dataclass(slots=True)
+class _State:
+    """What earlier passes of one ensemble's sync put in the repository.
+
+    ``models``: the models it manages (other entries of a shared models.config are left alone).
+    ``sources``: ``"<model>/<version>"`` -> the registry source it was downloaded from, so a
+    version folder that came from elsewhere (say, a local training export) is never mistaken
+    for the registered version with the same number.
+    """
+
+    models: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _read_state(repo: Path, name: str) -> _State:
     try:
-        return set(json.loads(_state_path(repo, name).read_text())["models"])
-    except (FileNotFoundError, KeyError, ValueError):
-        return set()
+        data = json.loads(_state_path(repo, name).read_text())
+        return _State(set(data["models"]), dict(data.get("sources", {})))
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return _State()
 
 
-def _write_state(repo: Path, name: str, models: Sequence[str]) -> None:
+def _write_state(repo: Path, name: str, state: _State) -> None:
     path = _state_path(repo, name)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"ensemble": name, "models": sorted(models)}) + "\n")
+    data = {"ensemble": name, "models": sorted(state.models), "sources": dict(sorted(state.sources.items()))}
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)
 
 
-def _download_version(client: MlflowClient, repo: Path, model: str, version: int) -> bool:
+def _download_version(client: MlflowClient, repo: Path, model: str, version: int, state: _State) -> bool:
     """Put ``model`` version ``version`` at ``<repo>/<model>/<version>/``; False if it was already there."""
     target = repo / model / str(version)
-    if (target / "saved_model.pb").is_file():
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
+    key = f"{model}/{version}"
     with translated(f"downloading {model} version {version}"):
         from mlflow.artifacts import download_artifacts
 
-        source = client.get_model_version_download_uri(model, str(version))
+        source = str(client.get_model_version_download_uri(model, str(version)))
+        if (target / "saved_model.pb").is_file() and state.sources.get(key) == source:
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
         # Downloaded next to its final place, so the rename is atomic and TF Serving (which ignores
         # non-numeric folders) never sees half a SavedModel.
         with tempfile.TemporaryDirectory(prefix=INCOMING_PREFIX, dir=target.parent) as tmp:
@@ -104,8 +120,10 @@ def _download_version(client: MlflowClient, repo: Path, model: str, version: int
             if not (local / "saved_model.pb").is_file():
                 raise RegistryError(f"{model} version {version}: {source} holds no saved_model.pb")
             if target.exists():
-                shutil.rmtree(target)  # an incomplete leftover: nothing can be serving it
+                # Not what the registry holds under this number (or incomplete): swap it out.
+                os.replace(target, Path(tmp) / "replaced")
             os.replace(local, target)
+    state.sources[key] = source
     return True
 
 
@@ -168,12 +186,13 @@ def sync_once(
         result.versions[model] = sorted(set(by_alias.values()) | set(labels.values()))
         result.labels[model] = labels
 
+    state = _read_state(repo, name)
     for model, versions in result.versions.items():
         for version in versions:
-            if _download_version(client, repo, model, version):
+            if _download_version(client, repo, model, version, state):
                 result.downloaded.append((model, version))
 
-    managed = _managed_models(repo, name) | set(result.versions)
+    managed = state.models | set(result.versions)
     entries = [entry for model, entry in sorted(previous.items()) if model not in managed]
     entries += [
         ModelEntry(
@@ -192,7 +211,13 @@ def sync_once(
             result.changed = True
     except ModelConfigError as exc:
         raise InvalidArgument(f"cannot write {config_path}: {exc}") from None
-    _write_state(repo, name, sorted(result.versions))
+    state.models = set(result.versions)
+    state.sources = {
+        key: source
+        for key, source in state.sources.items()
+        if int(key.rpartition("/")[2]) in result.versions.get(key.rpartition("/")[0], [])
+    }
+    _write_state(repo, name, state)
 
     # Pruned only now, with the new config in place: nothing still listed loses its folder.
     for model in sorted(managed):

@@ -165,8 +165,14 @@ def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     )
     sync = ["sync", "syn", "--alias", "champion", "--alias", "challenger", "--model-repo", str(repo)]
 
+    # A folder with the same number that did not come from the registry (a local export, say) is replaced.
+    stray = repo / champion.members[0].name / str(champion.members[0].version)
+    stray.mkdir(parents=True)
+    (stray / "saved_model.pb").write_text("not from the registry")
+
     code, out, err = _cli(*sync, "--tracking-uri", uri)
     assert code == 0, err
+    assert (stray / "saved_model.pb").read_text() == f"{champion.members[0].name}:first"
     config = _check_layout_matches_config(repo)
     for old, new in zip(champion.members, challenger.members, strict=True):
         assert config[old.name] == (
