@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict
 
 from registry.client import translated
-from registry.errors import InvalidArgument, NotFound
+from registry.errors import InvalidArgument, NotFound, RegistryError
 from registry.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -133,9 +133,27 @@ def move_alias(
     with translated(f"moving {name}@{alias}"):
         for member in manifest.members:
             client.set_registered_model_alias(member.name, alias, str(member.version))
+        for stale in _members_left_behind(client, manifest, alias, previous):
+            client.delete_registered_model_alias(stale, alias)
         client.set_registered_model_alias(name, alias, str(manifest.version))
         client.set_registered_model_tag(name, f"{MOVE_TAG_PREFIX}{alias}.{seq:05d}", move.model_dump_json())
     return move
+
+
+def _members_left_behind(
+    client: MlflowClient, manifest: Manifest, alias: str, previous: int | None
+) -> list[str]:
+    """Members of the previous holder that the new one lacks: their alias would point at nothing served."""
+    from registry.resolve import load_manifest
+
+    if previous is None or previous == manifest.version:
+        return []
+    try:
+        old = load_manifest(client, manifest.name, previous)
+    except RegistryError:
+        return []  # an unreadable old manifest must not block the move
+    kept = {member.name for member in manifest.members}
+    return [member.name for member in old.members if member.name not in kept]
 
 
 def previous_holder(client: MlflowClient, name: str, alias: str) -> int:

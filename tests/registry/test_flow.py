@@ -78,7 +78,7 @@ def test_training_is_logged_and_registered(mlflow_server: MlflowServer, tmp_path
 
 def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     uri = mlflow_server.uri
-    v1 = _train(mlflow_server, tmp_path / "a", "promo", "champion", test_nll=0.3)
+    v1 = _train(mlflow_server, tmp_path / "a", "promo", "champion", members=2, test_nll=0.3)
     v2 = _train(mlflow_server, tmp_path / "b", "promo", test_nll=0.4)
     v3 = _train(mlflow_server, tmp_path / "c", "promo", test_nll=0.2)
     v4 = _train(mlflow_server, tmp_path / "d", "promo", test_nll=0.1, test_fingerprint="o" * 64)
@@ -97,6 +97,9 @@ def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_pa
     )
     assert code == 0, out
     assert resolve_version(uri, "promo", "champion") == v3
+    # v3 has one member: the second member's model no longer carries the alias.
+    client = connect(uri)
+    assert "champion" not in client.get_registered_model("promo-m1").aliases
 
     code, _, err = _cli("promote", "promo", "--version", str(v4), "--tracking-uri", uri)
     assert code == 1
@@ -111,7 +114,6 @@ def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_pa
     assert resolve_version(uri, "promo", "champion") == v2
     # The members' registered models carry the alias too.
     member = resolve_manifest(uri, "promo", "champion").members[0]
-    client = connect(uri)
     assert client.get_model_version_by_alias(member.name, "champion").version == str(member.version)
 
     code, _, _ = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
@@ -120,6 +122,7 @@ def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_pa
     code, _, _ = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
     assert code == 0
     assert resolve_version(uri, "promo", "champion") == v1
+    assert client.get_registered_model("promo-m1").aliases["champion"] == "1"
     code, _, err = _cli("rollback", "promo", "--alias", "champion", "--tracking-uri", uri)
     assert code == 1
     assert "no previous holder" in err
