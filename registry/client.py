@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry.defaults import is_local_store, local_artifact_root, tracking_uri
@@ -54,11 +55,30 @@ def wait_reachable(
     raise Unreachable(f"MLflow at {uri} is unreachable after {attempts} attempts ({last_error})")
 
 
-def connect(uri: str | None = None, *, attempts: int = CONNECT_ATTEMPTS) -> MlflowClient:
-    """An MlflowClient for ``uri`` (or the default), after checking that a server answers."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///…`` URI (relative to the working directory), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def connect(
+    uri: str | None = None, *, attempts: int = CONNECT_ATTEMPTS, create: bool = False
+) -> MlflowClient:
+    """An MlflowClient for ``uri`` (or the default), after checking that a server answers.
+
+    A local SQLite store that does not exist yet is created only with ``create`` (training does);
+    reading from it otherwise is NotFound, rather than an empty registry in the wrong directory.
+    """
     resolved = tracking_uri(uri)
     for key, value in _HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    database = sqlite_path(resolved)
+    if database is not None and not create and not database.is_file():
+        raise NotFound(
+            f"no registry at {resolved} ({database.resolve()} does not exist; pass --tracking-uri?)"
+        )
     if not is_local_store(resolved):
         wait_reachable(resolved, attempts=attempts)
     with translated(f"opening {resolved}"):

@@ -158,7 +158,7 @@ def record_training(
         check_alias(alias)
     output = read_training_output(out_dir)
     uri = default_tracking_uri(tracking_uri)
-    client = connect(uri)
+    client = connect(uri, create=True)
     experiment_id = ensure_experiment(client, output.manifest.name)
     with translated(f"logging {out_dir}"):
         parent = client.create_run(

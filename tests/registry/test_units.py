@@ -159,3 +159,13 @@ def test_no_mlflow_import_at_import_time() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_reading_a_missing_local_store_creates_nothing(tmp_path: Path) -> None:
+    from registry.client import connect
+    from registry.errors import NotFound
+
+    database = tmp_path / "absent.db"
+    with pytest.raises(NotFound, match="no registry at"):
+        connect(f"sqlite:///{database}")
+    assert not database.exists()
