@@ -201,10 +201,10 @@ def _show_predictions(
 
     probs, latencies = _grpc_predict_all(grpc_port, rows)
     metrics = output_metrics("probabilities", probs, rows.labels)
+    echo(f"[bold]gRPC  PredictionService/Predict[/bold] on all {len(rows.labels)} test rows, 64 a call:")
     echo(
-        f"[bold]gRPC  PredictionService/Predict[/bold] on all {len(rows.labels)} test rows: "
-        f"accuracy {metrics['accuracy']:.4f}, NLL {metrics['nll']:.4f}; "
-        f"batch of 64 p50 {float(np.percentile(latencies, 50)):.1f} ms"
+        f"  gateway accuracy {metrics['accuracy']:.4f}  NLL {metrics['nll']:.4f}"
+        f"  (p50 {float(np.percentile(latencies, 50)):.1f} ms a call)"
     )
     return metrics
 
@@ -307,7 +307,7 @@ def run_demo(
         metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
         offline = manifest.metrics.get("test_accuracy")
         if offline is not None:
-            echo(f"   offline test accuracy of the same ensemble: {offline:.4f}")
+            echo(f"  offline accuracy {offline:.4f}  (the same ensemble, evaluated in training)")
         if not once:
             echo(
                 "\nServing until Ctrl-C. Try:\n"
