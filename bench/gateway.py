@@ -174,7 +174,6 @@ def ensemble(
             "ENSEMBLE_BATCHING": "true" if batching else "false",
             "ENSEMBLE_MAX_DELAY_MS": "2",
             "ENSEMBLE_MAX_BATCH_SIZE": "64",
-            "ENSEMBLE_LOG_LEVEL": "warning",
             "ENSEMBLE_MEMBER_DEADLINE_S": "5",
             "ENSEMBLE_REQUEST_DEADLINE_S": "10",
         }
@@ -247,6 +246,7 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "grpcio": grpc.__version__,
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -262,7 +262,8 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         f"# Gateway benchmark, {meta['date']}",
         "",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "  # type: ignore[index]
-        f"(load generator, gateway and backends share them); Python {meta['machine']['python']}.",  # type: ignore[index]
+        f"(load generator, gateway and backends share them); Python {meta['machine']['python']}; "  # type: ignore[index]
+        f"1-minute load average {meta['machine']['load_average_1m_at_start']} at the start.",  # type: ignore[index]
         f"Requests carry {ROWS} row(s); members are numpy models behind TF Serving's gRPC API.",
         "",
         "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req | errors |",
@@ -317,12 +318,13 @@ def main() -> None:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
+    host = machine()
     with runner:
         results = runner.run(run_all(duration))
     now = dt.datetime.now(dt.UTC)
     meta: dict[str, object] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": host,
         "duration_s": duration,
         "rows_per_request": ROWS,
         "members": MEMBERS,
