@@ -32,13 +32,16 @@ def train_tiny(
     epochs: int = 3,
     *,
     workers: int = 1,
+    in_process: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Train a small ensemble into ``out_dir`` and return ``out_dir``.
 
     Afterwards ``out_dir`` holds the full layout: ``ensemble.json``, ``models/<name>-m<i>/1/``
     SavedModels, ``models/models.config``, ``report.json`` and so on. Nothing is logged to MLflow.
-    ``workers=1`` trains in one process after another (the least contention on small machines).
+    ``workers=1`` trains in one worker process after another (the least contention on small
+    machines); ``in_process=True`` runs the members' code in this process instead, which saves a
+    TensorFlow import when the caller has TensorFlow loaded already.
     """
     from training.assemble import assemble
     from training.cli import _resolve, prepare_run
@@ -47,6 +50,13 @@ def train_tiny(
     config = _resolve(None, {**tiny_overrides(data, members, epochs), **(extra or {})}, None)
     out_dir = Path(out_dir)
     prepare_run(config, out_dir)
-    run_members(out_dir, list(range(config.candidate_count)), workers, Console(quiet=True))
+    indices = list(range(config.candidate_count))
+    if in_process:
+        from training.member import train_member
+
+        for index in indices:
+            train_member(out_dir, index)
+    else:
+        run_members(out_dir, indices, workers, Console(quiet=True))
     assemble(out_dir)
     return out_dir

@@ -125,6 +125,7 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
         "penguins",
         members=3,
         epochs=4,
+        in_process=True,
         extra={
             "members.defaults.model.architecture": "branches",
             "members.defaults.model.categorical_encoding": "embedding",
@@ -172,7 +173,8 @@ def test_diabetes_regression(tmp_path: Path) -> None:
         tmp_path / "diabetes",
         "sklearn:diabetes",
         members=2,
-        epochs=25,
+        epochs=20,
+        in_process=True,
         extra={
             "members.bootstrap": True,
             "members.defaults.model.architecture": "residual",
@@ -265,22 +267,45 @@ def test_csv_with_own_columns_and_two_targets_through_the_cli(tmp_path: Path) ->
     assert np.isfinite(list(manifest.metrics.values())).all()
 
 
+def test_bad_input_exits_with_one_line_in_a_real_process(tmp_path: Path) -> None:
+    result = _ensemble("train", "--data", "missing.csv", "--out", "run", "--no-track", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot read missing.csv: no such file (or a bundled set: sklearn:digits, "
+        "sklearn:breast_cancer, sklearn:diabetes, penguins)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--data", "missing.csv"], "no such file"),
         (["--data", "sklearn:digits", "--target", "nope"], "target column 'nope' not found"),
         (["--data", "sklearn:diabetes", "--members", "0"], "members.count"),
         (["--config", "bad.yaml"], "not valid YAML"),
+        (["--config", "nowhere.yaml"], "cannot read config"),
         (["--data", "tiny.csv", "--target", "y"], "too few rows"),
+        (
+            ["--data", "words.csv", "--target", "y", "--task", "regression"],
+            "regression target 'y' is not numeric",
+        ),
+        (["--data", "words.csv", "--target", "y", "--task", "guess"], "data.task"),
+        (["--data", "sklearn:digits", "--workers", "0"], "--workers must be at least 1"),
     ],
 )
-def test_bad_input_exits_with_one_line_before_training(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_exits_with_one_line_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from ensemble_cli import build_app
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("members: [1,\n")
     pd.DataFrame({"x": range(5), "y": range(5)}).to_csv(tmp_path / "tiny.csv", index=False)
-    result = _ensemble("train", *args, "--out", "run", "--no-track", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
+    pd.DataFrame({"x": range(40), "y": ["a", "b"] * 20}).to_csv(tmp_path / "words.csv", index=False)
+    result = CliRunner().invoke(build_app(), ["train", *args, "--out", "run", "--no-track"])
+    assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
