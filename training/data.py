@@ -288,17 +288,20 @@ def _input_groups(
         c: "categorical" if c in config.categorical or _is_categorical(frame[c]) else "numeric"
         for c in columns
     }
-    grouping = config.inputs if config.inputs is not None else default or {}
+    if config.inputs is not None:
+        grouping = config.inputs
+    else:  # a bundled set's grouping, less any column the config dropped
+        grouping = {name: [c for c in members if c in kinds] for name, members in (default or {}).items()}
     groups: list[InputGroup] = []
     grouped: set[str] = set()
     for name, members in grouping.items():
         if safe_name(name) != name:
             raise DataError(f"input name {name!r} must use letters, digits and underscores only")
         for column in members:
-            if column not in frame.columns:
-                raise DataError(f"unknown column {column!r} in input group {name!r}")
             if column not in kinds:
-                raise DataError(f"column {column!r} in input group {name!r} is not a feature")
+                raise DataError(
+                    f"column {column!r} in input group {name!r} is not a feature (unknown, dropped or a target)"
+                )
             if kinds[column] != "numeric":
                 raise DataError(
                     f"input group {name!r}: column {column!r} is categorical; group numeric columns"

@@ -134,3 +134,10 @@ def test_penguins_has_categorical_inputs_with_missing_values() -> None:
 def test_safe_name() -> None:
     assert safe_name("mean radius") == "mean_radius"
     assert safe_name("2nd") == "f_2nd"
+
+
+def test_bundled_grouping_follows_dropped_columns_and_own_grouping_is_checked() -> None:
+    dataset = prepare(DataConfig(source="sklearn:digits", drop=["pixel_0_0", "pixel_0_7"]), 0)
+    assert [(g.name, g.shape) for g in dataset.inputs] == [("pixels", [-1, 62])]
+    with pytest.raises(DataError, match="is not a feature"):
+        prepare(DataConfig(source="sklearn:digits", drop=["pixel_0_0"], inputs={"p": ["pixel_0_0"]}), 0)
