@@ -300,7 +300,8 @@ def _input_groups(
         for column in members:
             if column not in kinds:
                 raise DataError(
-                    f"column {column!r} in input group {name!r} is not a feature (unknown, dropped or a target)"
+                    f"column {column!r} in input group {name!r} is not a feature "
+                    "(unknown, dropped or a target)"
                 )
             if kinds[column] != "numeric":
                 raise DataError(
