@@ -480,33 +480,6 @@ def test_gateway_never_imports_tensorflow() -> None:
     assert result.stdout.strip() == "clean", result.stderr[-2000:]
 
 
-def test_official_tf_serving_client_gets_the_ensemble_answer(running: Deployment) -> None:
-    manifest = Manifest.load(running.manifest_path)
-    x = rows(4, seed=11)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.serving.gateway.official_client",
-            f"127.0.0.1:{running.grpc_port}",
-            "toy",
-        ],
-        input=orjson.dumps({"x": x.tolist()}).decode(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=Path(__file__).resolve().parents[3],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = orjson.loads(result.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(np.array(answer["outputs"]["probabilities"]), offline(manifest, x), atol=1e-6)
-    assert answer["version"] == 1
-    assert answer["trailing"]["x-ensemble-members"] == "3/3"
-    assert answer["signature_inputs"] == ["x"]
-    assert answer["status"] == [[1, 30]]
-
-
 def test_real_prometheus_scrapes_the_metrics(running: Deployment, tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
