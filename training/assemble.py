@@ -8,7 +8,6 @@ no TensorFlow: it reads each member's SavedModel predictions and combines them w
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,6 @@ from training.data import Dataset, prepare
 from training.errors import TrainingError
 from training.layout import Layout
 from training.metrics import evaluate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,19 +99,15 @@ def _output_specs(dataset: Dataset, sample: dict[str, np.ndarray]) -> list[Outpu
     return specs
 
 
-def write_models_config(layout: Layout, refs: list[MemberRef]) -> bool:
-    """``<out>/models/models.config`` for TF Serving; False when the writer is not available."""
-    try:
-        from serving.model_config import ModelEntry, write_model_config
-    except ImportError:
-        log.warning("serving.model_config is not available: models.config was not written")
-        return False
+def write_models_config(layout: Layout, refs: list[MemberRef]) -> None:
+    """``<out>/models/models.config`` for TF Serving: the manifest's members, each at its version."""
+    from serving.model_config import ModelEntry, write_model_config
+
     entries = [
         ModelEntry(name=ref.name, base_path=str(layout.model_dir(ref.name).resolve()), versions=[ref.version])
         for ref in refs
     ]
     write_model_config(layout.models_config, entries)
-    return True
 
 
 def assemble(out_dir: Path) -> dict[str, Any]:
@@ -180,7 +173,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         ),
     )
     manifest.save(layout.manifest)
-    wrote_config = write_models_config(layout, refs)
+    write_models_config(layout, refs)
 
     report: dict[str, Any] = {
         "ensemble": name,
@@ -201,7 +194,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         "ensemble_uniform": uniform_test,
         "ensemble_weighted": {**weighted_test, **weighted_val},
         "outputs": kind_list,
-        "models_config": str(layout.models_config) if wrote_config else None,
+        "models_config": str(layout.models_config),
     }
     layout.write_json(layout.report, report)
     _plots(layout, members, full_weights, dataset, test_truth, report)
