@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -51,6 +52,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PREDICTION_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+class StartupError(Exception):
+    """The gateway cannot start (a port is taken, ...); the message is one line for the user."""
 
 
 class Gateway:
@@ -358,11 +363,31 @@ def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
     )
     add_tfs_servicers(server, gateway.core)
     gateway.health = add_health_and_reflection(server)
-    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise StartupError(f"cannot listen for gRPC on {address}")
     return server
 
 
 # --- the process --------------------------------------------------------------------------------
+def _bind_rest(settings: GatewaySettings) -> socket.socket:
+    """The REST listening socket, bound here so a taken port is one clear error, not uvicorn's exit."""
+    host, port = settings.rest_host, settings.rest_port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise StartupError(f"cannot listen for REST on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _uvicorn_server(app: FastAPI, settings: GatewaySettings) -> Any:
     import uvicorn
 
@@ -390,7 +415,11 @@ async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain and return."""
     gateway = await Gateway.open(settings)
     app = create_app(gateway)
-    grpc_server = create_grpc_server(gateway)
+    try:
+        grpc_server = create_grpc_server(gateway)
+    except StartupError:
+        await gateway.close()
+        raise
     rest_server = _uvicorn_server(app, settings)
 
     stop = asyncio.Event()
@@ -398,15 +427,20 @@ async def serve(settings: GatewaySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    try:
+        rest_socket = _bind_rest(settings)
+    except StartupError:
+        await gateway.close()
+        raise
     await grpc_server.start()
-    rest_task = asyncio.create_task(rest_server.serve())
+    rest_task = asyncio.create_task(rest_server.serve(sockets=[rest_socket]))
     while not rest_server.started and not rest_task.done():
         await asyncio.sleep(0.01)
     if rest_task.done():
         await grpc_server.stop(grace=None)
         await gateway.close()
         rest_task.result()
-        raise SystemExit(f"error: cannot listen on {settings.rest_host}:{settings.rest_port}")
+        raise StartupError("the REST server stopped during startup")
     gateway.start_background()
     served = gateway.core.served
     log.info(

@@ -89,15 +89,12 @@ def serve(
         typer.echo("error: give --backend HOST:PORT (or per-member --member-backend)", err=True)
         raise typer.Exit(2)
 
-    from serving.app import run
+    from serving.app import StartupError, run
     from serving.manifest_source import ManifestLoadError
 
     try:
         run(settings)
-    except ManifestLoadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
+    except (ManifestLoadError, StartupError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

@@ -118,7 +118,12 @@ class RegistryManifestSource:
         return f"registry {self._tracking_uri} ensemble {self._ensemble} aliases {','.join(self._aliases)}"
 
     def _load_blocking(self) -> ServedManifests:
-        resolve = self._resolve or _registry_resolver()
+        try:
+            resolve = self._resolve or _registry_resolver()
+        except ImportError as exc:
+            raise ManifestLoadError(
+                f"serving from a registry needs the 'registry' extra installed ({exc.name} is missing)"
+            ) from None
         labels: dict[str, Manifest] = {}
         for alias in self._aliases:
             try:
