@@ -62,7 +62,7 @@ def parse_ref(text: str) -> EnsembleRef:
 
 def version_for_alias(client: MlflowClient, name: str, alias: str) -> int:
     """The manifest version ``alias`` points at; NotFound names what is missing."""
-    _require_ensemble(client, name)
+    require_ensemble(client, name)
     with translated(f"ensemble {name!r} alias {alias!r}"):
         from mlflow.exceptions import MlflowException
 
@@ -74,7 +74,7 @@ def version_for_alias(client: MlflowClient, name: str, alias: str) -> int:
             raise
 
 
-def _require_ensemble(client: MlflowClient, name: str) -> None:
+def require_ensemble(client: MlflowClient, name: str) -> None:
     with translated(f"ensemble {name!r}"):
         from mlflow.exceptions import MlflowException
 
@@ -99,7 +99,7 @@ def load_manifest(client: MlflowClient, name: str, version: int) -> Manifest:
 
 
 def _fetch_manifest(client: MlflowClient, name: str, version: int) -> Manifest:
-    _require_ensemble(client, name)
+    require_ensemble(client, name)
     with translated(f"ensemble {name!r} version {version}"):
         from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
