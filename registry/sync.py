@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from registry.aliases import check_alias
 from registry.client import translated
-from registry.errors import InvalidArgument, RegistryError
+from registry.errors import InvalidArgument, NotFound, RegistryError
 from registry.manifest import Manifest
 from registry.promotion import check_members
 from registry.resolve import load_manifest, version_for_alias
@@ -53,6 +53,8 @@ class SyncResult:
     pruned: list[tuple[str, int]] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
     """``model@label`` entries a staged pass could not move yet."""
+    skipped: list[str] = field(default_factory=list)
+    """Optional aliases (all but the first) that point at nothing yet."""
 
     def summary(self) -> str:
         parts = [f"{CONFIG_FILE} {'updated' if self.changed else 'unchanged'}"]
@@ -62,6 +64,8 @@ class SyncResult:
             parts.append("pruned " + ", ".join(f"{m}/{v}" for m, v in self.pruned))
         if self.deferred:
             parts.append("labels waiting for a loaded version: " + ", ".join(self.deferred))
+        if self.skipped:
+            parts.append("aliases not set yet, skipped: " + ", ".join(self.skipped))
         return "; ".join(parts)
 
 
@@ -155,8 +159,18 @@ def sync_once(
     repo.mkdir(parents=True, exist_ok=True)
 
     manifests: dict[str, Manifest] = {}
-    for alias in aliases:
-        manifest = load_manifest(client, name, version_for_alias(client, name, alias))
+    skipped: list[str] = []
+    for position, alias in enumerate(aliases):
+        try:
+            version = version_for_alias(client, name, alias)
+        except NotFound:
+            # The first alias is the one served by default and must exist; later ones (a
+            # challenger on a fresh install) may not be set yet and join on a later pass.
+            if position == 0:
+                raise
+            skipped.append(alias)
+            continue
+        manifest = load_manifest(client, name, version)
         check_members(client, manifest)
         manifests[alias] = manifest
 
@@ -172,7 +186,7 @@ def sync_once(
         for member in manifest.members:
             wanted.setdefault(member.name, {})[alias] = member.version
 
-    result = SyncResult(config=config_path, changed=False, versions={}, labels={})
+    result = SyncResult(config=config_path, changed=False, versions={}, labels={}, skipped=skipped)
     for model, by_alias in sorted(wanted.items()):
         labels: dict[str, int] = {}
         old = previous.get(model)

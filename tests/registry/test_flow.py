@@ -235,12 +235,27 @@ def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> Non
         (["promote", "errs", "--version", "99"], "has no version 99"),
         (["sync", "nosuch", "--model-repo", str(tmp_path / "r")], "unknown ensemble"),
         (["promote", "errs", "--version", "1", "--alias", "bad-alias"], "not usable"),
+        (
+            ["sync", "errs", "--alias", "nosuch", "--alias", "champion", "--model-repo", str(tmp_path / "r")],
+            "has no alias 'nosuch'",
+        ),
     ]
     for args, message in cases:
         code, _, err = _cli(*args, "--tracking-uri", uri)
         assert code != 0, args
         assert message in err, (args, err)
         assert err.count("\n") == 1, (args, err)
+
+    # A later alias that is not set yet (a challenger on a fresh install) is skipped, not fatal.
+    repo = tmp_path / "optional"
+    code, out, err = _cli(
+        "sync", "errs", "--alias", "champion", "--alias", "challenger", "--model-repo", str(repo),
+        "--tracking-uri", uri,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "aliases not set yet, skipped: challenger" in out
+    for entry in read_model_config(repo / "models.config"):
+        assert set(entry.labels) == {"champion"}
 
     # A manifest whose member version is gone cannot be served.
     connect(uri).delete_model_version("errs-m1", "1")
