@@ -60,6 +60,7 @@ class Result:
     p99_ms: float
     rps: float
     gateway_cpu_ms_per_request: float | None = None
+    requests_per_batch: float | None = None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -159,12 +160,12 @@ async def measure(
 
 @contextlib.contextmanager
 def ensemble(
-    workdir: Path, *, delay_ms: float = 0.0, batching: bool = False
+    workdir: Path, *, delay_ms: float = 0.0, batching: bool = False, members: int = MEMBERS
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
-    """Five members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend)."""
-    weights = tuple([1.0 / MEMBERS] * MEMBERS)
-    manifest = make_manifest(weights, name="bench", min_members=3)
-    path = workdir / f"bench-{delay_ms}-{batching}.json"
+    """Members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend)."""
+    weights = tuple([1.0 / members] * members)
+    manifest = make_manifest(weights, name="bench", min_members=min(3, members))
+    path = workdir / f"bench-{delay_ms}-{batching}-{members}.json"
     manifest.save(path)
     backend_port, rest_port, grpc_port = free_port(), free_port(), free_port()
     backend = start_fake_backend(backend_port, [m.name for m in manifest.members], delay_ms=delay_ms)
@@ -210,6 +211,12 @@ async def run_all(duration_s: float) -> list[Result]:
                             concurrency, duration_s, gateway.pid,
                         )
                     )  # fmt: skip
+        with ensemble(workdir, members=1) as (gateway, _rest, grpc_port, _backend):
+            results.append(
+                await measure(
+                    "gateway, 1 member", "grpc", f"127.0.0.1:{grpc_port}", "bench", 1, duration_s, gateway.pid
+                )
+            )
         with ensemble(workdir, delay_ms=20.0) as (gateway, _rest, grpc_port, _backend):
             for concurrency in (1, 32):
                 results.append(
@@ -224,13 +231,27 @@ async def run_all(duration_s: float) -> list[Result]:
                     ("grpc", f"127.0.0.1:{grpc_port}"),
                     ("rest", f"http://127.0.0.1:{rest_port}"),
                 ):
-                    results.append(
-                        await measure(
-                            f"micro-batching {'on' if batching else 'off'}", protocol, target, "bench",
-                            64, duration_s, gateway.pid,
-                        )
+                    before = _batch_totals(rest_port)
+                    result = await measure(
+                        f"micro-batching {'on' if batching else 'off'}", protocol, target, "bench",
+                        64, duration_s, gateway.pid,
                     )  # fmt: skip
+                    after = _batch_totals(rest_port)
+                    if batching and after[1] > before[1]:
+                        result.requests_per_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+                    results.append(result)
     return results
+
+
+def _batch_totals(rest_port: int) -> tuple[float, float]:
+    """Requests and batches so far, from the gateway's own metrics."""
+    text = httpx.get(f"http://127.0.0.1:{rest_port}/metrics", timeout=10).text
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in totals:
+            if line.startswith(f"ensemble_batch_requests_{kind} "):
+                totals[kind] = float(line.split()[1])
+    return totals["sum"], totals["count"]
 
 
 def machine() -> dict[str, object]:
@@ -266,16 +287,19 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         f"1-minute load average {meta['machine']['load_average_1m_at_start']} at the start.",  # type: ignore[index]
         f"Requests carry {ROWS} row(s); members are numpy models behind TF Serving's gRPC API.",
         "",
-        "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req "
+        "| req/batch | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cpu = "" if r.gateway_cpu_ms_per_request is None else f"{r.gateway_cpu_ms_per_request:.3f}"
+        per_batch = "" if r.requests_per_batch is None else f"{r.requests_per_batch:.2f}"
         lines.append(
             f"| {r.scenario} | {r.protocol} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.rps:.0f} | {cpu} | {r.errors} |"
+            f"{r.rps:.0f} | {cpu} | {per_batch} | {r.errors} |"
         )
     direct = _find(results, "direct, 1 member", "grpc", 1)
+    single = _find(results, "gateway, 1 member", "grpc", 1)
     gateway = _find(results, f"gateway, {MEMBERS} members", "grpc", 1)
     slow = _find(results, f"gateway, {MEMBERS} members with 20 ms each", "grpc", 1)
     off = _find(results, "micro-batching off", "grpc", 64)
@@ -287,6 +311,11 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         lines.append(
             f"- Gateway overhead at concurrency 1 over gRPC (p50, 5 members vs 1 member direct): "
             f"{gateway.p50_ms - direct.p50_ms:+.2f} ms (target: at most 1 ms)."
+        )
+    if direct and single:
+        lines.append(
+            f"- The same with 1 member behind the gateway: {single.p50_ms - direct.p50_ms:+.2f} ms "
+            "(the gateway's fixed cost; the rest is the cost of each extra member call)."
         )
     if slow:
         lines.append(f"- 5 members with 20 ms each: ensemble p50 {slow.p50_ms:.1f} ms (target: near 20 ms).")
