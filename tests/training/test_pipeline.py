@@ -311,3 +311,13 @@ def test_bad_input_exits_with_one_line_before_training(
     assert lines[0].startswith("error: ")
     assert message in lines[0]
     assert not (tmp_path / "run" / "members").exists()
+
+
+def test_next_version_is_the_next_free_integer(tmp_path: Path) -> None:
+    from training.export import next_version
+
+    assert next_version(tmp_path / "absent") == 1
+    for name in ("1", "3", "notes", "7.bak"):
+        (tmp_path / "m" / name).mkdir(parents=True)
+    (tmp_path / "m" / "9").touch()  # a file, not a version folder
+    assert next_version(tmp_path / "m") == 4
