@@ -264,6 +264,9 @@ def test_grpc_predict_status_metadata_and_health(running: Deployment) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
     asyncio.run(scenario())
+    metrics = httpx.get(f"{running.url}/metrics", timeout=10).text
+    assert 'ensemble_requests_total{code="OK",protocol="grpc"}' in metrics
+    assert 'ensemble_requests_total{code="NOT_FOUND",protocol="grpc"}' in metrics
 
 
 # --- failures under load -------------------------------------------------------------------------
