@@ -127,11 +127,23 @@ class Gateway:
                 await self.check_ready()
             await asyncio.sleep(interval_s)
 
-    async def _swap(self, served: ServedManifests) -> None:
+    async def _swap(self, served: ServedManifests) -> bool:
+        """Serve ``served`` once its members' quorum is loaded on the backends; else retry later.
+
+        The registry sync and the backends poll too, so right after an alias moves the new
+        member versions may not be loaded yet: switching then would fail requests that the old
+        manifest still answers.
+        """
+        ready, reason = await self.core.ready(timeout_s=1.0, served=served)
+        if not ready:
+            self.metrics.reloads.labels("waiting").inc()
+            log.info("new manifest not switched to yet, members still loading: %s", reason)
+            return False
         self.core.swap(served)
         self.metrics.reloads.labels("loaded").inc()
         versions = {label: served_version(m) for label, m in served.labels.items()}
         log.info("manifest reloaded: %s v%s %s", served.name, served_version(served.default), versions or "")
+        return True
 
     def _reload_failed(self, error: ManifestLoadError) -> None:
         self.metrics.reloads.labels("failed").inc()

@@ -367,10 +367,14 @@ class EnsembleCore:
         ]
 
     # --- readiness -----------------------------------------------------------------------------
-    async def ready(self, timeout_s: float = 1.0) -> tuple[bool, str]:
-        """Whether the quorum of every served manifest's members reports AVAILABLE, and why not."""
+    async def ready(self, timeout_s: float = 1.0, served: ServedManifests | None = None) -> tuple[bool, str]:
+        """Whether the quorum of every manifest's members reports AVAILABLE, and why not.
+
+        ``served`` defaults to what is served now; the reload path asks it about a candidate
+        before swapping, so a moved alias is followed only once its members have loaded.
+        """
         problems: list[str] = []
-        for manifest in self._all(self._served):
+        for manifest in self._all(served or self._served):
             flags = await asyncio.gather(*(self._caller.available(m, timeout_s) for m in manifest.members))
             holds = combine.quorum_holds(
                 manifest.weights,

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from registry.errors import NotFound as RegistryNotFound
 from registry.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,12 @@ class RegistryManifestSource:
                 f"serving from a registry needs the 'registry' extra installed ({exc.name} is missing)"
             ) from None
         labels: dict[str, Manifest] = {}
-        for alias in self._aliases:
+        for position, alias in enumerate(self._aliases):
             try:
                 labels[alias] = resolve(self._tracking_uri, self._ensemble, alias)
             except Exception as exc:  # the registry's errors are many; each becomes one line
+                if isinstance(exc, RegistryNotFound) and position > 0:
+                    continue  # only the default alias must exist; a challenger joins when it is set
                 reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
                 raise ManifestLoadError(f"cannot resolve {self._ensemble}@{alias}: {reason}") from None
         return ServedManifests(default=labels[self._aliases[0]], labels=labels)
@@ -142,10 +145,14 @@ async def watch(
     source: ManifestSource,
     current: ServedManifests,
     interval_s: float,
-    on_change: Callable[[ServedManifests], Awaitable[None]],
+    on_change: Callable[[ServedManifests], Awaitable[bool]],
     on_error: Callable[[ManifestLoadError], None],
 ) -> None:
-    """Poll ``source`` forever; call ``on_change`` with each snapshot that differs from the last."""
+    """Poll ``source`` forever; call ``on_change`` with each snapshot that differs from the last.
+
+    ``on_change`` answers whether it took the snapshot; one it declined (its members are not
+    loaded yet, say) is offered again on the next poll.
+    """
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -153,6 +160,5 @@ async def watch(
         except ManifestLoadError as exc:
             on_error(exc)
             continue
-        if snapshot != current:
-            await on_change(snapshot)
+        if snapshot != current and await on_change(snapshot):
             current = snapshot

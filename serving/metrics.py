@@ -90,7 +90,7 @@ class GatewayMetrics:
         )
         self.reloads = Counter(
             f"{PREFIX}_manifest_reloads",
-            "Manifest loads and reloads, by outcome (loaded, unchanged is not counted, failed).",
+            "Manifest loads and reloads, by outcome: loaded, waiting (members still loading), failed.",
             [OUTCOME],
             registry=r,
         )

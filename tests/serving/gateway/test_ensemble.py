@@ -290,6 +290,16 @@ def test_ready_needs_quorum_available() -> None:
     assert "toy-m1" in why
 
 
+def test_ready_can_judge_a_candidate_manifest_before_it_is_served() -> None:
+    core, caller, _ = make_core()
+    candidate = make_manifest(name="cand", version=2)
+    caller.fail = {"cand-m0": "not loaded", "cand-m1": "not loaded"}
+    ready, why = asyncio.run(core.ready(served=ServedManifests(default=candidate)))
+    assert not ready
+    assert "cand-m0" in why
+    assert asyncio.run(core.ready())[0]  # what is served now is unaffected
+
+
 def test_micro_batching_adapts_to_load() -> None:
     # A long max delay: only the in-flight batch coming back can release the next one early.
     core, caller, _ = make_core(batching=(64, 5.0))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from registry.errors import NotFound as RegistryNotFound
 from registry.manifest import Manifest
 from serving.manifest_source import (
     FileManifestSource,
@@ -114,6 +115,42 @@ def test_registry_source_resolves_every_alias() -> None:
     assert calls[:2] == [("http://mlflow", "toy", "champion"), ("http://mlflow", "toy", "challenger")]
 
 
+def test_registry_source_skips_a_later_alias_not_set_yet() -> None:
+    def resolve(uri: str, name: str, alias: str) -> Manifest:
+        if alias == "champion":
+            return make_manifest(version=3)
+        raise RegistryNotFound(f"ensemble {name!r} has no alias {alias!r}")
+
+    served = asyncio.run(RegistryManifestSource("u", "toy", ["champion", "challenger"], resolve).load())
+    assert served.default.version == 3
+    assert set(served.labels) == {"champion"}
+    first_missing = RegistryManifestSource("u", "toy", ["challenger", "champion"], resolve)
+    with pytest.raises(ManifestLoadError, match="has no alias 'challenger'"):
+        asyncio.run(first_missing.load())
+
+
+def test_watch_offers_a_declined_snapshot_again(tmp_path: Path) -> None:
+    path = tmp_path / "ensemble.json"
+    make_manifest(version=1).save(path)
+    source = FileManifestSource(path)
+    offers: list[int | None] = []
+
+    async def on_change(served: ServedManifests) -> bool:
+        offers.append(served.default.version)
+        return len(offers) >= 3  # members "load" on the third poll
+
+    async def scenario() -> None:
+        current = await source.load()
+        make_manifest(version=2).save(path)
+        task = asyncio.create_task(watch(source, current, 0.02, on_change, lambda e: None))
+        await asyncio.sleep(0.3)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert offers[:3] == [2, 2, 2]
+    assert len(offers) == 3  # taken on the third offer, then unchanged
+
+
 def test_watch_hands_over_changes_and_survives_errors(tmp_path: Path) -> None:
     path = tmp_path / "ensemble.json"
     make_manifest(version=1).save(path)
@@ -121,8 +158,9 @@ def test_watch_hands_over_changes_and_survives_errors(tmp_path: Path) -> None:
     changes: list[int | None] = []
     errors: list[str] = []
 
-    async def on_change(served: ServedManifests) -> None:
+    async def on_change(served: ServedManifests) -> bool:
         changes.append(served.default.version)
+        return True
 
     async def scenario() -> None:
         current = await source.load()
