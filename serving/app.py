@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -401,26 +401,15 @@ def _bind_rest(settings: GatewaySettings) -> socket.socket:
 
 
 def _uvicorn_server(app: FastAPI, settings: GatewaySettings) -> Any:
-    import uvicorn
+    from serving.rest.server import uvicorn_server
 
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # The gateway handles SIGTERM itself so REST and gRPC drain together.
-            yield
-
-    config = uvicorn.Config(
+    return uvicorn_server(
         app,
         host=settings.rest_host,
         port=settings.rest_port,
-        http="httptools",
-        lifespan="off",
-        access_log=False,
+        grace_s=settings.drain_timeout_s,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-        log_config=None,
     )
-    return _Server(config)
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,32 +31,19 @@ class StartupError(Exception):
 
 
 def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
-    import uvicorn
     from fastapi import FastAPI
 
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.server import uvicorn_server
 
     app = FastAPI(title="Local model server", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     timeout_s = settings.rest_api_timeout_in_ms / 1000 if settings.rest_api_timeout_in_ms else None
     app.include_router(create_tfs_router(core, timeout_s=timeout_s))
 
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # This process handles SIGTERM itself, so gRPC and REST drain together.
-            yield
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.rest_api_port,
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+    return uvicorn_server(
+        app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
     )
-    return _Server(config)
 
 
 def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> ModelManager:
