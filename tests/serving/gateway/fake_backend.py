@@ -3,6 +3,11 @@
 Run as ``python -m tests.serving.gateway.fake_backend --port P --models toy-m0,toy-m1`` with
 optional ``--delay-ms`` and ``--fail-rate``. Each model answers ``helpers.member_answer`` for its
 name, so tests know the offline answer exactly. It prints ``READY`` once it listens.
+
+``--per-call-ms X --per-row-ms Y --serial`` models a member on a GPU: each model executes one call
+at a time (calls queue behind a lock per model) and a call costs ``X + Y * rows`` milliseconds, so
+one call carrying many rows is much cheaper than as many calls carrying one row each. The cost is
+waited, not burnt, so it takes no CPU from the processes sharing the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import random
 import signal
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -35,15 +41,46 @@ from tests.serving.gateway.helpers import N_CLASSES, N_FEATURES, member_answer
 AVAILABLE = 30
 
 
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """How a model executes a call: a fixed cost, a cost per row, and one call at a time or not."""
+
+    per_call_s: float = 0.0
+    per_row_s: float = 0.0
+    serial: bool = False
+
+    def cost_s(self, rows: int) -> float:
+        return self.per_call_s + self.per_row_s * rows
+
+
 class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, models: list[str], version: int, delay_s: float, fail_rate: float, slow: set[str]
+        self,
+        models: list[str],
+        version: int,
+        delay_s: float,
+        fail_rate: float,
+        slow: set[str],
+        execution: Execution | None = None,
     ) -> None:
         self.models = set(models)
         self.slow = slow or self.models
         self.version = version
         self.delay_s = delay_s
         self.fail_rate = fail_rate
+        self.execution = execution or Execution()
+        self.locks = {m: asyncio.Lock() for m in models} if self.execution.serial else {}
+
+    async def _execute(self, name: str, rows: int) -> None:
+        cost_s = self.execution.cost_s(rows)
+        if not cost_s:
+            return
+        lock = self.locks.get(name)
+        if lock is None:
+            await asyncio.sleep(cost_s)
+            return
+        async with lock:
+            await asyncio.sleep(cost_s)
 
     async def _check(self, name: str, context: grpc.aio.ServicerContext) -> None:
         if name not in self.models:
@@ -56,6 +93,7 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
         if self.fail_rate and random.random() < self.fail_rate:
             await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
         x = from_tensor_proto(request.inputs["x"])
+        await self._execute(request.model_spec.name, int(np.shape(x)[0]) if np.ndim(x) else 1)
         response = PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = self.version
@@ -96,10 +134,16 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
 
 
 async def serve(
-    port: int, models: list[str], version: int, delay_s: float, fail_rate: float, slow: set[str]
+    port: int,
+    models: list[str],
+    version: int,
+    delay_s: float,
+    fail_rate: float,
+    slow: set[str],
+    execution: Execution | None = None,
 ) -> None:
     server = grpc.aio.server()
-    servicer = FakeMembers(models, version, delay_s, fail_rate, slow)
+    servicer = FakeMembers(models, version, delay_s, fail_rate, slow, execution)
     add_PredictionServiceServicer_to_server(servicer, server)
     add_ModelServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -121,10 +165,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--slow-models", default="", help="models the delay applies to (default: all)")
+    parser.add_argument("--per-call-ms", type=float, default=0.0, help="fixed cost of executing a call")
+    parser.add_argument("--per-row-ms", type=float, default=0.0, help="cost of each row of a call")
+    parser.add_argument("--serial", action="store_true", help="each model executes one call at a time")
     args = parser.parse_args(argv)
     slow = {m for m in args.slow_models.split(",") if m}
+    execution = Execution(args.per_call_ms / 1000, args.per_row_ms / 1000, args.serial)
     asyncio.run(
-        serve(args.port, args.models.split(","), args.version, args.delay_ms / 1000, args.fail_rate, slow)
+        serve(
+            args.port,
+            args.models.split(","),
+            args.version,
+            args.delay_ms / 1000,
+            args.fail_rate,
+            slow,
+            execution,
+        )
     )
 
 

@@ -128,6 +128,9 @@ def fake_backend_args(
     slow_models: list[str] | None = None,
     fail_rate: float = 0.0,
     version: int = 1,
+    per_call_ms: float = 0.0,
+    per_row_ms: float = 0.0,
+    serial: bool = False,
 ) -> list[str]:
     args = [
         "-m",
@@ -145,14 +148,36 @@ def fake_backend_args(
     ]
     if slow_models:
         args += ["--slow-models", ",".join(slow_models)]
+    if per_call_ms or per_row_ms:
+        args += ["--per-call-ms", str(per_call_ms), "--per-row-ms", str(per_row_ms)]
+    if serial:
+        args.append("--serial")
     return args
 
 
 def start_fake_backend(
-    port: int, models: list[str], *, delay_ms: float = 0.0, fail_rate: float = 0.0, version: int = 1
+    port: int,
+    models: list[str],
+    *,
+    delay_ms: float = 0.0,
+    fail_rate: float = 0.0,
+    version: int = 1,
+    per_call_ms: float = 0.0,
+    per_row_ms: float = 0.0,
+    serial: bool = False,
 ) -> subprocess.Popen[str]:
+    """A fake backend; ``per_call_ms``/``per_row_ms``/``serial`` model a GPU-like member."""
     return start_process(
-        fake_backend_args(port, models, delay_ms=delay_ms, fail_rate=fail_rate, version=version)
+        fake_backend_args(
+            port,
+            models,
+            delay_ms=delay_ms,
+            fail_rate=fail_rate,
+            version=version,
+            per_call_ms=per_call_ms,
+            per_row_ms=per_row_ms,
+            serial=serial,
+        )
     )
 
 
