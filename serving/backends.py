@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from prometheus_client import Gauge
 
 from registry.manifest import MemberRef
 from serving.breaker import BreakerState, CircuitBreaker
@@ -107,6 +108,7 @@ class BackendPool:
         self._predict_stubs: dict[str, PredictionServiceStub] = {}
         self._model_stubs: dict[str, ModelServiceStub] = {}
         self._routes: dict[str, _Route] = {}
+        self._breaker_gauges: dict[str, Gauge] = {}
 
     # --- plumbing ------------------------------------------------------------------------------
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -157,9 +159,11 @@ class BackendPool:
 
     def _set_breaker_metric(self, member: str, breaker: CircuitBreaker) -> None:
         if self._metrics is not None:
-            self._metrics.breaker_open.labels(member).set(
-                0.0 if breaker.state is BreakerState.CLOSED else 1.0
-            )
+            # Runs after every member call: the labelled child is looked up once per member.
+            gauge = self._breaker_gauges.get(member)
+            if gauge is None:
+                gauge = self._breaker_gauges[member] = self._metrics.breaker_open.labels(member)
+            gauge.set(0.0 if breaker.state is BreakerState.CLOSED else 1.0)
 
     # --- MemberCaller --------------------------------------------------------------------------
     def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> bytes:
