@@ -48,6 +48,11 @@ from tests.serving.gateway.helpers import (  # noqa: E402
     stop_process,
 )
 
+try:  # the REST load generator's client: aiohttp where installed (the registry extra brings it)
+    import aiohttp
+except ImportError:  # pragma: no cover - httpx is always there
+    aiohttp = None  # type: ignore[assignment]
+
 MEMBERS = 5
 ROWS = 1
 # A GPU-like member: one call executes at a time per model, at a fixed cost per call plus a small
@@ -55,6 +60,15 @@ ROWS = 1
 # small batch); the plain fake member answers at once, so it never makes the backend the bottleneck.
 GPU_PER_CALL_MS = 10.0
 GPU_PER_ROW_MS = 0.05
+DEFAULT_MAX_DELAY_MS = 2.0  # the gateway's default max_delay_ms
+# With GPU-like members, batching is also measured with max_delay_ms raised to the per-call cost.
+BATCHING_RUNS = (
+    (False, False, DEFAULT_MAX_DELAY_MS),
+    (False, True, DEFAULT_MAX_DELAY_MS),
+    (True, False, DEFAULT_MAX_DELAY_MS),
+    (True, True, DEFAULT_MAX_DELAY_MS),
+    (True, True, GPU_PER_CALL_MS),
+)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class Result:
     rps: float
     gateway_cpu_ms_per_request: float | None = None
     requests_per_batch: float | None = None
+    client_cpu_ms_per_request: float | None = None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -137,6 +152,24 @@ async def measure(
             await stub.Predict(request, timeout=10)
 
         closer: Callable[[], Awaitable[None]] = channel.close
+    elif aiohttp is not None:
+        # aiohttp's client costs a fraction of httpx's CPU per request; with httpx the load
+        # generator itself saturates a core at concurrency 64 and caps REST throughput.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=10),
+        )
+        url = f"{target}/v1/models/{model}:predict"
+        body = orjson.dumps({"instances": x.tolist()})
+        headers = {"content-type": "application/json"}
+
+        async def call() -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                text = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(text[:200])
+
+        closer = session.close
     else:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         client = httpx.AsyncClient(timeout=10, limits=limits)
@@ -153,15 +186,20 @@ async def measure(
     try:
         await _drive(call, concurrency, min(0.5, duration_s / 4))  # warm-up: channels, connections
         cpu_before = _cpu_seconds(pid) if pid else 0.0
+        client_before = time.process_time()
         started = time.perf_counter()
         latencies, errors = await _drive(call, concurrency, duration_s)
         elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - client_before
         cpu_after = _cpu_seconds(pid) if pid else 0.0
     finally:
         await closer()
     result = _summarise(scenario, protocol, concurrency, latencies, errors, elapsed)
     if pid and latencies:
         result.gateway_cpu_ms_per_request = round((cpu_after - cpu_before) / len(latencies) * 1000, 3)
+    if latencies:
+        # The load generator shares the machine; where it nears a full core it is the bottleneck.
+        result.client_cpu_ms_per_request = round(client_cpu / len(latencies) * 1000, 3)
     print(json.dumps(asdict(result)), flush=True)
     return result
 
@@ -174,6 +212,7 @@ def ensemble(
     batching: bool = False,
     members: int = MEMBERS,
     gpu_like: bool = False,
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
     """Members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend).
 
@@ -182,7 +221,7 @@ def ensemble(
     """
     weights = tuple([1.0 / members] * members)
     manifest = make_manifest(weights, name="bench", min_members=min(3, members))
-    path = workdir / f"bench-{delay_ms}-{batching}-{members}-{gpu_like}.json"
+    path = workdir / f"bench-{delay_ms}-{batching}-{members}-{gpu_like}-{max_delay_ms}.json"
     manifest.save(path)
     backend_port, rest_port, grpc_port = free_port(), free_port(), free_port()
     execution = (
@@ -198,7 +237,7 @@ def ensemble(
     try:
         env = {
             "ENSEMBLE_BATCHING": "true" if batching else "false",
-            "ENSEMBLE_MAX_DELAY_MS": "2",
+            "ENSEMBLE_MAX_DELAY_MS": str(max_delay_ms),
             "ENSEMBLE_MAX_BATCH_SIZE": "64",
             "ENSEMBLE_MEMBER_DEADLINE_S": "5",
             "ENSEMBLE_REQUEST_DEADLINE_S": "10",
@@ -250,31 +289,39 @@ async def run_all(duration_s: float) -> list[Result]:
                         "bench", concurrency, duration_s, gateway.pid,
                     )
                 )  # fmt: skip
-        for gpu_like in (False, True):
-            for batching in (False, True):
-                with ensemble(workdir, batching=batching, gpu_like=gpu_like) as (
-                    gateway, rest_port, grpc_port, _backend,
-                ):  # fmt: skip
-                    for protocol, target in (
-                        ("grpc", f"127.0.0.1:{grpc_port}"),
-                        ("rest", f"http://127.0.0.1:{rest_port}"),
-                    ):
-                        before = _batch_totals(rest_port)
-                        result = await measure(
-                            _batching_scenario(batching, gpu_like), protocol, target, "bench",
-                            64, duration_s, gateway.pid,
-                        )  # fmt: skip
-                        after = _batch_totals(rest_port)
-                        if batching and after[1] > before[1]:
-                            result.requests_per_batch = round(
-                                (after[0] - before[0]) / (after[1] - before[1]), 2
-                            )
-                        results.append(result)
+        for gpu_like, batching, max_delay_ms in BATCHING_RUNS:
+            with ensemble(workdir, batching=batching, gpu_like=gpu_like, max_delay_ms=max_delay_ms) as (
+                gateway, rest_port, grpc_port, _backend,
+            ):  # fmt: skip
+                for protocol, target in (
+                    ("grpc", f"127.0.0.1:{grpc_port}"),
+                    ("rest", f"http://127.0.0.1:{rest_port}"),
+                ):
+                    before = _batch_totals(rest_port)
+                    result = await measure(
+                        _batching_scenario(batching, gpu_like, max_delay_ms), protocol, target,
+                        "bench", 64, duration_s, gateway.pid,
+                    )  # fmt: skip
+                    after = _batch_totals(rest_port)
+                    if batching and after[1] > before[1]:
+                        result.requests_per_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+                    results.append(result)
     return results
 
 
-def _batching_scenario(batching: bool, gpu_like: bool) -> str:
+def _rest_client() -> str:
+    return f"aiohttp {aiohttp.__version__}" if aiohttp is not None else f"httpx {httpx.__version__}"
+
+
+def _client_share(result: Result) -> float:
+    """How much of one core the load generator used during a measurement."""
+    return (result.client_cpu_ms_per_request or 0.0) * result.rps / 1000
+
+
+def _batching_scenario(batching: bool, gpu_like: bool, max_delay_ms: float = DEFAULT_MAX_DELAY_MS) -> str:
     name = f"micro-batching {'on' if batching else 'off'}"
+    if max_delay_ms != DEFAULT_MAX_DELAY_MS:
+        name += f" (max delay {max_delay_ms:g} ms)"
     return f"{name}, GPU-like members" if gpu_like else name
 
 
@@ -322,18 +369,21 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         f"1-minute load average {meta['machine']['load_average_1m_at_start']} at the start.",  # type: ignore[index]
         f"Requests carry {ROWS} row(s); members are numpy models behind TF Serving's gRPC API that "
         "answer at once, except in the GPU-like scenarios, where each model executes one call at a "
-        f"time at {GPU_PER_CALL_MS:g} ms per call plus {GPU_PER_ROW_MS:g} ms per row.",
+        f"time at {GPU_PER_CALL_MS:g} ms per call plus {GPU_PER_ROW_MS:g} ms per row. "
+        f"REST load comes from {meta.get('rest_load_client', _rest_client())}; client CPU is the load "
+        "generator's own CPU time per request.",
         "",
         "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req "
-        "| req/batch | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU ms/req | req/batch | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cpu = "" if r.gateway_cpu_ms_per_request is None else f"{r.gateway_cpu_ms_per_request:.3f}"
         per_batch = "" if r.requests_per_batch is None else f"{r.requests_per_batch:.2f}"
+        client = "" if r.client_cpu_ms_per_request is None else f"{r.client_cpu_ms_per_request:.3f}"
         lines.append(
             f"| {r.scenario} | {r.protocol} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.rps:.0f} | {cpu} | {per_batch} | {r.errors} |"
+            f"{r.rps:.0f} | {cpu} | {client} | {per_batch} | {r.errors} |"
         )
     direct = _find(results, "direct, 1 member", "grpc", 1)
     single = _find(results, "gateway, 1 member", "grpc", 1)
@@ -352,30 +402,39 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         )
     if slow:
         lines.append(f"- 5 members with 20 ms each: ensemble p50 {slow.p50_ms:.1f} ms (target: near 20 ms).")
-    for gpu_like, backend in (
+    for gpu_like, max_delay_ms, backend in (
         (
             False,
+            DEFAULT_MAX_DELAY_MS,
             "plain fake members, which answer at once and take any number of calls at a time: the "
             "backend is never the bottleneck, so this shows batching's effect on the gateway alone",
         ),
         (
             True,
+            DEFAULT_MAX_DELAY_MS,
             f"GPU-like members: each executes one call at a time at {GPU_PER_CALL_MS:g} ms per call "
             f"plus {GPU_PER_ROW_MS:g} ms per row, as TF Serving on a GPU does; this is the case "
             "micro-batching is for",
+        ),
+        (
+            True,
+            GPU_PER_CALL_MS,
+            f"the same GPU-like members and max_delay_ms raised from the default "
+            f"{DEFAULT_MAX_DELAY_MS:g} to the per-call cost, {GPU_PER_CALL_MS:g} ms",
         ),
     ):
         ratios = []
         for protocol in ("grpc", "rest"):
             off = _find(results, _batching_scenario(False, gpu_like), protocol, 64)
-            on = _find(results, _batching_scenario(True, gpu_like), protocol, 64)
+            on = _find(results, _batching_scenario(True, gpu_like, max_delay_ms), protocol, 64)
             if off and on:
                 per_batch = (
                     f", {on.requests_per_batch:.2f} requests per batch" if on.requests_per_batch else ""
                 )
                 ratios.append(
                     f"{'gRPC' if protocol == 'grpc' else 'REST'} {on.rps:.0f} vs {off.rps:.0f} req/s "
-                    f"= {on.rps / max(off.rps, 1e-9):.2f}x{per_batch}"
+                    f"= {on.rps / max(off.rps, 1e-9):.2f}x{per_batch}, load generator at "
+                    f"{_client_share(off):.0%} / {_client_share(on):.0%} of a core"
                 )
         if ratios:
             lines.append(
@@ -410,6 +469,8 @@ def main() -> None:
         "duration_s": duration,
         "rows_per_request": ROWS,
         "members": MEMBERS,
+        "rest_load_client": _rest_client(),
+        "gpu_like_member": {"per_call_ms": GPU_PER_CALL_MS, "per_row_ms": GPU_PER_ROW_MS, "serial": True},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"gateway-{now.strftime('%Y-%m-%d')}"
