@@ -30,7 +30,7 @@ COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/
 RUN python deploy/docker/requirements.py pyproject.toml serving registry > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY README.md ensemble_cli.py ./
+COPY README.md ensemble_cli.py ensemble_demo.py ./
 COPY serving/ serving/
 COPY registry/ registry/
 COPY training/ training/
@@ -60,7 +60,7 @@ COPY deploy/docker/requirements.py deploy/docker/
 # tensorflow[and-cuda]: CUDA and cuDNN arrive as wheels, so only the host's NVIDIA driver is needed.
 RUN python deploy/docker/requirements.py pyproject.toml training registry --gpu > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY README.md ensemble_cli.py ./
+COPY README.md ensemble_cli.py ensemble_demo.py ./
 COPY serving/ serving/
 COPY registry/ registry/
 COPY training/ training/
