@@ -28,6 +28,11 @@ from serving.protos import DataType, TensorProto, TensorShapeProto
 STRING_DTYPE: Final = np.dtype(object)
 """The numpy dtype that carries ``DT_STRING`` values (``bytes`` objects)."""
 
+# Plain ints for the hot path: reading ``DataType.DT_X`` goes through the enum wrapper's
+# ``__getattr__`` on every access.
+_DT_STRING: Final = int(DataType.DT_STRING)
+_DT_BFLOAT16: Final = int(DataType.DT_BFLOAT16)
+
 _NUMPY_BY_DTYPE: Final[dict[int, np.dtype[Any]]] = {
     DataType.DT_FLOAT: np.dtype(np.float32),
     DataType.DT_DOUBLE: np.dtype(np.float64),
@@ -73,7 +78,7 @@ _TF_TYPE_NAME: Final[dict[int, str]] = {
 
 def numpy_dtype(data_type: int) -> np.dtype[Any]:
     """The numpy dtype for a ``tensorflow.DataType`` value; ``DT_BFLOAT16`` reads as float32."""
-    if data_type == DataType.DT_BFLOAT16:
+    if data_type == _DT_BFLOAT16:
         return np.dtype(np.float32)
     try:
         return _NUMPY_BY_DTYPE[data_type]
@@ -85,7 +90,7 @@ def data_type(dtype: np.dtype[Any] | type) -> int:
     """The ``tensorflow.DataType`` for a numpy dtype; unicode and bytes arrays are ``DT_STRING``."""
     dtype = np.dtype(dtype)
     if dtype.kind in "SUO":
-        return int(DataType.DT_STRING)
+        return _DT_STRING
     try:
         return int(_DTYPE_BY_NUMPY[dtype.newbyteorder("=")])
     except KeyError:
@@ -123,10 +128,10 @@ def to_tensor_proto(array: np.ndarray | Any, data_type_override: int | None = No
     proto = TensorProto(dtype=dtype_enum)  # type: ignore[arg-type]
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
-    if dtype_enum == DataType.DT_STRING:
+    if dtype_enum == _DT_STRING:
         proto.string_val.extend(_as_bytes(value) for value in array.reshape(-1))
         return proto
-    if dtype_enum == DataType.DT_BFLOAT16:
+    if dtype_enum == _DT_BFLOAT16:
         bits = np.asarray(array, dtype=np.float32).view(np.uint32) >> 16
         proto.half_val.extend(bits.astype(np.int32).reshape(-1).tolist())
         return proto
@@ -149,8 +154,8 @@ def tensor_shape(proto: TensorProto) -> tuple[int, ...]:
     """The fully defined shape of a TensorProto; an unknown rank or dimension is an error."""
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument("Tensor has an unknown rank")
-    shape = tuple(int(dim.size) for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
+    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    if shape and min(shape) < 0:
         raise InvalidArgument(f"Tensor shape {list(shape)} is not fully defined")
     return shape
 
@@ -164,23 +169,24 @@ def from_tensor_proto(proto: TensorProto) -> np.ndarray:
     shape = tensor_shape(proto)
     count = math.prod(shape)
     dtype_enum = proto.dtype
-    if dtype_enum == DataType.DT_STRING:
+    if dtype_enum == _DT_STRING:
         values = np.empty(len(proto.string_val), dtype=STRING_DTYPE)
         values[:] = list(proto.string_val)
         return _fill(values, shape, count, np.array([b""], dtype=STRING_DTYPE))
     dtype = numpy_dtype(dtype_enum)
-    if proto.tensor_content:
-        if dtype_enum == DataType.DT_BFLOAT16:
-            bits = np.frombuffer(proto.tensor_content, dtype="<u2").astype(np.uint32) << 16
+    content = proto.tensor_content  # read once: every read of a bytes field makes a new object
+    if content:
+        if dtype_enum == _DT_BFLOAT16:
+            bits = np.frombuffer(content, dtype="<u2").astype(np.uint32) << 16
             flat = bits.view(np.float32)
         else:
             wire = dtype.newbyteorder("<")
-            if len(proto.tensor_content) != count * wire.itemsize:
+            if len(content) != count * wire.itemsize:
                 raise InvalidArgument(
-                    f"tensor_content has {len(proto.tensor_content)} bytes, "
+                    f"tensor_content has {len(content)} bytes, "
                     f"shape {list(shape)} of {data_type_name(dtype_enum)} needs {count * wire.itemsize}"
                 )
-            flat = np.frombuffer(proto.tensor_content, dtype=wire).astype(dtype, copy=False)
+            flat = np.frombuffer(content, dtype=wire).astype(dtype, copy=False)
         return flat.reshape(shape)
     return _fill(_typed_values(proto, dtype_enum, dtype), shape, count, np.zeros(1, dtype=dtype))
 
@@ -524,7 +530,6 @@ _INT_RANGES: Final[dict[int, tuple[int, int]]] = {
 }
 
 
-_DT_STRING: Final = int(DataType.DT_STRING)
 _DT_BOOL: Final = int(DataType.DT_BOOL)
 _F32_MAX: Final = float(np.finfo(np.float32).max)
 _F64_MAX: Final = float(np.finfo(np.float64).max)
