@@ -451,35 +451,44 @@ class EnsembleCore:
         results: list[dict[str, np.ndarray] | None] = [None] * len(members)
         failures: dict[int, str] = {}
         pending = set(tasks)
-        cut_by_deadline = False
-        try:
-            while pending:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    cut_by_deadline = True
-                    break
-                done, pending = await asyncio.wait(
-                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                failed_before = len(failures)
-                for task in done:
-                    index = tasks[task]
-                    try:
-                        results[index] = _checked(task.result(), expected, rows)
-                    except MemberError as exc:
-                        failures[index] = f"{exc.reason} ({exc.detail})"
-                    except Exception as exc:  # a member bug must not turn into a 500
-                        failures[index] = f"error ({type(exc).__name__}: {exc})"
-                        log.exception("unexpected error calling member %s", members[index].name)
-                # Decided early when even every pending member answering could not make the quorum.
-                if len(failures) == failed_before:
-                    continue
+        # One callback per member call decides when the answer is known: every member is in, or
+        # even every pending member answering could not make the quorum. (asyncio.wait in a loop
+        # would re-register a callback on every pending call each time one answers.)
+        decided: asyncio.Future[bool] = loop.create_future()
+
+        def on_done(task: asyncio.Task[dict[str, np.ndarray]]) -> None:
+            pending.discard(task)
+            if decided.done() or task.cancelled():
+                return
+            index = tasks[task]
+            try:
+                results[index] = _checked(task.result(), expected, rows)
+            except MemberError as exc:
+                failures[index] = f"{exc.reason} ({exc.detail})"
+            except Exception as exc:  # a member bug must not turn into a 500
+                failures[index] = f"error ({type(exc).__name__}: {exc})"
+                log.exception("unexpected error calling member %s", members[index].name)
+            if not pending:
+                decided.set_result(False)
+            elif index in failures:
                 could = [results[i] is not None or t in pending for t, i in tasks.items()]
                 if not combine.quorum_holds(
                     weights, could, min_members=quorum.min_members, min_weight=quorum.min_weight
                 ):
-                    break
+                    decided.set_result(False)
+
+        for task in tasks:
+            task.add_done_callback(on_done)
+
+        def deadline_passed() -> None:
+            if not decided.done():
+                decided.set_result(True)
+
+        timer = loop.call_at(deadline, deadline_passed)
+        try:
+            cut_by_deadline = await decided
         finally:
+            timer.cancel()
             for task in pending:
                 task.cancel()
         for task in pending:
