@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from grpc_health.v1 import health, health_pb2
 
 from serving.backends import BackendPool
+from serving.batching import BatchingPolicy
 from serving.ensemble import EnsembleCore, FanOutPolicy
 from serving.manifest_source import (
     FileManifestSource,
@@ -79,7 +80,15 @@ class Gateway:
             max_message_bytes=max(settings.max_body_bytes, 4 * 1024 * 1024) * 4,
             metrics=self.metrics,
         )
-        batching = (settings.max_batch_size, settings.max_delay_ms / 1000) if settings.batching else None
+        batching = (
+            BatchingPolicy(
+                max_batch_size=settings.max_batch_size,
+                max_delay_s=settings.max_delay_ms / 1000,
+                max_in_flight=settings.max_inflight_batches,
+            )
+            if settings.batching
+            else None
+        )
         self.core = EnsembleCore(
             served,
             self.pool,

@@ -5,8 +5,11 @@ batch dimension, up to ``max_batch_size`` rows, and answered by one call per mem
 gets its own rows back. The batching adapts to load: when no batch with that key is in flight, a
 request goes out at once (with whatever arrived in the same event-loop turn), so an idle gateway
 adds no delay; while batches are in flight, requests gather until one comes back or
-``max_delay_s`` passes, whichever is first. A request of ``max_batch_size`` rows or more goes out
-alone, at once.
+``max_delay_s`` passes, whichever is first. With ``max_in_flight`` set, once that many batches
+with the key are out, the next one gathers until one of them comes back, whatever the delay: a
+backend that executes one call at a time (TF Serving on a GPU) then gets a few large calls instead
+of a queue of small ones. A full batch goes out at once regardless, and so does a request of
+``max_batch_size`` rows or more, alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ RunBatch = Callable[[dict[str, np.ndarray], float], Awaitable[AnswerT]]
 """Answers the concatenated inputs before the given loop-time deadline."""
 
 
+@dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    """How requests are coalesced (from the gateway settings); see the module docstring."""
+
+    max_batch_size: int = 64
+    max_delay_s: float = 0.002
+    max_in_flight: int = 0
+
+
 @dataclass(slots=True)
 class _Waiting(Generic[AnswerT]):
     inputs: Mapping[str, np.ndarray]
@@ -48,14 +60,10 @@ class _Batch(Generic[AnswerT]):
 class MicroBatcher(Generic[AnswerT]):
     """Coalesces concurrent submissions with the same key; one event loop, no locks."""
 
-    def __init__(
-        self,
-        max_batch_size: int,
-        max_delay_s: float,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> None:
-        self._max_rows = max_batch_size
-        self._max_delay_s = max_delay_s
+    def __init__(self, policy: BatchingPolicy, on_batch: Callable[[int], None] | None = None) -> None:
+        self._max_rows = policy.max_batch_size
+        self._max_delay_s = policy.max_delay_s
+        self._max_in_flight = policy.max_in_flight
         self._on_batch = on_batch
         self._open: dict[Hashable, _Batch[AnswerT]] = {}
         self._in_flight: dict[Hashable, int] = {}
@@ -81,16 +89,25 @@ class MicroBatcher(Generic[AnswerT]):
         if batch is None:
             batch = _Batch(run=run)
             self._open[key] = batch
-            if self._in_flight.get(key, 0):
-                batch.timer = loop.call_later(self._max_delay_s, self._flush, key, batch)
-            else:
+            if not self._in_flight.get(key, 0):
                 batch.timer = loop.call_soon(self._flush, key, batch)
+            elif self._slot_free(key):
+                batch.timer = loop.call_later(self._max_delay_s, self._delay_passed, key, batch)
+            # else: it goes out when an in-flight batch comes back (see _finished)
         future: asyncio.Future[tuple[dict[str, np.ndarray], AnswerT]] = loop.create_future()
         batch.waiting.append(_Waiting(inputs, rows, deadline, future))
         batch.rows += rows
         if batch.rows >= self._max_rows:
             self._flush(key, batch)
         return await future
+
+    def _slot_free(self, key: Hashable) -> bool:
+        return not self._max_in_flight or self._in_flight.get(key, 0) < self._max_in_flight
+
+    def _delay_passed(self, key: Hashable, batch: _Batch[AnswerT]) -> None:
+        batch.timer = None
+        if self._slot_free(key):  # full batches may have taken the free slots meanwhile
+            self._flush(key, batch)
 
     def _flush(self, key: Hashable, batch: _Batch[AnswerT]) -> None:
         if self._open.get(key) is batch:
@@ -110,10 +127,11 @@ class MicroBatcher(Generic[AnswerT]):
             self._in_flight[key] = left
         else:
             self._in_flight.pop(key, None)
-            # The backends are free again: what gathered meanwhile goes out now, not at its timer.
-            waiting = self._open.get(key)
-            if waiting is not None:
-                self._flush(key, waiting)
+        # The backends are free again (or, with max_in_flight, a slot is): what gathered meanwhile
+        # goes out now, not at its timer.
+        waiting = self._open.get(key)
+        if waiting is not None and (not left or (self._max_in_flight and left < self._max_in_flight)):
+            self._flush(key, waiting)
 
     async def _run(self, batch: _Batch[AnswerT]) -> None:
         # Requests whose callers went away (cancelled) are left out of the backend call.

@@ -29,7 +29,7 @@ import numpy as np
 
 from registry.manifest import Manifest, MemberRef, TensorSpec
 from serving import combine
-from serving.batching import MicroBatcher
+from serving.batching import BatchingPolicy, MicroBatcher
 from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from serving.manifest_source import ServedManifests, served_version
@@ -193,20 +193,16 @@ class EnsembleCore:
         *,
         policy: FanOutPolicy | None = None,
         metrics: GatewayMetrics | None = None,
-        batching: tuple[int, float] | None = None,
+        batching: BatchingPolicy | None = None,
     ) -> None:
-        """``batching`` is ``(max_batch_size, max_delay_s)`` to coalesce concurrent requests."""
+        """With ``batching``, concurrent requests are coalesced into one fan-out."""
         self._served = served
         self._caller = caller
         self._policy = policy or FanOutPolicy()
         self._metrics = metrics or GatewayMetrics()
         self._batcher: MicroBatcher[EnsembleAnswer] | None = None
         if batching is not None:
-            self._batcher = MicroBatcher(
-                max_batch_size=batching[0],
-                max_delay_s=batching[1],
-                on_batch=self._metrics.batch_size.observe,
-            )
+            self._batcher = MicroBatcher(batching, on_batch=self._metrics.batch_size.observe)
         self._latency_children: dict[tuple[str, int], Any] = {}
         self._weight_cache: dict[int, tuple[Manifest, combine.FloatArray]] = {}
         self._publish(served)

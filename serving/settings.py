@@ -127,6 +127,14 @@ class GatewaySettings(BaseSettings):
     max_delay_ms: float = Field(
         default=2.0, ge=0, description="Longest a request waits for others to join its batch."
     )
+    max_inflight_batches: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Batches per input shape out at once; while that many are out, the next batch gathers "
+            "until one comes back, whatever max_delay_ms says (0: no limit)."
+        ),
+    )
 
     # --- protection and process ----------------------------------------------------------------
     max_body_bytes: int = Field(

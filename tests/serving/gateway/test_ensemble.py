@@ -10,6 +10,7 @@ import pytest
 
 from registry.manifest import MemberRef
 from serving import combine
+from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.ensemble import (
     DETAIL_HEADER,
@@ -244,7 +245,7 @@ def test_detail_header_adds_spread_and_member_outputs() -> None:
 
 
 def test_micro_batching_coalesces_and_splits_answers_back() -> None:
-    core, caller, _ = make_core(batching=(64, 0.05))
+    core, caller, _ = make_core(batching=BatchingPolicy(64, 0.05))
     inputs = [rows(n, seed=n) for n in (1, 2, 3, 1, 5, 2, 1, 4)]
 
     async def run_all() -> list[PredictResult]:
@@ -302,7 +303,7 @@ def test_ready_can_judge_a_candidate_manifest_before_it_is_served() -> None:
 
 def test_micro_batching_adapts_to_load() -> None:
     # A long max delay: only the in-flight batch coming back can release the next one early.
-    core, caller, _ = make_core(batching=(64, 5.0))
+    core, caller, _ = make_core(batching=BatchingPolicy(64, 5.0))
     caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
 
     async def scenario() -> list[PredictResult]:
@@ -317,3 +318,56 @@ def test_micro_batching_adapts_to_load() -> None:
     assert [r.headers[MEMBERS_HEADER] for r in started] == ["3/3"] * 4
     rows_per_call = [n for name, n in caller.calls if name == "toy-m0"]
     assert rows_per_call == [1, 9]  # the idle gateway sent the first at once; the rest gathered
+
+
+def test_micro_batching_in_flight_cap_holds_batches_back_past_the_delay() -> None:
+    # One batch out at a time: while it is out, later requests gather past the 10 ms delay, so a
+    # backend that executes one call at a time gets one large call instead of a queue of small ones.
+    core, caller, _ = make_core(batching=BatchingPolicy(64, 0.01, max_in_flight=1))
+    caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
+
+    async def scenario() -> list[PredictResult]:
+        first = asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))
+        later = []
+        for n in (2, 3, 4):
+            await asyncio.sleep(0.03)
+            later.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
+        return await asyncio.gather(first, *later)
+
+    results = asyncio.run(scenario())
+    for n, result in zip((1, 2, 3, 4), results, strict=True):
+        x = rows(n) if n == 1 else rows(n, seed=n)
+        np.testing.assert_allclose(
+            result.outputs["probabilities"], offline(core.served.default, x), atol=1e-6
+        )
+    assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 9]
+
+
+def test_micro_batching_without_cap_releases_batches_at_the_delay() -> None:
+    # The same arrivals with no cap: each gathered batch goes out when its 10 ms delay passes.
+    core, caller, _ = make_core(batching=BatchingPolicy(64, 0.01))
+    caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))]
+        for n in (2, 3, 4):
+            await asyncio.sleep(0.03)
+            tasks.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 2, 3, 4]
+
+
+def test_micro_batching_full_batch_goes_out_despite_the_cap() -> None:
+    core, caller, _ = make_core(batching=BatchingPolicy(4, 0.01, max_in_flight=1))
+    caller.delay_s = {m.name: 0.1 for m in core.served.default.members}
+
+    async def scenario() -> None:
+        first = asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, *(core.predict(ModelRef("toy"), {"x": rows(2, seed=s)}) for s in (5, 6)))
+
+    asyncio.run(scenario())
+    # The two 2-row requests fill a 4-row batch, which goes out while the first is still out.
+    assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 4]
