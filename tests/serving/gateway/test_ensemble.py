@@ -301,20 +301,22 @@ def test_ready_can_judge_a_candidate_manifest_before_it_is_served() -> None:
     assert asyncio.run(core.ready())[0]  # what is served now is unaffected
 
 
+async def staggered(core: EnsembleCore, gap_s: float) -> list[PredictResult]:
+    """Requests of 1, 2, 3 and 4 rows (seeded by their size), ``gap_s`` apart, all awaited."""
+    tasks: list[asyncio.Task[PredictResult]] = []
+    for n in (1, 2, 3, 4):
+        if tasks:
+            await asyncio.sleep(gap_s)
+        tasks.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
+    return await asyncio.gather(*tasks)
+
+
 def test_micro_batching_adapts_to_load() -> None:
     # A long max delay: only the in-flight batch coming back can release the next one early.
     core, caller, _ = make_core(batching=BatchingPolicy(64, 5.0))
     caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
 
-    async def scenario() -> list[PredictResult]:
-        first = asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))
-        later = []
-        for n in (2, 3, 4):
-            await asyncio.sleep(0.02)
-            later.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
-        return await asyncio.gather(first, *later)
-
-    started = asyncio.run(scenario())
+    started = asyncio.run(staggered(core, gap_s=0.02))
     assert [r.headers[MEMBERS_HEADER] for r in started] == ["3/3"] * 4
     rows_per_call = [n for name, n in caller.calls if name == "toy-m0"]
     assert rows_per_call == [1, 9]  # the idle gateway sent the first at once; the rest gathered
@@ -326,17 +328,9 @@ def test_micro_batching_in_flight_cap_holds_batches_back_past_the_delay() -> Non
     core, caller, _ = make_core(batching=BatchingPolicy(64, 0.01, max_in_flight=1))
     caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
 
-    async def scenario() -> list[PredictResult]:
-        first = asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))
-        later = []
-        for n in (2, 3, 4):
-            await asyncio.sleep(0.03)
-            later.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
-        return await asyncio.gather(first, *later)
-
-    results = asyncio.run(scenario())
+    results = asyncio.run(staggered(core, gap_s=0.03))
     for n, result in zip((1, 2, 3, 4), results, strict=True):
-        x = rows(n) if n == 1 else rows(n, seed=n)
+        x = rows(n, seed=n)
         np.testing.assert_allclose(
             result.outputs["probabilities"], offline(core.served.default, x), atol=1e-6
         )
@@ -348,14 +342,7 @@ def test_micro_batching_without_cap_releases_batches_at_the_delay() -> None:
     core, caller, _ = make_core(batching=BatchingPolicy(64, 0.01))
     caller.delay_s = {m.name: 0.2 for m in core.served.default.members}
 
-    async def scenario() -> None:
-        tasks = [asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(1)}))]
-        for n in (2, 3, 4):
-            await asyncio.sleep(0.03)
-            tasks.append(asyncio.create_task(core.predict(ModelRef("toy"), {"x": rows(n, seed=n)})))
-        await asyncio.gather(*tasks)
-
-    asyncio.run(scenario())
+    asyncio.run(staggered(core, gap_s=0.03))
     assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 2, 3, 4]
 
 
