@@ -45,6 +45,7 @@ from tests.serving.gateway.helpers import (  # noqa: E402
     make_manifest,
     start_fake_backend,
     start_gateway,
+    start_process,
     stop_process,
 )
 
@@ -61,13 +62,15 @@ ROWS = 1
 GPU_PER_CALL_MS = 10.0
 GPU_PER_ROW_MS = 0.05
 DEFAULT_MAX_DELAY_MS = 2.0  # the gateway's default max_delay_ms
-# With GPU-like members, batching is also measured with max_delay_ms raised to the per-call cost.
-BATCHING_RUNS = (
-    (False, False, DEFAULT_MAX_DELAY_MS),
-    (False, True, DEFAULT_MAX_DELAY_MS),
-    (True, False, DEFAULT_MAX_DELAY_MS),
-    (True, True, DEFAULT_MAX_DELAY_MS),
-    (True, True, GPU_PER_CALL_MS),
+# (gpu_like, batching, max_inflight_batches): None is the gateway's default (2); 0, no cap, shows
+# what the cap does, since then only max_delay_ms paces the batches.
+BATCHING_RUNS: tuple[tuple[bool, bool, int | None], ...] = (
+    (False, False, None),
+    (False, True, None),
+    (False, True, 0),
+    (True, False, None),
+    (True, True, None),
+    (True, True, 0),
 )
 
 
@@ -212,7 +215,7 @@ def ensemble(
     batching: bool = False,
     members: int = MEMBERS,
     gpu_like: bool = False,
-    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+    max_inflight: int | None = None,
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
     """Members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend).
 
@@ -221,7 +224,7 @@ def ensemble(
     """
     weights = tuple([1.0 / members] * members)
     manifest = make_manifest(weights, name="bench", min_members=min(3, members))
-    path = workdir / f"bench-{delay_ms}-{batching}-{members}-{gpu_like}-{max_delay_ms}.json"
+    path = workdir / f"bench-{delay_ms}-{batching}-{members}-{gpu_like}-{max_inflight}.json"
     manifest.save(path)
     backend_port, rest_port, grpc_port = free_port(), free_port(), free_port()
     execution = (
@@ -237,11 +240,13 @@ def ensemble(
     try:
         env = {
             "ENSEMBLE_BATCHING": "true" if batching else "false",
-            "ENSEMBLE_MAX_DELAY_MS": str(max_delay_ms),
+            "ENSEMBLE_MAX_DELAY_MS": str(DEFAULT_MAX_DELAY_MS),
             "ENSEMBLE_MAX_BATCH_SIZE": "64",
             "ENSEMBLE_MEMBER_DEADLINE_S": "5",
             "ENSEMBLE_REQUEST_DEADLINE_S": "10",
         }
+        if max_inflight is not None:
+            env["ENSEMBLE_MAX_INFLIGHT_BATCHES"] = str(max_inflight)
         address = f"127.0.0.1:{backend_port}"
         gateway = start_gateway(
             path, {m.name: address for m in manifest.members}, rest_port, grpc_port, env=env
@@ -251,6 +256,30 @@ def ensemble(
         if gateway is not None:
             stop_process(gateway)
         stop_process(backend)
+
+
+PASSTHROUGH = "bare grpc.aio pass-through (floor)"
+
+
+@contextlib.contextmanager
+def passthrough(backend_port: int, members: list[str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """bench/passthrough.py in front of ``members``; yields (process, gRPC port)."""
+    port = free_port()
+    proc = start_process(
+        [
+            str(Path(__file__).with_name("passthrough.py")),
+            "--port",
+            str(port),
+            "--backend",
+            f"127.0.0.1:{backend_port}",
+            "--members",
+            ",".join(members),
+        ]
+    )
+    try:
+        yield proc, port
+    finally:
+        stop_process(proc)
 
 
 async def run_all(duration_s: float) -> list[Result]:
@@ -275,6 +304,16 @@ async def run_all(duration_s: float) -> list[Result]:
                             concurrency, duration_s, gateway.pid,
                         )
                     )  # fmt: skip
+            # The floor: what grpc.aio alone costs for one call in and N calls out.
+            for count in (1, MEMBERS):
+                names = [f"bench-m{i}" for i in range(count)]
+                with passthrough(backend_port, names) as (proxy, proxy_port):
+                    results.append(
+                        await measure(
+                            f"{PASSTHROUGH}, {count} member{'s' if count > 1 else ''}", "grpc",
+                            f"127.0.0.1:{proxy_port}", "bench", 1, duration_s, proxy.pid,
+                        )
+                    )  # fmt: skip
         with ensemble(workdir, members=1) as (gateway, _rest, grpc_port, _backend):
             results.append(
                 await measure(
@@ -289,8 +328,8 @@ async def run_all(duration_s: float) -> list[Result]:
                         "bench", concurrency, duration_s, gateway.pid,
                     )
                 )  # fmt: skip
-        for gpu_like, batching, max_delay_ms in BATCHING_RUNS:
-            with ensemble(workdir, batching=batching, gpu_like=gpu_like, max_delay_ms=max_delay_ms) as (
+        for gpu_like, batching, max_inflight in BATCHING_RUNS:
+            with ensemble(workdir, batching=batching, gpu_like=gpu_like, max_inflight=max_inflight) as (
                 gateway, rest_port, grpc_port, _backend,
             ):  # fmt: skip
                 for protocol, target in (
@@ -299,7 +338,7 @@ async def run_all(duration_s: float) -> list[Result]:
                 ):
                     before = _batch_totals(rest_port)
                     result = await measure(
-                        _batching_scenario(batching, gpu_like, max_delay_ms), protocol, target,
+                        _batching_scenario(batching, gpu_like, max_inflight), protocol, target,
                         "bench", 64, duration_s, gateway.pid,
                     )  # fmt: skip
                     after = _batch_totals(rest_port)
@@ -318,10 +357,10 @@ def _client_share(result: Result) -> float:
     return (result.client_cpu_ms_per_request or 0.0) * result.rps / 1000
 
 
-def _batching_scenario(batching: bool, gpu_like: bool, max_delay_ms: float = DEFAULT_MAX_DELAY_MS) -> str:
+def _batching_scenario(batching: bool, gpu_like: bool, max_inflight: int | None = None) -> str:
     name = f"micro-batching {'on' if batching else 'off'}"
-    if max_delay_ms != DEFAULT_MAX_DELAY_MS:
-        name += f" (max delay {max_delay_ms:g} ms)"
+    if max_inflight == 0:
+        name += " (no in-flight cap)"
     return f"{name}, GPU-like members" if gpu_like else name
 
 
@@ -400,33 +439,45 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
             f"- The same with 1 member behind the gateway: {single.p50_ms - direct.p50_ms:+.2f} ms "
             "(the gateway's fixed cost; the rest is the cost of each extra member call)."
         )
+    floor_1 = _find(results, f"{PASSTHROUGH}, 1 member", "grpc", 1)
+    floor_n = _find(results, f"{PASSTHROUGH}, {MEMBERS} members", "grpc", 1)
+    if direct and floor_1 and floor_n:
+        lines.append(
+            f"- The floor, a bare grpc.aio pass-through with no validation, combining or metrics "
+            f"(bench/passthrough.py), on this machine: {floor_1.p50_ms - direct.p50_ms:+.2f} ms with "
+            f"1 member and {floor_n.p50_ms - direct.p50_ms:+.2f} ms with {MEMBERS}, at "
+            f"{floor_1.gateway_cpu_ms_per_request:.2f} / {floor_n.gateway_cpu_ms_per_request:.2f} ms "
+            "of CPU per request. No gateway built on grpc.aio goes below it here."
+        )
+    if gateway and floor_n:
+        lines.append(
+            f"- The gateway over that floor with {MEMBERS} members: "
+            f"{gateway.p50_ms - floor_n.p50_ms:+.2f} ms p50, "
+            f"{(gateway.gateway_cpu_ms_per_request or 0) - (floor_n.gateway_cpu_ms_per_request or 0):+.2f} "
+            "ms of CPU per request (validation, decoding, combining, deadlines, breakers, metrics)."
+        )
     if slow:
         lines.append(f"- 5 members with 20 ms each: ensemble p50 {slow.p50_ms:.1f} ms (target: near 20 ms).")
-    for gpu_like, max_delay_ms, backend in (
-        (
-            False,
-            DEFAULT_MAX_DELAY_MS,
-            "plain fake members, which answer at once and take any number of calls at a time: the "
-            "backend is never the bottleneck, so this shows batching's effect on the gateway alone",
-        ),
-        (
-            True,
-            DEFAULT_MAX_DELAY_MS,
-            f"GPU-like members: each executes one call at a time at {GPU_PER_CALL_MS:g} ms per call "
-            f"plus {GPU_PER_ROW_MS:g} ms per row, as TF Serving on a GPU does; this is the case "
-            "micro-batching is for",
-        ),
-        (
-            True,
-            GPU_PER_CALL_MS,
-            f"the same GPU-like members and max_delay_ms raised from the default "
-            f"{DEFAULT_MAX_DELAY_MS:g} to the per-call cost, {GPU_PER_CALL_MS:g} ms",
-        ),
+    plain = (
+        "plain fake members, which answer at once and take any number of calls at a time: the "
+        "backend is never the bottleneck, so this shows batching's effect on the gateway alone"
+    )
+    gpu = (
+        f"GPU-like members: each executes one call at a time at {GPU_PER_CALL_MS:g} ms per call "
+        f"plus {GPU_PER_ROW_MS:g} ms per row, as TF Serving on a GPU does; this is the case "
+        "micro-batching is for"
+    )
+    no_cap = "; max_inflight_batches 0, so only max_delay_ms paces the batches"
+    for gpu_like, max_inflight, backend in (
+        (False, None, f"{plain}; default settings"),
+        (False, 0, f"{plain}{no_cap}"),
+        (True, None, f"{gpu}; default settings"),
+        (True, 0, f"the same GPU-like members{no_cap}"),
     ):
         ratios = []
         for protocol in ("grpc", "rest"):
             off = _find(results, _batching_scenario(False, gpu_like), protocol, 64)
-            on = _find(results, _batching_scenario(True, gpu_like, max_delay_ms), protocol, 64)
+            on = _find(results, _batching_scenario(True, gpu_like, max_inflight), protocol, 64)
             if off and on:
                 per_batch = (
                     f", {on.requests_per_batch:.2f} requests per batch" if on.requests_per_batch else ""

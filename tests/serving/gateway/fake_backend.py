@@ -147,6 +147,11 @@ async def serve(
     add_PredictionServiceServicer_to_server(servicer, server)
     add_ModelServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
+    await serve_until_signalled(server)
+
+
+async def serve_until_signalled(server: grpc.aio.Server) -> None:
+    """Start ``server``, print READY, and stop it on SIGTERM or SIGINT."""
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
