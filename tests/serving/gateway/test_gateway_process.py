@@ -106,8 +106,12 @@ def deployment(
     delay_ms: float = 0.0,
     slow_members: list[str] | None = None,
     env: dict[str, str] | None = None,
+    serial_call_ms: float = 0.0,
 ) -> Iterator[Deployment]:
-    """Start the backends and the gateway all at once (startup is the slow part), then wait."""
+    """Start the backends and the gateway all at once (startup is the slow part), then wait.
+
+    ``serial_call_ms`` makes every member GPU-like: one call at a time, each taking that long.
+    """
     manifest = manifest or make_manifest()
     path = tmp_path / "ensemble.json"
     manifest.save(path)
@@ -124,7 +128,12 @@ def deployment(
         for group in groups:
             deploy.backends[group[0] if separate else "all"] = spawn_process(
                 fake_backend_args(
-                    deploy.member_ports[group[0]], group, delay_ms=delay_ms, slow_models=slow_members
+                    deploy.member_ports[group[0]],
+                    group,
+                    delay_ms=delay_ms,
+                    slow_models=slow_members,
+                    per_call_ms=serial_call_ms,
+                    serial=bool(serial_call_ms),
                 )
             )
         addresses = {name: f"127.0.0.1:{port}" for name, port in deploy.member_ports.items()}
@@ -384,6 +393,64 @@ def test_manifest_moving_under_load_fails_nothing(tmp_path: Path) -> None:
     assert kinds[-1] == "new"
     # once switched, never back
     assert kinds == sorted(kinds, key=lambda k: k == "new")
+
+
+def test_gpu_like_fake_member_executes_one_call_at_a_time(tmp_path: Path) -> None:
+    # The benchmark's GPU-like members rely on this: concurrent calls to one model queue.
+    manifest = make_manifest()
+    with deployment(tmp_path, manifest, serial_call_ms=150) as deploy:
+        member = manifest.members[0].name
+
+        async def three_at_once() -> float:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{deploy.member_ports[member]}") as channel:
+                stub = PredictionServiceStub(channel)
+                request = PredictRequest()
+                request.model_spec.name = member
+                request.inputs["x"].CopyFrom(to_tensor_proto(rows(1)))
+                started = time.perf_counter()
+                await asyncio.gather(*(stub.Predict(request, timeout=10) for _ in range(3)))
+                return time.perf_counter() - started
+
+        elapsed = asyncio.run(three_at_once())
+    assert elapsed >= 3 * 0.150 * 0.95  # in turn, never side by side
+
+
+def test_micro_batching_under_concurrent_grpc_load(tmp_path: Path) -> None:
+    manifest = make_manifest()
+    inputs = [rows(1 + i % 3, seed=i) for i in range(24)]
+    env = {"ENSEMBLE_BATCHING": "true", "ENSEMBLE_MAX_DELAY_MS": "5"}
+    with deployment(tmp_path, manifest, serial_call_ms=40, env=env) as deploy:
+
+        async def burst() -> list[np.ndarray]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{deploy.grpc_port}") as channel:
+                stub = PredictionServiceStub(channel)
+
+                async def one(x: np.ndarray) -> np.ndarray:
+                    request = PredictRequest()
+                    request.model_spec.name = "toy"
+                    request.inputs["x"].CopyFrom(to_tensor_proto(x))
+                    response = await stub.Predict(request, timeout=20)
+                    return from_tensor_proto(response.outputs["probabilities"])
+
+                return await asyncio.gather(*(one(x) for x in inputs))
+
+        answers = asyncio.run(burst())
+        metrics = httpx.get(f"{deploy.url}/metrics", timeout=10).text
+    for x, answer in zip(inputs, answers, strict=True):
+        np.testing.assert_allclose(answer, offline(manifest, x), atol=1e-6)
+    requests, batches = (
+        _metric(metrics, "ensemble_batch_requests_sum"),
+        _metric(metrics, "ensemble_batch_requests_count"),
+    )
+    assert requests == len(inputs)
+    assert batches < len(inputs) / 2  # coalesced: members that take one call at a time set the pace
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def _which(answer: np.ndarray, old: np.ndarray, new: np.ndarray) -> str:
