@@ -71,9 +71,10 @@ def choose_weights(
         assert config.assemble.given is not None
         chosen = weights.given([config.assemble.given[i] for i in eligible])
     elif method == "optimized":
-        chosen = weights.optimized(outputs, truth, kinds)
+        chosen = weights.shrink(weights.optimized(outputs, truth, kinds), config.assemble.shrinkage)
     elif method == "greedy":
-        chosen = weights.greedy(outputs, truth, kinds, config.assemble.greedy_rounds)
+        learned = weights.greedy(outputs, truth, kinds, config.assemble.greedy_rounds)
+        chosen = weights.shrink(learned, config.assemble.shrinkage)
     else:
         chosen = weights.uniform(len(eligible))
     full = np.zeros(len(members))

@@ -172,6 +172,15 @@ class AssembleConfig(_Strict):
     weights: WeightMethod = "optimized"
     given: list[float] | None = Field(default=None, description="Weights for `given`, one per member.")
     greedy_rounds: int = Field(default=50, ge=1, description="Selection rounds of greedy selection.")
+    shrinkage: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Blend learned (optimized or greedy) weights toward uniform, (1 - s) * w + s / n: on a small "
+            "validation split the learned weights tend to pile onto one or two members."
+        ),
+    )
     min_members: int = Field(default=1, ge=1, description="Serving quorum written to the manifest.")
 
     @model_validator(mode="after")

@@ -46,6 +46,14 @@ def given(weights: Sequence[float]) -> np.ndarray:
     return normalized(weights)
 
 
+def shrink(weights: Sequence[float] | np.ndarray, shrinkage: float) -> np.ndarray:
+    """``(1 - shrinkage) * weights + shrinkage * uniform``: learned weights pulled toward equal ones."""
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    w = normalized(weights)
+    return normalized((1.0 - shrinkage) * w + shrinkage * uniform(len(w)))
+
+
 def optimized(
     member_outputs: Sequence[Mapping[str, np.ndarray]],
     truth: Mapping[str, np.ndarray],

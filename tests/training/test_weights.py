@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from serving.combine import combine_outputs
-from training.weights import given, greedy, optimized, uniform, validation_loss
+from training.config import AssembleConfig
+from training.weights import given, greedy, optimized, shrink, uniform, validation_loss
 
 KINDS = {"probabilities": "probabilities"}
 
@@ -74,3 +76,17 @@ def test_given_and_uniform() -> None:
     assert np.allclose(uniform(4), 0.25)
     with pytest.raises(ValueError, match="positive"):
         given([0, 0])
+
+
+def test_shrinkage_pulls_learned_weights_toward_uniform() -> None:
+    np.testing.assert_allclose(shrink([1.0, 0.0, 0.0], 0.3), [0.8, 0.1, 0.1])
+    np.testing.assert_allclose(shrink([0.6, 0.4], 0.0), [0.6, 0.4])
+    np.testing.assert_allclose(shrink([0.9, 0.1, 0.0, 0.0], 1.0), [0.25] * 4)
+    with pytest.raises(ValueError, match="shrinkage"):
+        shrink([0.5, 0.5], 1.5)
+
+
+def test_shrinkage_is_validated_in_the_config() -> None:
+    assert AssembleConfig(shrinkage=0.2).shrinkage == 0.2
+    with pytest.raises(ValidationError):
+        AssembleConfig(shrinkage=-0.1)
