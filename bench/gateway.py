@@ -85,6 +85,7 @@ class Result:
     p99_ms: float
     rps: float
     gateway_cpu_ms_per_request: float | None = None
+    backend_cpu_ms_per_request: float | None = None
     requests_per_batch: float | None = None
     client_cpu_ms_per_request: float | None = None
 
@@ -142,7 +143,10 @@ async def measure(
     concurrency: int,
     duration_s: float,
     pid: int | None,
+    backend_pid: int | None = None,
 ) -> Result:
+    """One measurement; ``pid`` is the gateway (or proxy) whose CPU is counted, ``backend_pid`` the
+    member backend's."""
     x = np.random.default_rng(0).normal(size=(ROWS, 4)).astype(np.float32)
     if protocol == "grpc":
         channel = grpc.aio.insecure_channel(target)
@@ -189,22 +193,37 @@ async def measure(
     try:
         await _drive(call, concurrency, min(0.5, duration_s / 4))  # warm-up: channels, connections
         cpu_before = _cpu_seconds(pid) if pid else 0.0
+        backend_before = _cpu_seconds(backend_pid) if backend_pid else 0.0
         client_before = time.process_time()
         started = time.perf_counter()
         latencies, errors = await _drive(call, concurrency, duration_s)
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
         cpu_after = _cpu_seconds(pid) if pid else 0.0
+        backend_after = _cpu_seconds(backend_pid) if backend_pid else 0.0
     finally:
         await closer()
     result = _summarise(scenario, protocol, concurrency, latencies, errors, elapsed)
     if pid and latencies:
         result.gateway_cpu_ms_per_request = round((cpu_after - cpu_before) / len(latencies) * 1000, 3)
+    if backend_pid and latencies:
+        result.backend_cpu_ms_per_request = round((backend_after - backend_before) / len(latencies) * 1000, 3)
     if latencies:
         # The load generator shares the machine; where it nears a full core it is the bottleneck.
         result.client_cpu_ms_per_request = round(client_cpu / len(latencies) * 1000, 3)
     print(json.dumps(asdict(result)), flush=True)
     return result
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running gateway and the backend process that hosts its members."""
+
+    gateway: subprocess.Popen[str]
+    backend: subprocess.Popen[str]
+    rest_port: int
+    grpc_port: int
+    backend_port: int
 
 
 @contextlib.contextmanager
@@ -216,8 +235,8 @@ def ensemble(
     members: int = MEMBERS,
     gpu_like: bool = False,
     max_inflight: int | None = None,
-) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
-    """Members on one backend process, and a gateway in front; yields (gateway, rest, grpc, backend).
+) -> Iterator[Stack]:
+    """Members on one backend process, and a gateway in front.
 
     ``gpu_like`` makes each member execute one call at a time at ``GPU_PER_CALL_MS`` plus
     ``GPU_PER_ROW_MS`` per row.
@@ -251,7 +270,7 @@ def ensemble(
         gateway = start_gateway(
             path, {m.name: address for m in manifest.members}, rest_port, grpc_port, env=env
         )
-        yield gateway, rest_port, grpc_port, backend_port
+        yield Stack(gateway, backend, rest_port, grpc_port, backend_port)
     finally:
         if gateway is not None:
             stop_process(gateway)
@@ -286,62 +305,63 @@ async def run_all(duration_s: float) -> list[Result]:
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        with ensemble(workdir) as (gateway, rest_port, grpc_port, backend_port):
+        with ensemble(workdir) as stack:
+            backend_pid = stack.backend.pid
             for concurrency in (1, 32):
                 results.append(
                     await measure(
-                        "direct, 1 member", "grpc", f"127.0.0.1:{backend_port}", "bench-m0",
-                        concurrency, duration_s, None,
+                        "direct, 1 member", "grpc", f"127.0.0.1:{stack.backend_port}", "bench-m0",
+                        concurrency, duration_s, None, backend_pid,
                     )
                 )  # fmt: skip
                 for protocol, target in (
-                    ("grpc", f"127.0.0.1:{grpc_port}"),
-                    ("rest", f"http://127.0.0.1:{rest_port}"),
+                    ("grpc", f"127.0.0.1:{stack.grpc_port}"),
+                    ("rest", f"http://127.0.0.1:{stack.rest_port}"),
                 ):
                     results.append(
                         await measure(
                             f"gateway, {MEMBERS} members", protocol, target, "bench",
-                            concurrency, duration_s, gateway.pid,
+                            concurrency, duration_s, stack.gateway.pid, backend_pid,
                         )
                     )  # fmt: skip
             # The floor: what grpc.aio alone costs for one call in and N calls out.
             for count in (1, MEMBERS):
                 names = [f"bench-m{i}" for i in range(count)]
-                with passthrough(backend_port, names) as (proxy, proxy_port):
+                with passthrough(stack.backend_port, names) as (proxy, proxy_port):
                     results.append(
                         await measure(
                             f"{PASSTHROUGH}, {count} member{'s' if count > 1 else ''}", "grpc",
-                            f"127.0.0.1:{proxy_port}", "bench", 1, duration_s, proxy.pid,
+                            f"127.0.0.1:{proxy_port}", "bench", 1, duration_s, proxy.pid, backend_pid,
                         )
                     )  # fmt: skip
-        with ensemble(workdir, members=1) as (gateway, _rest, grpc_port, _backend):
+        with ensemble(workdir, members=1) as stack:
             results.append(
                 await measure(
-                    "gateway, 1 member", "grpc", f"127.0.0.1:{grpc_port}", "bench", 1, duration_s, gateway.pid
+                    "gateway, 1 member", "grpc", f"127.0.0.1:{stack.grpc_port}", "bench", 1,
+                    duration_s, stack.gateway.pid, stack.backend.pid,
                 )
-            )
-        with ensemble(workdir, delay_ms=20.0) as (gateway, _rest, grpc_port, _backend):
+            )  # fmt: skip
+        with ensemble(workdir, delay_ms=20.0) as stack:
             for concurrency in (1, 32):
                 results.append(
                     await measure(
-                        f"gateway, {MEMBERS} members with 20 ms each", "grpc", f"127.0.0.1:{grpc_port}",
-                        "bench", concurrency, duration_s, gateway.pid,
+                        f"gateway, {MEMBERS} members with 20 ms each", "grpc",
+                        f"127.0.0.1:{stack.grpc_port}", "bench", concurrency, duration_s,
+                        stack.gateway.pid, stack.backend.pid,
                     )
                 )  # fmt: skip
         for gpu_like, batching, max_inflight in BATCHING_RUNS:
-            with ensemble(workdir, batching=batching, gpu_like=gpu_like, max_inflight=max_inflight) as (
-                gateway, rest_port, grpc_port, _backend,
-            ):  # fmt: skip
+            with ensemble(workdir, batching=batching, gpu_like=gpu_like, max_inflight=max_inflight) as stack:
                 for protocol, target in (
-                    ("grpc", f"127.0.0.1:{grpc_port}"),
-                    ("rest", f"http://127.0.0.1:{rest_port}"),
+                    ("grpc", f"127.0.0.1:{stack.grpc_port}"),
+                    ("rest", f"http://127.0.0.1:{stack.rest_port}"),
                 ):
-                    before = _batch_totals(rest_port)
+                    before = _batch_totals(stack.rest_port)
                     result = await measure(
                         _batching_scenario(batching, gpu_like, max_inflight), protocol, target,
-                        "bench", 64, duration_s, gateway.pid,
+                        "bench", 64, duration_s, stack.gateway.pid, stack.backend.pid,
                     )  # fmt: skip
-                    after = _batch_totals(rest_port)
+                    after = _batch_totals(stack.rest_port)
                     if batching and after[1] > before[1]:
                         result.requests_per_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
                     results.append(result)
@@ -413,16 +433,22 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
         "generator's own CPU time per request.",
         "",
         "| scenario | protocol | concurrency | p50 ms | p99 ms | req/s | gateway CPU ms/req "
-        "| client CPU ms/req | req/batch | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend CPU ms/req | client CPU ms/req | req/batch | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        cpu = "" if r.gateway_cpu_ms_per_request is None else f"{r.gateway_cpu_ms_per_request:.3f}"
+        cpu, backend, client = (
+            "" if value is None else f"{value:.3f}"
+            for value in (
+                r.gateway_cpu_ms_per_request,
+                r.backend_cpu_ms_per_request,
+                r.client_cpu_ms_per_request,
+            )
+        )
         per_batch = "" if r.requests_per_batch is None else f"{r.requests_per_batch:.2f}"
-        client = "" if r.client_cpu_ms_per_request is None else f"{r.client_cpu_ms_per_request:.3f}"
         lines.append(
             f"| {r.scenario} | {r.protocol} | {r.concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.rps:.0f} | {cpu} | {client} | {per_batch} | {r.errors} |"
+            f"{r.rps:.0f} | {cpu} | {backend} | {client} | {per_batch} | {r.errors} |"
         )
     direct = _find(results, "direct, 1 member", "grpc", 1)
     single = _find(results, "gateway, 1 member", "grpc", 1)
@@ -448,6 +474,14 @@ def markdown(results: list[Result], meta: dict[str, object]) -> str:
             f"1 member and {floor_n.p50_ms - direct.p50_ms:+.2f} ms with {MEMBERS}, at "
             f"{floor_1.gateway_cpu_ms_per_request:.2f} / {floor_n.gateway_cpu_ms_per_request:.2f} ms "
             "of CPU per request. No gateway built on grpc.aio goes below it here."
+        )
+    if direct and gateway and direct.backend_cpu_ms_per_request and gateway.backend_cpu_ms_per_request:
+        extra = gateway.backend_cpu_ms_per_request - direct.backend_cpu_ms_per_request
+        lines.append(
+            f"- The member backend's CPU per request: {direct.backend_cpu_ms_per_request:.2f} ms for the "
+            f"direct call, {gateway.backend_cpu_ms_per_request:.2f} ms for the gateway's {MEMBERS} calls. "
+            f"Those {extra:.2f} ms run on the same two cores, in one single-threaded backend process: "
+            "a gateway that cost nothing would still add about that much here."
         )
     if gateway and floor_n:
         lines.append(
