@@ -1,7 +1,8 @@
 """Alias moves and their history: every move is a tag on the ensemble's registered model.
 
-A move is recorded as the tag ``alias_move.<alias>.<seq>`` holding JSON (who, when, from, to,
-why, action, forced). Replaying the moves of one alias gives its holder stack, which is what
+A move is recorded as the tag ``alias_move.<alias>.<seq>.<nonce>`` holding JSON (who, when, from,
+to, why, action, forced); the nonce keeps two moves made at the same moment, which count the same
+``seq``, from overwriting each other. Replaying the moves of one alias gives its holder stack, which is what
 ``rollback`` walks back along. The members' registered models carry the same alias, so the
 MLflow UI shows which member versions each alias serves.
 """
@@ -12,6 +13,7 @@ import datetime as dt
 import getpass
 import os
 import re
+import uuid
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -136,7 +138,8 @@ def move_alias(
         for stale in _members_left_behind(client, manifest, alias, previous):
             client.delete_registered_model_alias(stale, alias)
         client.set_registered_model_alias(name, alias, str(manifest.version))
-        client.set_registered_model_tag(name, f"{MOVE_TAG_PREFIX}{alias}.{seq:05d}", move.model_dump_json())
+        key = f"{MOVE_TAG_PREFIX}{alias}.{seq:05d}.{uuid.uuid4().hex[:8]}"
+        client.set_registered_model_tag(name, key, move.model_dump_json())
     return move
 
 

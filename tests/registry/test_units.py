@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from registry.aliases import AliasMove, check_alias, holder_stack
+from registry.aliases import AliasMove, check_alias, history, holder_stack, move_alias
 from registry.defaults import DEFAULT_TRACKING_URI, tracking_uri
 from registry.errors import InvalidArgument
 from registry.manifest import Manifest
@@ -169,3 +170,36 @@ def test_reading_a_missing_local_store_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no registry at"):
         connect(f"sqlite:///{database}")
     assert not database.exists()
+
+
+class _RacingClient:
+    """An MLflow client whose reads all see the state from before any write: two moves racing."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
+        self.snapshot = SimpleNamespace(tags={}, aliases={})
+
+    def get_registered_model(self, name: str) -> SimpleNamespace:
+        return self.snapshot
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        if not name.endswith(("-m0", "-m1")):
+            self.aliases[alias] = version
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        self.tags[key] = value
+
+    def current(self) -> SimpleNamespace:
+        return SimpleNamespace(tags=dict(self.tags), aliases=dict(self.aliases))
+
+
+def test_simultaneous_alias_moves_are_both_recorded(tmp_path: Path) -> None:
+    client = _RacingClient()
+    for manifest in (_manifest(tmp_path, nll=0.2, version=1), _manifest(tmp_path, nll=0.1, version=2)):
+        move_alias(client, manifest, "champion", action="promote")  # type: ignore[arg-type]
+    assert len(client.tags) == 2  # the same seq, different keys: neither overwrote the other
+    client.snapshot = client.current()
+    moves = history(client, "digits", "champion")  # type: ignore[arg-type]
+    assert [move.to_version for move in moves] == [1, 2]
+    assert {move.seq for move in moves} == {1}
