@@ -137,6 +137,16 @@ def backend(
         int,
         typer.Option("--file_system_poll_wait_seconds", help="Look for new versions this often; 0 = once."),
     ] = 1,
+    max_num_load_retries: Annotated[
+        int,
+        typer.Option(
+            "--max_num_load_retries", help="Retries of a failed load after the first try; 0 = none."
+        ),
+    ] = 5,
+    load_retry_interval_micros: Annotated[
+        int,
+        typer.Option("--load_retry_interval_micros", help="Wait between load retries (µs); negative = none."),
+    ] = 60_000_000,
     enable_grpc_healthcheck_service: Annotated[
         str,
         typer.Option(
@@ -166,6 +176,8 @@ def backend(
             model_name=model_name,
             model_base_path=model_base_path,
             file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+            max_num_load_retries=max_num_load_retries,
+            load_retry_interval_micros=load_retry_interval_micros,
             fault_config=fault_config,
             host=host,
         )

@@ -49,6 +49,14 @@ class Servable(Protocol):
 Loader = Callable[[Path], Servable]
 
 
+@dataclass(frozen=True, slots=True)
+class LoadRetries:
+    """TF Serving's ``--max_num_load_retries`` and ``--load_retry_interval_micros``."""
+
+    max_retries: int = 5
+    interval_s: float = 60.0
+
+
 @dataclass(slots=True)
 class VersionSlot:
     """One version of a model and where it is in its lifecycle."""
@@ -115,9 +123,11 @@ class ModelManager:
         *,
         config_file: Path | None = None,
         single_model: ModelEntry | None = None,
+        retries: LoadRetries | None = None,
     ) -> None:
         if (config_file is None) == (single_model is None):
             raise ValueError("give exactly one of config_file and single_model")
+        self._retries = retries or LoadRetries(max_retries=0)
         self._loader = loader
         self._load_executor = load_executor
         self._config_file = config_file
@@ -223,19 +233,32 @@ class ModelManager:
         name = model.entry.name
         log.info("loading %s version %d from %s", name, slot.version, slot.path)
         loop = asyncio.get_running_loop()
-        try:
-            servable = await loop.run_in_executor(self._load_executor, self._loader, slot.path)
-        except Exception as exc:
-            slot.state, slot.error_code = "END", "UNKNOWN"
-            slot.error_message = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
-            log.error("%s", slot.error_message)
-        else:
-            if slot.state != "LOADING" or self.models.get(name) is not model:
-                return  # unloaded while loading: drop it
-            slot.servable, slot.state = servable, "AVAILABLE"
-            log.info("%s version %d is available", name, slot.version)
+        attempts = 1 + self._retries.max_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                servable = await loop.run_in_executor(self._load_executor, self._loader, slot.path)
+            except Exception as exc:
+                error = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
+                if attempt < attempts and self._still_wanted(model, slot):
+                    # As TF Serving: the version stays LOADING while its load is retried.
+                    log.warning("%s (try %d of %d; retrying)", error, attempt, attempts)
+                    await asyncio.sleep(self._retries.interval_s)
+                    if self._still_wanted(model, slot):
+                        continue
+                    return  # unloaded while waiting to retry
+                slot.state, slot.error_code, slot.error_message = "END", "UNKNOWN", error
+                log.error("%s", error)
+            else:
+                if not self._still_wanted(model, slot):
+                    return  # unloaded while loading: drop it
+                slot.servable, slot.state = servable, "AVAILABLE"
+                log.info("%s version %d is available", name, slot.version)
+            break
         if not self._closed:
             await self.reconcile()
+
+    def _still_wanted(self, model: ModelSlot, slot: VersionSlot) -> bool:
+        return slot.state == "LOADING" and self.models.get(model.entry.name) is model and not self._closed
 
     def _unload(self, model: ModelSlot, slot: VersionSlot) -> None:
         if slot.state == "AVAILABLE":

@@ -19,7 +19,7 @@ from grpc import aio
 
 from serving.local_server.core import LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
-from serving.local_server.manager import ModelManager
+from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
 from serving.model_config import ModelConfigError, ModelEntry
 
@@ -49,11 +49,17 @@ def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
 def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> ModelManager:
     from serving.local_server.saved_model import load_servable
 
+    retries = LoadRetries(
+        max_retries=settings.max_num_load_retries,
+        interval_s=max(settings.load_retry_interval_micros, 0) / 1e6,
+    )
     if settings.model_config_file is not None:
-        return ModelManager(load_servable, load_executor, config_file=settings.model_config_file.resolve())
+        return ModelManager(
+            load_servable, load_executor, config_file=settings.model_config_file.resolve(), retries=retries
+        )
     assert settings.model_base_path is not None
     entry = ModelEntry(name=settings.model_name, base_path=str(settings.model_base_path.resolve()))
-    return ModelManager(load_servable, load_executor, single_model=entry)
+    return ModelManager(load_servable, load_executor, single_model=entry, retries=retries)
 
 
 async def serve(settings: BackendSettings) -> None:

@@ -29,6 +29,10 @@ class BackendSettings(BaseModel):
     """Single-model mode: the folder holding numbered version folders."""
     file_system_poll_wait_seconds: int = Field(1, ge=0)
     """Look for new or removed versions this often; 0 looks once at start (and on config changes)."""
+    max_num_load_retries: int = Field(5, ge=0)
+    """Retries of a version that fails to load, after the first try; 0 tries once."""
+    load_retry_interval_micros: int = 60_000_000
+    """Wait between load retries, in microseconds; negative does not wait."""
     fault_config: Path | None = None
     """Fault injection for tests and benchmarks (``serving.local_server.faults``); off when None."""
     host: str = "0.0.0.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ from serving.core import ModelRef
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from serving.local_server.core import LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector, FaultSpec
-from serving.local_server.manager import ModelManager, scan_versions, wanted_versions
+from serving.local_server.manager import LoadRetries, ModelManager, scan_versions, wanted_versions
 from serving.model_config import ModelConfigError, ModelEntry, write_model_config
 from tests.serving.local_server.fakes import FakeServable, make_versions
 
@@ -44,19 +45,26 @@ def test_version_policies(entry: ModelEntry, expected: set[int]) -> None:
 class Harness:
     """A manager over a config file in tmp_path, with loads that can be held back."""
 
-    def __init__(self, tmp_path: Path, entries: list[ModelEntry]) -> None:
+    def __init__(self, tmp_path: Path, entries: list[ModelEntry], retries: LoadRetries | None = None) -> None:
         self.config = tmp_path / "models.config"
         write_model_config(self.config, entries)
         self.gate = threading.Event()
         self.gate.set()
         self.fail: set[int] = set()
+        self.failures_left: dict[int, int] = {}  # version -> loads that fail before one succeeds
+        self.tries: collections.Counter[int] = collections.Counter()
         self.executor = ThreadPoolExecutor(max_workers=4)
-        self.manager = ModelManager(self._load, self.executor, config_file=self.config)
+        self.manager = ModelManager(self._load, self.executor, config_file=self.config, retries=retries)
 
     def _load(self, path: Path) -> FakeServable:
         self.gate.wait(10)
-        if int(path.name) in self.fail:
+        version = int(path.name)
+        self.tries[version] += 1
+        if version in self.fail:
             raise RuntimeError("corrupt saved_model.pb\nsecond line")
+        if self.failures_left.get(version, 0) > 0:
+            self.failures_left[version] -= 1
+            raise OSError("storage not reachable")
         return FakeServable(path)
 
     async def settle(self) -> None:
@@ -133,6 +141,45 @@ def test_failed_load_is_reported_and_the_old_version_stays(tmp_path: Path) -> No
         assert "corrupt saved_model.pb" in statuses[2].error_message
         assert "\n" not in statuses[2].error_message
         assert h.manager.resolve(ModelRef("a"))[0] == 1
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_failed_load_is_retried_as_tf_serving_does(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1)
+    make_versions(tmp_path / "b", 1)
+
+    async def scenario() -> None:
+        h = Harness(
+            tmp_path,
+            [ModelEntry("a", "a"), ModelEntry("b", "b")],
+            LoadRetries(max_retries=2, interval_s=0.05),
+        )
+        h.failures_left[1] = 2  # "a" and "b" share version 1: the first two loads fail, the third works
+        h.manager.read_config()
+        await h.manager.reconcile()
+        await asyncio.sleep(0.02)
+        assert {h.states("a")[1], h.states("b")[1]} == {"LOADING"}  # retrying, not failed yet
+        await h.manager.wait_for_loads()
+        assert h.states("a") == {1: "AVAILABLE"}
+        assert h.states("b") == {1: "AVAILABLE"}
+        assert h.tries[1] == 4  # two failures shared between the models, then one success each
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_load_gives_up_after_the_retries(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, [ModelEntry("a", "a")], LoadRetries(max_retries=2, interval_s=0.01))
+        h.fail.add(1)
+        await h.settle()
+        status = h.manager.status(ModelRef("a"))[0]
+        assert (status.state, status.error_code) == ("END", "UNKNOWN")
+        assert h.tries[1] == 3  # the first try and two retries
         h.manager.close()
 
     asyncio.run(scenario())
