@@ -121,7 +121,12 @@ def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> A
             }
         )
 
+    async def no_model(request: Request) -> Response:
+        # TF Serving routes nothing here: a malformed request, not a missing page.
+        raise InvalidArgument(f"Malformed request: {request.method} {request.url.path}")
+
     path = "/{prefix:tfs_v1_models}/{rest:path}"
     router.add_api_route(path, post, methods=["POST"], include_in_schema=False)
     router.add_api_route(path, get, methods=["GET"], include_in_schema=False)
+    router.add_api_route("/v1/models", no_model, methods=["GET", "POST"], include_in_schema=False)
     return router

@@ -146,6 +146,8 @@ def test_rest_status_and_metadata(rest: tuple[TestClient, RecordingCore]) -> Non
         ("POST", "/v1/models/m/versions/x:predict", b"{}", 400, "Malformed request"),
         ("POST", "/v1/models/m", b"{}", 400, "Malformed request"),
         ("GET", "/v1/models/m:predict", None, 400, "Malformed request"),
+        ("GET", "/v1/models", None, 400, "Malformed request: GET /v1/models"),
+        ("POST", "/v1/models", b"{}", 400, "Malformed request: POST /v1/models"),
         ("GET", "/v1/models/missing", None, 404, "Servable not found"),
         ("POST", "/v1/models/m:classify", b"{}", 501, "classify"),
         ("GET", "/v2/anything", None, 404, "Not Found"),
