@@ -237,23 +237,23 @@ class ModelManager:
         for attempt in range(1, attempts + 1):
             try:
                 servable = await loop.run_in_executor(self._load_executor, self._loader, slot.path)
+                break
             except Exception as exc:
                 error = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
-                if attempt < attempts and self._still_wanted(model, slot):
-                    # As TF Serving: the version stays LOADING while its load is retried.
-                    log.warning("%s (try %d of %d; retrying)", error, attempt, attempts)
-                    await asyncio.sleep(self._retries.interval_s)
-                    if self._still_wanted(model, slot):
-                        continue
-                    return  # unloaded while waiting to retry
-                slot.state, slot.error_code, slot.error_message = "END", "UNKNOWN", error
-                log.error("%s", error)
-            else:
+                if attempt == attempts or not self._still_wanted(model, slot):
+                    slot.state, slot.error_code, slot.error_message = "END", "UNKNOWN", error
+                    log.error("%s", error)
+                    break
+                # As TF Serving: the version stays LOADING while its load is retried.
+                log.warning("%s (try %d of %d; retrying)", error, attempt, attempts)
+                await asyncio.sleep(self._retries.interval_s)
                 if not self._still_wanted(model, slot):
-                    return  # unloaded while loading: drop it
-                slot.servable, slot.state = servable, "AVAILABLE"
-                log.info("%s version %d is available", name, slot.version)
-            break
+                    return  # unloaded while waiting to retry
+        if slot.state == "LOADING":
+            if not self._still_wanted(model, slot):
+                return  # unloaded while loading: drop it
+            slot.servable, slot.state = servable, "AVAILABLE"
+            log.info("%s version %d is available", name, slot.version)
         if not self._closed:
             await self.reconcile()
 

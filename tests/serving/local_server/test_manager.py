@@ -185,6 +185,26 @@ def test_load_gives_up_after_the_retries(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_model_removed_while_its_load_waits_to_retry_is_not_tried_again(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, [ModelEntry("a", "a")], LoadRetries(max_retries=5, interval_s=0.2))
+        h.failures_left[1] = 5
+        h.manager.read_config()
+        await h.manager.reconcile()
+        await asyncio.sleep(0.05)  # the first try has failed; the retry waits
+        write_model_config(h.config, [])
+        h.manager.read_config()
+        await h.manager.reconcile()
+        await h.manager.wait_for_loads()
+        assert "a" not in h.manager.models
+        assert h.tries[1] == 1
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
 def test_config_changes_move_labels_and_remove_models(tmp_path: Path) -> None:
     make_versions(tmp_path / "a", 1, 2)
     make_versions(tmp_path / "b", 1)
