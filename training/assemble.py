@@ -70,10 +70,12 @@ def choose_weights(
     if method == "given":
         assert config.assemble.given is not None
         chosen = weights.given([config.assemble.given[i] for i in eligible])
-    elif method == "optimized":
-        chosen = weights.shrink(weights.optimized(outputs, truth, kinds), config.assemble.shrinkage)
-    elif method == "greedy":
-        learned = weights.greedy(outputs, truth, kinds, config.assemble.greedy_rounds)
+    elif method in ("optimized", "greedy"):
+        learned = (
+            weights.optimized(outputs, truth, kinds)
+            if method == "optimized"
+            else weights.greedy(outputs, truth, kinds, config.assemble.greedy_rounds)
+        )
         chosen = weights.shrink(learned, config.assemble.shrinkage)
     else:
         chosen = weights.uniform(len(eligible))
