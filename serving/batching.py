@@ -34,11 +34,12 @@ RunBatch = Callable[[dict[str, np.ndarray], float], Awaitable[AnswerT]]
 
 @dataclass(frozen=True, slots=True)
 class BatchingPolicy:
-    """How requests are coalesced (from the gateway settings); see the module docstring."""
+    """How requests are coalesced (the gateway settings hold the defaults); see the module docstring."""
 
-    max_batch_size: int = 64
-    max_delay_s: float = 0.002
+    max_batch_size: int
+    max_delay_s: float
     max_in_flight: int = 0
+    """0: no cap, only ``max_delay_s`` paces the batches."""
 
 
 @dataclass(slots=True)
