@@ -2,8 +2,8 @@
 
 A move is recorded as the tag ``alias_move.<alias>.<seq>.<nonce>`` holding JSON (who, when, from,
 to, why, action, forced); the nonce keeps two moves made at the same moment, which count the same
-``seq``, from overwriting each other. Replaying the moves of one alias gives its holder stack, which is what
-``rollback`` walks back along. The members' registered models carry the same alias, so the
+``seq``, from overwriting each other. Replaying the moves of one alias gives its holder stack,
+which is what ``rollback`` walks back along. The members' registered models carry the same alias, so the
 MLflow UI shows which member versions each alias serves.
 """
 
