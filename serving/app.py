@@ -77,7 +77,7 @@ class Gateway:
             hedge_after_s=settings.hedge_after_s,
             breaker_failures=settings.breaker_failures,
             breaker_cooldown_s=settings.breaker_cooldown_s,
-            max_message_bytes=max(settings.max_body_bytes, 4 * 1024 * 1024) * 4,
+            max_message_bytes=member_message_bytes(settings),
             metrics=self.metrics,
         )
         batching = (
@@ -179,6 +179,11 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.pool.close()
+
+
+def member_message_bytes(settings: GatewaySettings) -> int:
+    """The largest message exchanged with members: a request decoded up to its bound, plus framing."""
+    return max(settings.max_body_bytes * 4, settings.max_decoded_bytes + 1024 * 1024, 16 * 1024 * 1024)
 
 
 def manifest_source(settings: GatewaySettings) -> ManifestSource:
@@ -292,7 +297,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         openapi_url=None,
     )
     install_error_handlers(app)
-    app.include_router(create_tfs_router(gateway.core))
+    app.include_router(create_tfs_router(gateway.core, max_decoded_bytes=gateway.settings.max_decoded_bytes))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -379,10 +384,10 @@ def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
         interceptors=[GrpcGuard(settings, gateway.metrics)],
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
-            ("grpc.max_send_message_length", max(settings.max_body_bytes, 4 * 1024 * 1024) * 4),
+            ("grpc.max_send_message_length", member_message_bytes(settings)),
         ],
     )
-    add_tfs_servicers(server, gateway.core)
+    add_tfs_servicers(server, gateway.core, max_decoded_bytes=settings.max_decoded_bytes)
     gateway.health = add_health_and_reflection(server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:

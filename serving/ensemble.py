@@ -30,7 +30,14 @@ import numpy as np
 from registry.manifest import Manifest, MemberRef, TensorSpec
 from serving import combine
 from serving.batching import BatchingPolicy, MicroBatcher
-from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
+from serving.core import (
+    ModelMetadata,
+    ModelRef,
+    PredictResult,
+    TensorInfo,
+    VersionStatus,
+    check_output_filter,
+)
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from serving.manifest_source import ServedManifests, served_version
 from serving.metrics import GatewayMetrics
@@ -127,8 +134,14 @@ def wire_dtype(spec: TensorSpec) -> np.dtype[np.generic]:
     return _DTYPES[spec.dtype]
 
 
-def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int:
-    """Check names, dtypes and shapes against the manifest before any fan-out; return the batch size."""
+def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Check names, dtypes and shapes against the manifest before any fan-out; the inputs as sent on.
+
+    An input of one value per instance is taken in both forms clients write, ``[n]`` (a scalar per
+    record) and ``[n, 1]`` (a one-element list per record), and sent on in the form the manifest
+    declares: ensembles exported with ``[-1, 1]`` keep serving plain records, and clients that
+    learned the nested form keep working with ``[-1]`` exports.
+    """
     expected = {spec.name: spec for spec in manifest.inputs}
     missing = sorted(set(expected) - set(inputs))
     unknown = sorted(set(inputs) - set(expected))
@@ -139,6 +152,7 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
         if unknown:
             parts.append(f"unknown input(s) {', '.join(unknown)}")
         raise InvalidArgument(f"{'; '.join(parts)}; expected {', '.join(expected)}")
+    conformed: dict[str, np.ndarray] | None = None
     batch: int | None = None
     for name, spec in expected.items():
         array = inputs[name]
@@ -146,9 +160,14 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
         if array.dtype != want and not (want == np.dtype(np.object_) and array.dtype.kind in {"S", "U", "O"}):
             raise InvalidArgument(f"input {name!r} must be {spec.dtype}, got {array.dtype.name}")
         if array.ndim != len(spec.shape):
-            raise InvalidArgument(
-                f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
-            )
+            single = _as_single_value_form(array, spec.shape)
+            if single is None:
+                raise InvalidArgument(
+                    f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
+                )
+            array = single
+            conformed = conformed if conformed is not None else dict(inputs)
+            conformed[name] = array
         for got, dim in zip(array.shape[1:], spec.shape[1:], strict=True):
             if dim != -1 and got != dim:
                 raise InvalidArgument(
@@ -161,7 +180,16 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
                 f"all inputs must share the batch dimension: input {name!r} has {array.shape[0]} rows, "
                 f"others {batch}"
             )
-    return batch or 0
+    return inputs if conformed is None else conformed
+
+
+def _as_single_value_form(array: np.ndarray, shape: Sequence[int]) -> np.ndarray | None:
+    """``array`` ([n] or [n, 1]) reshaped to a one-value-per-instance ``shape``; None if it is not one."""
+    if list(shape) == [-1] and array.ndim == 2 and array.shape[1] == 1:
+        return array.reshape(-1)
+    if list(shape) == [-1, 1] and array.ndim == 1:
+        return array.reshape(-1, 1)
+    return None
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -274,12 +302,9 @@ class EnsembleCore:
     ) -> PredictResult:
         manifest = self._resolve(ref)
         self._check_signature(manifest, ref)
-        validate_inputs(manifest, inputs)
+        inputs = validate_inputs(manifest, inputs)
         wanted = tuple(output_filter)
-        known_outputs = {spec.name for spec in manifest.outputs}
-        for name in wanted:
-            if name not in known_outputs:
-                raise InvalidArgument(f"output_filter names unknown output {name!r}")
+        check_output_filter(wanted, [spec.name for spec in manifest.outputs])
         detail = _detail(request_headers)
         budget = self._policy.request_deadline_s
         if timeout_s is not None:

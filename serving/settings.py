@@ -142,6 +142,14 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="Largest REST body or gRPC message accepted; larger gets 413 / RESOURCE_EXHAUSTED.",
     )
+    max_decoded_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Most bytes the input tensors of one request may decode to (elements x dtype size), checked "
+            "on the declared shapes before decoding; larger gets 400 / INVALID_ARGUMENT."
+        ),
+    )
     auth_token: SecretStr | None = Field(
         default=None,
         description=(

@@ -35,7 +35,7 @@ from serving.protos import (
     add_ModelServiceServicer_to_server,
     add_PredictionServiceServicer_to_server,
 )
-from serving.tensors import from_tensor_proto, to_tensor_proto
+from serving.tensors import decode_inputs, to_tensor_proto
 
 if TYPE_CHECKING:
     from grpc_health.v1._async import HealthServicer
@@ -74,6 +74,9 @@ def model_ref(spec: ModelSpec) -> ModelRef:
     if not spec.name:
         raise InvalidArgument("Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
+    if choice == "version_label" and not spec.version_label:
+        # Set but empty is still a label to look up (TF Serving finds none), not "no version".
+        raise InvalidArgument("Unrecognized servable version label: (empty)")
     return ModelRef(
         name=spec.name,
         version=int(spec.version.value) if choice == "version" else None,
@@ -96,15 +99,20 @@ def _timeout(context: aio.ServicerContext) -> float | None:
 
 
 class PredictionServicer(PredictionServiceServicer):  # type: ignore[misc]
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
+    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
 
-    def __init__(self, core: ServingCore) -> None:
+    ``max_decoded_bytes`` bounds what one request's input tensors may decode to (None: no bound).
+    """
+
+    def __init__(self, core: ServingCore, max_decoded_bytes: int | None = None) -> None:
         self.core = core
+        self.max_decoded_bytes = max_decoded_bytes
 
     @_serving_errors
     async def Predict(self, request: PredictRequest, context: aio.ServicerContext) -> PredictResponse:
         ref = model_ref(request.model_spec)
-        inputs = {name: from_tensor_proto(tensor) for name, tensor in request.inputs.items()}
+        # The signature first, as REST does: dtypes and sizes are checked before decoding.
+        inputs = decode_inputs(request.inputs, self.core.input_signature(ref), self.max_decoded_bytes)
         result = await self.core.predict(
             ref,
             inputs,
@@ -171,9 +179,9 @@ class ModelServicer(ModelServiceServicer):  # type: ignore[misc]
         )
 
 
-def add_tfs_servicers(server: aio.Server, core: ServingCore) -> None:
+def add_tfs_servicers(server: aio.Server, core: ServingCore, *, max_decoded_bytes: int | None = None) -> None:
     """Serve TF Serving's PredictionService and ModelService on ``server`` from ``core``."""
-    add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
+    add_PredictionServiceServicer_to_server(PredictionServicer(core, max_decoded_bytes), server)
     add_ModelServiceServicer_to_server(ModelServicer(core), server)
 
 

@@ -39,7 +39,11 @@ def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     app = FastAPI(title="Local model server", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     timeout_s = settings.rest_api_timeout_in_ms / 1000 if settings.rest_api_timeout_in_ms else None
-    app.include_router(create_tfs_router(core, timeout_s=timeout_s))
+    # No request decodes to more than the largest message this server takes (TF Serving has no
+    # such bound; it allocates whatever a shape declares).
+    app.include_router(
+        create_tfs_router(core, timeout_s=timeout_s, max_decoded_bytes=settings.grpc_max_message_bytes)
+    )
 
     return uvicorn_server(
         app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
@@ -96,7 +100,7 @@ async def serve(settings: BackendSettings) -> None:
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ]
     )
-    add_tfs_servicers(server, core)
+    add_tfs_servicers(server, core, max_decoded_bytes=settings.grpc_max_message_bytes)
     health = add_health_and_reflection(server)
     try:
         bound = server.add_insecure_port(f"{settings.host}:{settings.port}")

@@ -19,12 +19,13 @@ from serving.errors import InvalidArgument, Unimplemented
 from serving.rest.handlers import JSON
 from serving.tensors import format_predict_response, parse_predict_request
 
-# NAME, then an optional /versions/N or /labels/L, then an optional :verb or /metadata.
+# NAME, then an optional /versions/N or /labels/L, then an optional :verb or /metadata. ASCII
+# digits only, as TF Serving's RE2 pattern: int() would read "/versions/\u0661" as version 1.
 _MODEL_PATH = re.compile(
     r"(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>[^/:]+)|/(?P<metadata>metadata))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -67,9 +68,12 @@ def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
     }
 
 
-def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> APIRouter:
+def create_tfs_router(
+    core: ServingCore, *, timeout_s: float | None = None, max_decoded_bytes: int | None = None
+) -> APIRouter:
     """The ``/v1/models/...`` routes on ``core``; ``timeout_s`` bounds each predict (TF Serving's
-    ``--rest_api_timeout_in_ms``), None for no bound."""
+    ``--rest_api_timeout_in_ms``), ``max_decoded_bytes`` what one request's inputs may decode to;
+    None for no bound."""
     import orjson
 
     register_url_convertor("tfs_v1_models", _V1ModelsPrefix())
@@ -91,7 +95,7 @@ def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> A
         def signature(signature_name: str) -> dict[str, TensorInfo]:
             return dict(core.input_signature(replace(ref, signature_name=signature_name)))
 
-        parsed = parse_predict_request(body, signature)
+        parsed = parse_predict_request(body, signature, max_decoded_bytes)
         headers = {key.lower(): value for key, value in request.headers.items()}
         result = await core.predict(
             replace(ref, signature_name=parsed.signature_name),

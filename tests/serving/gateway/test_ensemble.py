@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef
+from registry.manifest import MemberRef, TensorSpec
 from serving import combine
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
@@ -160,8 +160,12 @@ def test_bad_inputs_are_rejected_before_fan_out(inputs, message) -> None:
 
 def test_unknown_output_filter_and_signature_are_invalid() -> None:
     core, _, _ = make_core()
-    with pytest.raises(InvalidArgument, match="unknown output 'nope'"):
+    with pytest.raises(InvalidArgument, match="output tensor alias not found in signature: nope"):
         asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}, output_filter=["nope"]))
+    with pytest.raises(InvalidArgument, match="duplicate output tensor alias: probabilities"):
+        asyncio.run(
+            core.predict(ModelRef("toy"), {"x": rows(1)}, output_filter=["probabilities", "probabilities"])
+        )
     with pytest.raises(InvalidArgument, match="other"):
         asyncio.run(core.predict(ModelRef("toy", signature_name="other"), {"x": rows(1)}))
 
@@ -358,3 +362,47 @@ def test_micro_batching_full_batch_goes_out_despite_the_cap() -> None:
     asyncio.run(scenario())
     # The two 2-row requests fill a 4-row batch, which goes out while the first is still out.
     assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 4]
+
+
+def _single_value_manifest(shape: list[int]):
+    manifest = make_manifest()
+    return manifest.model_copy(
+        update={
+            "inputs": [
+                *manifest.inputs,
+                TensorSpec(name="radius", dtype="float32", shape=shape),
+                TensorSpec(name="color", dtype="string", shape=shape),
+            ]
+        }
+    )
+
+
+@pytest.mark.parametrize("declared", [[-1], [-1, 1]], ids=["exported [-1]", "exported earlier [-1, 1]"])
+@pytest.mark.parametrize("sent", ["scalar per record", "one-element list per record"])
+def test_one_value_inputs_are_taken_in_both_record_forms(declared: list[int], sent: str) -> None:
+    """Members receive the shape their signature declares, whichever form the client wrote."""
+    received: list[dict[str, tuple[int, ...]]] = []
+
+    class Recording(FakeCaller):
+        async def predict(self, member, signature_name, inputs, output_filter, timeout_s, encoded=None):
+            received.append({name: array.shape for name, array in inputs.items()})
+            return await super().predict(member, signature_name, inputs, output_filter, timeout_s, encoded)
+
+    core, _, _ = make_core(_single_value_manifest(declared), Recording())
+    radius = np.array([17.99, 20.57], np.float32)
+    color = np.array([b"red", b"blue"], dtype=object)
+    if sent != "scalar per record":
+        radius, color = radius.reshape(2, 1), color.reshape(2, 1)
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": rows(2), "radius": radius, "color": color}))
+    assert result.outputs["probabilities"].shape == (2, 3)
+    want = {"x": (2, 4), "radius": (2, *declared[1:]), "color": (2, *declared[1:])}
+    assert received == [want] * 3
+
+
+def test_other_shapes_of_a_one_value_input_are_refused() -> None:
+    core, caller, _ = make_core(_single_value_manifest([-1]))
+    bad = {"x": rows(2), "color": np.array([[b"a"], [b"b"]], dtype=object)}
+    for radius in (np.zeros((2, 2), np.float32), np.zeros((2, 1, 1), np.float32), np.float32(1.0)):
+        with pytest.raises(InvalidArgument, match="input 'radius' must have shape \\[batch\\]"):
+            asyncio.run(core.predict(ModelRef("toy"), {**bad, "radius": np.asarray(radius)}))
+    assert caller.calls == []
