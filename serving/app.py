@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2
 from serving.backends import BackendPool
 from serving.batching import BatchingPolicy
 from serving.ensemble import EnsembleCore, FanOutPolicy
+from serving.grpc.servicers import refuse_undecodable, tolerant_deserializer
 from serving.manifest_source import (
     FileManifestSource,
     ManifestLoadError,
@@ -323,7 +324,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 
 # --- gRPC ---------------------------------------------------------------------------------------
 class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Bearer-token auth and request metrics for every gRPC method but health and reflection."""
+    """Bearer-token auth and request metrics for every gRPC method but health and reflection.
+
+    It also refuses request bytes that are not a valid message with INVALID_ARGUMENT (grpc alone
+    answers UNKNOWN), as :class:`serving.grpc.DecodeGuard` does on the local backend.
+    """
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
@@ -339,6 +344,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = str(details.method)
         if handler is None or handler.unary_unary is None or method.startswith(_OPEN_GRPC_PREFIXES):
             return handler
+        decode = handler.request_deserializer
         metadata = dict(details.invocation_metadata or ())
         authorized = self.expected is None or hmac.compare_digest(
             str(metadata.get("authorization", "")), self.expected
@@ -354,6 +360,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 if not authorized:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+                await refuse_undecodable(request, context)
                 response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -370,7 +377,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer(decode) if decode is not None else None,
             response_serializer=handler.response_serializer,
         )
 

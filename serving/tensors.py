@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from serving.core import TensorInfo
-from serving.errors import InvalidArgument, Unimplemented
+from serving.errors import InvalidArgument, ServingError, Unimplemented
 from serving.protos import DataType, TensorProto, TensorShapeProto
 
 STRING_DTYPE: Final = np.dtype(object)
@@ -426,10 +426,7 @@ def _lone_surrogate_at(text: str) -> int | None:
     high_at = 0
     for match in _SURROGATE_ESCAPE.finditer(text):
         start = match.start()
-        first = start
-        while first and text[first - 1] == "\\":
-            first -= 1
-        if (start - first) % 2:
+        if _backslashes_before(text, start) % 2:
             continue  # an escaped backslash followed by "u...": text, not an escape
         is_high = match.group()[3] in "89abAB"
         if expect_low_at is not None and (is_high or start != expect_low_at):
@@ -443,6 +440,15 @@ def _lone_surrogate_at(text: str) -> int | None:
     return high_at if expect_low_at is not None else None
 
 
+def _backslashes_before(text: str | bytes, at: int) -> int:
+    """How many backslashes come right before position ``at``: odd means ``text[at]`` is escaped."""
+    backslash: str | int = "\\" if isinstance(text, str) else 0x5C
+    first = at
+    while first and text[first - 1] == backslash:
+        first -= 1
+    return at - first
+
+
 def parse_predict_request(
     body: bytes | str | Mapping[str, Any], signature: SignatureLookup, max_bytes: int | None = None
 ) -> PredictRequestJson:
@@ -450,8 +456,13 @@ def parse_predict_request(
 
     Raises InvalidArgument with TF Serving's messages for malformed bodies; ``signature`` may raise
     (e.g. NotFound for an unknown model), which propagates unchanged. ``max_bytes`` bounds what the
-    inputs together may decode to, checked on the shape of the JSON lists before converting them.
+    inputs together may decode to: a body holding too many values is refused before it is parsed
+    (parsing makes a Python object of every value), then each input is checked on the shape of its
+    lists before it is converted.
     """
+    if isinstance(body, bytes | str):
+        raw_body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        _refuse_too_many_values(raw_body, signature, max_bytes)
     doc = load_json(body) if isinstance(body, bytes | str) else body
     if not isinstance(doc, dict):
         raise InvalidArgument(f"JSON Value: {_preview(doc)} Is not object")
@@ -487,6 +498,55 @@ def parse_predict_request(
         inputs = _inputs_from_columns(doc["inputs"], infos, may_hold_bools, budget)
         return PredictRequestJson(inputs, signature_name, columnar=True)
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+_LARGEST_ITEMSIZE: Final = 8  # float64, int64, or one object reference per string
+
+
+def _refuse_too_many_values(raw: bytes, signature: SignatureLookup, max_bytes: int | None) -> None:
+    """InvalidArgument when the body's values, at the smallest input's size, exceed ``max_bytes``.
+
+    Every JSON value takes at least two bytes (itself and a separator), so only a body longer than
+    a quarter of the bound can hold too many; only such a body is counted, and only when the
+    default signature is known (otherwise parsing reports the first error, as TF Serving does).
+    """
+    if max_bytes is None or (len(raw) // 2 + 1) * _LARGEST_ITEMSIZE <= max_bytes:
+        return
+    try:
+        infos = signature("")
+    except ServingError:
+        return
+    if not infos:
+        return
+    itemsize = min(info.dtype.itemsize for info in infos.values())
+    values = _json_value_count(raw)
+    if values * itemsize > max_bytes:
+        raise InvalidArgument(
+            f"The request body holds {values} values, {values * itemsize} bytes or more decoded, "
+            f"more than the {max_bytes} bytes one request may decode to"
+        )
+
+
+def _json_value_count(raw: bytes) -> int:
+    """How many values a JSON text holds, counted on its bytes without parsing it.
+
+    A container of k elements has k - 1 commas, so the values are the commas outside strings plus
+    one, less the empty containers. Used only as a bound: on text that is not JSON it is a guess.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    quotes = np.flatnonzero(data == 0x22)
+    if quotes.size and b'\\"' in raw:
+        # A quote after an odd run of backslashes is part of a string, not its end.
+        candidates = quotes[(quotes > 0) & (data[np.maximum(quotes - 1, 0)] == 0x5C)]
+        escaped = [q for q in candidates.tolist() if _backslashes_before(raw, q) % 2]
+        quotes = np.setdiff1d(quotes, np.asarray(escaped, dtype=quotes.dtype), assume_unique=True)
+    commas = np.flatnonzero(data == 0x2C)
+    outside = int(np.count_nonzero(np.searchsorted(quotes, commas) % 2 == 0))
+    empty = sum(1 for _ in _EMPTY_CONTAINER.finditer(raw))
+    return max(outside + 1 - empty, 0)
+
+
+_EMPTY_CONTAINER: Final = re.compile(rb"[\[{][ \t\r\n]*[\]}]")
 
 
 def _is_b64(value: Any) -> bool:

@@ -69,6 +69,57 @@ def _serving_errors(method: _Method[_Request, _Response]) -> _Method[_Request, _
     return wrapper
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so it can be refused properly."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant_deserializer(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``decode``, answering :class:`Undecodable` instead of raising (grpc would say UNKNOWN)."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:
+            return Undecodable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    return deserialize
+
+
+async def refuse_undecodable(request: Any, context: aio.ServicerContext) -> None:
+    """Abort with INVALID_ARGUMENT when ``request`` came from :func:`tolerant_deserializer` failing."""
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Failed to parse request: {request.error}")
+
+
+class DecodeGuard(aio.ServerInterceptor):  # type: ignore[misc]
+    """Bytes that are not a valid request message are INVALID_ARGUMENT, for every unary method."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def behaviour(request: Any, context: aio.ServicerContext) -> Any:
+            await refuse_undecodable(request, context)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
 def model_ref(spec: ModelSpec) -> ModelRef:
     """TF Serving's ModelSpec as the core's ModelRef."""
     if not spec.name:

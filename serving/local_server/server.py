@@ -70,7 +70,7 @@ async def serve(settings: BackendSettings) -> None:
     """Run the backend until SIGTERM/SIGINT; StartupError when it cannot start."""
     from grpc_health.v1 import health_pb2
 
-    from serving.grpc import add_health_and_reflection, add_tfs_servicers
+    from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
     from serving.local_server.saved_model import configure_devices
 
     faults = None
@@ -95,10 +95,11 @@ async def serve(settings: BackendSettings) -> None:
     core = LocalCore(manager, model_executor, faults)
 
     server = aio.server(
+        interceptors=[DecodeGuard()],
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-        ]
+        ],
     )
     add_tfs_servicers(server, core, max_decoded_bytes=settings.grpc_max_message_bytes)
     health = add_health_and_reflection(server)

@@ -466,10 +466,15 @@ def test_good_tensors_decode_unchanged_within_the_bound() -> None:
 
 
 def test_json_bodies_are_bounded_by_the_shape_of_their_lists_before_conversion() -> None:
-    body = b'{"instances": [' + b",".join([b"[" + b",".join([b"0"] * 64) + b"]"] * 10) + b"]}"
-    assert parse_predict_request(body, lambda _: FLOAT_X, max_bytes=2560).inputs["x"].shape == (10, 64)
-    with pytest.raises(InvalidArgument, match="tensor parsing error: x: shape \\[10, 64\\] of float"):
-        parse_predict_request(body, lambda _: FLOAT_X, max_bytes=2559)
+    # A bool input makes the count before parsing lenient (1 byte a value); the float64 input's
+    # lists are then charged at their real size before numpy converts them.
+    infos = {"x": TensorInfo(np.dtype(np.float64), (-1, 64)), "flag": TensorInfo(np.dtype(np.bool_), (-1,))}
+    row = b'{"flag": true, "x": [' + b",".join([b"0"] * 64) + b"]}"
+    body = b'{"instances": [' + b",".join([row] * 10) + b"]}"
+    parsed = parse_predict_request(body, lambda _: infos, max_bytes=5130)
+    assert parsed.inputs["x"].shape == (10, 64)
+    with pytest.raises(InvalidArgument, match="tensor parsing error: x: shape \\[10, 64\\] of double"):
+        parse_predict_request(body, lambda _: infos, max_bytes=5129)
 
 
 @pytest.mark.parametrize(
@@ -536,3 +541,39 @@ def test_depth_64_is_still_a_tensor() -> None:
     nested = "[" * 64 + "1" + "]" * 64
     parsed, _ = _parse(f'{{"inputs": {nested}}}', ONE_INPUT)
     assert parsed.inputs["x"].ndim == 64
+
+
+def test_a_body_holding_too_many_values_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = b",".join([b"[1.5, 2.5, 3.5, 4.5]"] * 1000)
+    body = b'{"instances": [' + rows + b"]}"
+    infos = {"x": TensorInfo(np.dtype(np.float32), (-1, 4))}
+    assert parse_predict_request(body, lambda _: infos, max_bytes=16_000).inputs["x"].shape == (1000, 4)
+
+    def no_parsing(_: bytes) -> None:
+        raise AssertionError("parsed a body that was already too large")
+
+    monkeypatch.setattr("serving.tensors.load_json", no_parsing)
+    with pytest.raises(InvalidArgument) as caught:
+        parse_predict_request(body, lambda _: infos, max_bytes=15_999)
+    assert str(caught.value) == (
+        "The request body holds 4000 values, 16000 bytes or more decoded, "
+        "more than the 15999 bytes one request may decode to"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        (b'{"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}', 8),
+        (b'{"instances": [{"a": 1, "b": "x, y, z"}], "signature_name": "s"}', 3),
+        (b'{"a": [], "b": [ ], "c": {}, "d": [[1]]}', 1),
+        (b'{"a": "ends in a backslash \\\\", "b": "quoted \\", comma"}', 2),
+        (b"7", 1),
+    ],
+)
+def test_values_are_counted_on_the_bytes_outside_strings(text: bytes, values: int) -> None:
+    from serving.tensors import _json_value_count
+
+    assert _json_value_count(text) == values

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
 from serving.errors import NotFound, ResourceExhausted
-from serving.grpc import add_health_and_reflection, add_tfs_servicers
+from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
 from serving.protos import (
     DataType,
     GetModelMetadataRequest,
@@ -32,7 +31,7 @@ from serving.protos import (
 )
 from serving.rest import create_tfs_router, install_error_handlers
 from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto
-from tests.conftest import free_port
+from tests.conftest import free_port, raw_http
 
 
 class RecordingCore:
@@ -200,7 +199,7 @@ def test_other_routes_still_work(rest: tuple[TestClient, RecordingCore]) -> None
 @contextlib.asynccontextmanager
 async def _grpc_channel(core: RecordingCore, **options: Any) -> AsyncIterator[grpc.aio.Channel]:
     """The shared servicers (with health and reflection) on a free port, and a channel to them."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[DecodeGuard()])
     add_tfs_servicers(server, core, **options)
     add_health_and_reflection(server)
     port = free_port()
@@ -284,14 +283,6 @@ def test_requests_the_http_parser_refuses_get_a_json_error_body() -> None:
     """Answered by the HTTP server before the app runs, still in TF Serving's error shape."""
     from serving.rest.server import uvicorn_server
 
-    def exchange(port: int, request: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(request)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        return answer
-
     async def scenario() -> list[bytes]:
         app = FastAPI()
         install_error_handlers(app)
@@ -303,7 +294,7 @@ def test_requests_the_http_parser_refuses_get_a_json_error_body() -> None:
             await asyncio.sleep(0.01)
         try:
             return [
-                await asyncio.to_thread(exchange, port, request)
+                await asyncio.to_thread(raw_http, port, request)
                 for request in (
                     b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
                     b"GET /v1/models/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -365,5 +356,18 @@ def test_grpc_bad_tensors_and_specs_are_invalid_arguments() -> None:
             good.inputs["x"].CopyFrom(broadcast([2, 2]))
             answer = await predict.Predict(good, timeout=10)
             assert from_tensor_proto(answer.outputs["y"]).tolist() == [[2.0, 2.0], [2.0, 2.0]]
+
+    asyncio.run(scenario())
+
+
+def test_bytes_that_are_no_message_are_an_invalid_argument_not_unknown() -> None:
+    async def scenario() -> None:
+        async with _grpc_channel(RecordingCore()) as channel:
+            raw = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            for data in (b"\xff\xff\xff", b"\x0a\x05\x0a\x03\xff\xfe\xfd", b"\x12\x02"):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await raw(data, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert (caught.value.details() or "").startswith("Failed to parse request: Error parsing message")
 
     asyncio.run(scenario())
