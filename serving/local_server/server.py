@@ -1,8 +1,10 @@
 """The ``ensemble backend`` process: load the models, then serve gRPC (and REST) until SIGTERM.
 
-As TF Serving does, the ports open once the initial versions have loaded. On SIGTERM or SIGINT
-the health service turns NOT_SERVING, no new calls are accepted, and in-flight requests finish
-(up to ``shutdown_grace_s``) before the process exits.
+The ports open once every initial version has loaded or failed its first try (TF Serving waits
+through every retry, minutes by default, and then exits). gRPC health says SERVING only while
+every model of the config has an AVAILABLE version, so it follows loads, fallbacks and failures.
+On SIGTERM or SIGINT the health service turns NOT_SERVING, no new calls are accepted, and
+in-flight requests finish (up to ``shutdown_grace_s``) before the process exits.
 """
 
 from __future__ import annotations
@@ -68,8 +70,6 @@ def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> Mo
 
 async def serve(settings: BackendSettings) -> None:
     """Run the backend until SIGTERM/SIGINT; StartupError when it cannot start."""
-    from grpc_health.v1 import health_pb2
-
     from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
     from serving.local_server.saved_model import configure_devices
 
@@ -91,7 +91,7 @@ async def serve(settings: BackendSettings) -> None:
     except ModelConfigError as exc:
         raise StartupError(str(exc)) from None
     await manager.reconcile()
-    await manager.wait_for_loads()
+    await manager.wait_for_first_tries()
     core = LocalCore(manager, model_executor, faults)
 
     server = aio.server(
@@ -110,9 +110,7 @@ async def serve(settings: BackendSettings) -> None:
     if not bound:
         raise StartupError(f"cannot listen for gRPC on {settings.host}:{settings.port}")
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    for service in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
-        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_task = asyncio.create_task(_track_health(manager, health), name="health")
 
     rest = _rest_server(core, settings) if settings.rest_api_port else None
     rest_task = asyncio.create_task(rest.serve(), name="rest") if rest is not None else None
@@ -141,6 +139,7 @@ async def serve(settings: BackendSettings) -> None:
     await stop.wait()
 
     log.info("shutting down: finishing in-flight requests")
+    health_task.cancel()
     await health.enter_graceful_shutdown()
     poll_task.cancel()
     if rest is not None and rest_task is not None:
@@ -153,6 +152,33 @@ async def serve(settings: BackendSettings) -> None:
     model_executor.shutdown(wait=True, cancel_futures=True)
     load_executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
+
+
+_HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+async def _track_health(manager: ModelManager, health: Any, interval_s: float = 0.25) -> None:
+    """Keep gRPC health on what can be served: SERVING while every model has a version available."""
+    from grpc_health.v1 import health_pb2
+
+    serving: bool | None = None
+    while True:
+        problems = manager.unservable()
+        if (not problems) != serving:
+            serving = not problems
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in _HEALTH_SERVICES:
+                await health.set(service, status)
+            if serving:
+                log.info("health: SERVING (every model has a version available)")
+            else:
+                for name, why in sorted(problems.items()):
+                    log.warning("health: NOT_SERVING: %s has no version available: %s", name, why)
+        await asyncio.sleep(interval_s)
 
 
 def run(settings: BackendSettings) -> int:

@@ -368,6 +368,8 @@ def test_bytes_that_are_no_message_are_an_invalid_argument_not_unknown() -> None
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await raw(data, timeout=10)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert (caught.value.details() or "").startswith("Failed to parse request: Error parsing message")
+                assert (caught.value.details() or "").startswith(
+                    "Failed to parse request: Error parsing message"
+                )
 
     asyncio.run(scenario())
