@@ -233,6 +233,7 @@ class EnsembleCore:
             self._batcher = MicroBatcher(batching, on_batch=self._metrics.batch_size.observe)
         self._latency_children: dict[tuple[str, int], Any] = {}
         self._weight_cache: dict[int, tuple[Manifest, combine.FloatArray]] = {}
+        self._signature_cache: dict[int, tuple[Manifest, Mapping[str, TensorInfo]]] = {}
         self._publish(served)
 
     # --- manifests -----------------------------------------------------------------------------
@@ -287,9 +288,15 @@ class EnsembleCore:
     # --- ServingCore ---------------------------------------------------------------------------
     def input_signature(self, ref: ModelRef) -> Mapping[str, TensorInfo]:
         manifest = self._resolve(ref)
-        return {
-            spec.name: TensorInfo(dtype=wire_dtype(spec), shape=tuple(spec.shape)) for spec in manifest.inputs
-        }
+        # Asked on every request by both adapters: built once per manifest.
+        cached = self._signature_cache.get(id(manifest))
+        if cached is None or cached[0] is not manifest:
+            infos = {
+                spec.name: TensorInfo(dtype=wire_dtype(spec), shape=tuple(spec.shape))
+                for spec in manifest.inputs
+            }
+            cached = self._signature_cache[id(manifest)] = (manifest, infos)
+        return cached[1]
 
     async def predict(
         self,

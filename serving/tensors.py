@@ -165,26 +165,29 @@ _OBJECT_REF_BYTES: Final = np.dtype(object).itemsize
 def tensor_shape(proto: TensorProto) -> tuple[int, ...]:
     """The fully defined shape of a TensorProto; an unknown rank or dimension is an error.
 
-    Only the shape message is read, so this is cheap whatever the shape claims; a shape whose
-    elements could not be addressed (TensorFlow's "more than 2**63 - 1 elements") is an error too.
+    Only the shape message is read, so this is cheap whatever the shape claims.
     """
-    if proto.tensor_shape.unknown_rank:
+    shape_message = proto.tensor_shape
+    if shape_message.unknown_rank:
         raise InvalidArgument("Tensor has an unknown rank")
-    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    shape = tuple([dim.size for dim in shape_message.dim])
     if len(shape) > MAX_RANK:
         raise InvalidArgument(f"Tensor has {len(shape)} dimensions, at most {MAX_RANK} are supported")
     if shape and min(shape) < 0:
         raise InvalidArgument(f"Tensor shape {list(shape)} is not fully defined")
-    # numpy refuses a shape whose extent overflows even when a zero dimension empties it.
-    extent = math.prod([size or 1 for size in shape])
+    return shape
+
+
+def _check_extent(shape: tuple[int, ...], count: int, itemsize: int, dtype_enum: int) -> None:
+    """TensorFlow's "more than 2**63 - 1 elements", and numpy's limit on bytes, which applies even
+    when a zero dimension leaves no elements at all."""
+    extent = count or math.prod([size or 1 for size in shape])
     if extent > _INT64_MAX:
         raise InvalidArgument(f"Shape {list(shape)} would have more than 2**63 - 1 elements")
-    itemsize = _OBJECT_REF_BYTES if proto.dtype == _DT_STRING else _ITEMSIZE.get(proto.dtype, 1)
     if extent * itemsize > _INT64_MAX:
         raise InvalidArgument(
-            f"Shape {list(shape)} of {data_type_name(proto.dtype)} is more than 2**63 - 1 bytes"
+            f"Shape {list(shape)} of {data_type_name(dtype_enum)} is more than 2**63 - 1 bytes"
         )
-    return shape
 
 
 def decoded_nbytes(proto: TensorProto, shape: tuple[int, ...]) -> int:
@@ -192,21 +195,19 @@ def decoded_nbytes(proto: TensorProto, shape: tuple[int, ...]) -> int:
 
     Arithmetic on the declared shape only: a 42-byte message can declare a shape of gigabytes and
     fill it by broadcasting one value, so this is asked before anything is decoded. Strings count
-    one object reference per element plus their bytes, the last given value repeating.
+    one object reference per element plus their bytes: the given values at most the tensor's own
+    size on the wire, the last one again for every element it fills.
     """
     count = math.prod(shape)
-    if proto.dtype != _DT_STRING:
-        return count * _itemsize(proto.dtype)
+    dtype_enum = proto.dtype
+    if dtype_enum != _DT_STRING:
+        return count * (_ITEMSIZE.get(dtype_enum) or numpy_dtype(dtype_enum).itemsize)
     values = proto.string_val
     given = len(values)
-    text = sum(map(len, values))
+    text = int(proto.ByteSize())  # cheaper than reading every value, which copies it
     if count > given and given:
         text += (count - given) * len(values[given - 1])
     return count * _OBJECT_REF_BYTES + text
-
-
-def _itemsize(data_type: int) -> int:
-    return _ITEMSIZE.get(data_type) or numpy_dtype(data_type).itemsize
 
 
 def from_tensor_proto(proto: TensorProto) -> np.ndarray:
@@ -218,6 +219,12 @@ def from_tensor_proto(proto: TensorProto) -> np.ndarray:
     """
     shape = tensor_shape(proto)
     count = math.prod(shape)
+    _check_extent(shape, count, _ITEMSIZE.get(proto.dtype, 1), proto.dtype)
+    return _decode(proto, shape, count)
+
+
+def _decode(proto: TensorProto, shape: tuple[int, ...], count: int) -> np.ndarray:
+    """The ``count`` values of ``proto``, whose ``shape`` has passed :func:`_check_extent`."""
     dtype_enum = proto.dtype
     if dtype_enum == _DT_STRING:
         values = np.empty(len(proto.string_val), dtype=STRING_DTYPE)
@@ -246,51 +253,59 @@ class _Budget:
     limit: int | None
     used: int = 0
 
-    def take(self, name: str, shape: Sequence[int], dtype: str, size: int) -> None:
+    def take(self, name: str, shape: Sequence[int], dtype_enum: int, size: int) -> None:
         self.used += size
         if self.limit is not None and self.used > self.limit:
             so_far = "" if size == self.used else f"; with the inputs before it, {self.used} bytes"
             raise InvalidArgument(
-                f"tensor parsing error: {name}: shape {list(shape)} of {dtype} decodes to {size} bytes"
-                f"{so_far}, more than the {self.limit} bytes one request may decode to"
+                f"tensor parsing error: {name}: shape {list(shape)} of {data_type_name(dtype_enum)} "
+                f"decodes to {size} bytes{so_far}, more than the {self.limit} bytes one request may decode to"
             )
 
 
 def decode_inputs(
     protos: Mapping[str, TensorProto], signature: Mapping[str, TensorInfo], max_bytes: int | None
 ) -> dict[str, np.ndarray]:
-    """A predict request's input tensors as arrays, checked before anything is allocated.
+    """A predict request's input tensors as arrays, each checked before it is allocated.
 
     Each tensor's dtype must be the signature's (TF Serving's "Expects arg[...]" error), its shape
     must be addressable, and all of them together may decode to at most ``max_bytes`` (None: no
     bound). Errors are InvalidArgument with TF Serving's "tensor parsing error: NAME" first. Names
     the signature lacks are decoded for the core to report alongside the missing ones.
     """
+    # One pass: each tensor is decoded right after its check, so what is allocated never exceeds
+    # the bound, whichever input is the one that would cross it.
     budget = _Budget(max_bytes)
+    arrays: dict[str, np.ndarray] = {}
     for name, proto in protos.items():
+        dtype_enum = proto.dtype
         info = signature.get(name)
         if info is not None:
-            want = data_type(info.dtype)
-            if proto.dtype != want:
+            want = _DTYPE_BY_NUMPY.get(info.dtype)
+            if want is None:
+                want = data_type(info.dtype)
+            if dtype_enum != want:
                 raise InvalidArgument(
                     f"Expects arg[{name}] to be {data_type_name(want)} "
-                    f"but {data_type_name(proto.dtype)} is provided"
+                    f"but {data_type_name(dtype_enum)} is provided"
                 )
-        elif proto.dtype != _DT_BFLOAT16 and proto.dtype not in _NUMPY_BY_DTYPE:
+        itemsize = _ITEMSIZE.get(dtype_enum)
+        if itemsize is None:
             raise InvalidArgument(
-                f"tensor parsing error: {name}: Tensor type {data_type_name(proto.dtype)} is not supported"
+                f"tensor parsing error: {name}: Tensor type {data_type_name(dtype_enum)} is not supported"
             )
         try:
             shape = tensor_shape(proto)
+            count = math.prod(shape)
+            if not count or count * itemsize > _INT64_MAX:  # empty or enormous: the rare case
+                _check_extent(shape, count, itemsize, dtype_enum)
+            size = decoded_nbytes(proto, shape) if dtype_enum == _DT_STRING else count * itemsize
+            budget.take(name, shape, dtype_enum, size)
+            arrays[name] = _decode(proto, shape, count)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"tensor parsing error: {name}: {exc.message}") from None
-        budget.take(name, shape, data_type_name(proto.dtype), decoded_nbytes(proto, shape))
-    arrays: dict[str, np.ndarray] = {}
-    for name, proto in protos.items():
-        try:
-            arrays[name] = from_tensor_proto(proto)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"tensor parsing error: {name}: {exc.message}") from None
+            message = exc.message
+            prefix = f"tensor parsing error: {name}: "
+            raise InvalidArgument(message if message.startswith(prefix) else prefix + message) from None
     return arrays
 
 
@@ -643,7 +658,7 @@ def _column(
     """
     dtype_enum = data_type(info.dtype)
     shape = _dense_shape(value)
-    budget.take(name, shape, data_type_name(dtype_enum), math.prod(shape) * info.dtype.itemsize)
+    budget.take(name, shape, dtype_enum, math.prod(shape) * info.dtype.itemsize)
     if dtype_enum != DataType.DT_STRING and not (may_hold_bools and dtype_enum != DataType.DT_BOOL):
         fast = _fast_numeric(value, info.dtype)
         if fast is not None:

@@ -7,6 +7,7 @@ and numpy (``serving.tensors``) and delegate to the core.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -92,8 +93,8 @@ def create_tfs_router(
             raise InvalidArgument(f"Malformed request: POST {request.url.path}")
         body = await request.body()
 
-        def signature(signature_name: str) -> dict[str, TensorInfo]:
-            return dict(core.input_signature(replace(ref, signature_name=signature_name)))
+        def signature(signature_name: str) -> Mapping[str, TensorInfo]:
+            return core.input_signature(replace(ref, signature_name=signature_name))
 
         parsed = parse_predict_request(body, signature, max_decoded_bytes)
         headers = {key.lower(): value for key, value in request.headers.items()}

@@ -414,10 +414,12 @@ def test_the_bound_covers_all_inputs_of_a_request_together() -> None:
 def test_strings_are_bounded_by_their_bytes_and_references() -> None:
     infos = {"s": TensorInfo(np.dtype(object), (-1,))}
     proto = _broadcast([10], DataType.DT_STRING)
-    assert decoded_nbytes(proto, (10,)) == 10 * 8 + 10 * 3
-    assert decode_inputs({"s": proto}, infos, max_bytes=110)["s"].tolist() == [b"abc"] * 10
+    # References, the given value (at most the tensor's size on the wire), the repeats of it.
+    size = 10 * 8 + proto.ByteSize() + 9 * 3
+    assert decoded_nbytes(proto, (10,)) == size
+    assert decode_inputs({"s": proto}, infos, max_bytes=size)["s"].tolist() == [b"abc"] * 10
     with pytest.raises(InvalidArgument, match="tensor parsing error: s"):
-        decode_inputs({"s": proto}, infos, max_bytes=109)
+        decode_inputs({"s": proto}, infos, max_bytes=size - 1)
 
 
 @pytest.mark.parametrize(
