@@ -4,8 +4,9 @@ The adapters' conversion and the core's input validation, with no network and no
 ``PredictRequest`` through the signature lookup, ``decode_inputs`` and ``validate_inputs``, and a
 REST body through ``parse_predict_request`` and ``validate_inputs``, for a small and a 64-row
 request. Run it on two checkouts to compare (``PYTHONPATH=<other checkout> python
-bench/input_path.py``); code without ``decode_inputs`` is measured with the per-tensor decode it
-had. Results go to ``bench/results/input-path-<date>.{json,md}`` with the machine and load.
+bench/input_path.py --label ...``); code without ``decode_inputs`` is measured with the
+per-tensor decode it had. Each run is appended to ``bench/results/input-path-<date>.{jsonl,md}``
+with the machine and the load.
 """
 
 from __future__ import annotations
@@ -138,31 +139,53 @@ def main() -> None:
         results[f"rest, {rows} row(s)"] = _per_call_us(_rest_path(core, manifest, body), args.seconds)
 
     load = os.getloadavg()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    import serving
+
+    # The code measured is wherever ``serving`` was imported from, not necessarily this checkout.
+    measured = Path(serving.__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=measured, capture_output=True, text=True
+    )
     record = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "label": args.label,
-        "commit": commit.stdout.strip(),
+        "commit": commit.stdout.strip() or f"{measured} (not a git checkout)",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "load_average": [round(x, 2) for x in load],
         "cpu_microseconds_per_request": {name: round(us, 1) for name, us in results.items()},
     }
     print(json.dumps(record, indent=2))
+    # One file pair a day: every run (one per checkout compared) is appended, so the runs that
+    # were compared sit side by side.
     args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    (args.out / f"input-path-{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [
-        f"# Input conversion and validation per request ({record['label']})",
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    with (args.out / f"input-path-{day}.jsonl").open("a") as sink:
+        sink.write(json.dumps(record) + "\n")
+    markdown = args.out / f"input-path-{day}.md"
+    lines = (
+        []
+        if markdown.exists()
+        else [
+            "# Input conversion and validation: CPU per request, in-process",
+            "",
+            "`bench/input_path.py`: signature lookup, decoding and validation, no network, no members.",
+            "Each run is the best of several repeats; runs of different checkouts alternate.",
+        ]
+    )
+    lines += [
+        "",
+        f"## {record['label']}",
         "",
         f"{record['date']}, commit {record['commit']}, {record['machine']['cores']} cores, "  # type: ignore[index]
         f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
         + (" (shared machine: other work was running)" if load[0] > 1 else ""),
         "",
-        "| request | µs of CPU per request (best of repeats) |",
+        "| request | µs of CPU per request |",
         "|---|---|",
         *(f"| {name} | {us:.1f} |" for name, us in results.items()),
     ]
-    (args.out / f"input-path-{stamp}.md").write_text("\n".join(lines) + "\n")
+    with markdown.open("a") as sink:
+        sink.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
