@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from registry.defaults import DEFAULT_SYNC_GRACE_S
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -255,8 +257,34 @@ def sync(
             "(for TF Serving without --allow_version_labels_for_unavailable_models).",
         ),
     ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0.0,
+            help="Seconds a version stays listed and on disk after no alias names it any more "
+            "(make before break; see docs/registry.md for the minimum).",
+        ),
+    ] = DEFAULT_SYNC_GRACE_S,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="gRPC HOST:PORT of the TF Serving this repository feeds: an old version is pruned "
+            "only once the versions the aliases name are AVAILABLE there.",
+        ),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep syncing every --interval seconds.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between passes.")] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="With --watch: serve Prometheus metrics of the passes on this port (/metrics).",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
@@ -264,21 +292,51 @@ def sync(
 
     aliases = alias or ["champion"]
     policy: sync_module.LabelPolicy = "staged" if staged_labels else "immediate"
+    if metrics_port is not None and not watch:
+        typer.echo("error: --metrics-port needs --watch", err=True)
+        raise typer.Exit(2)
+    if backend is not None:
+        host, sep, port = backend.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            typer.echo(f"error: --backend {backend!r} must be HOST:PORT", err=True)
+            raise typer.Exit(2)
     with _one_line_errors():
         client = _client(tracking_uri)
+        available = sync_module.backend_availability(backend) if backend is not None else None
 
         def once() -> sync_module.SyncResult:
             return sync_module.sync_once(
-                client, name, aliases, model_repo, base_path=base_path, label_policy=policy
+                client,
+                name,
+                aliases,
+                model_repo,
+                base_path=base_path,
+                label_policy=policy,
+                grace_s=grace,
+                available=available,
             )
 
         if not watch:
             typer.echo(once().summary())
             return
     report: Callable[[str], None] = lambda line: typer.echo(line, err=True)  # noqa: E731
-    typer.echo(f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s", err=True)
+    on_pass = None
+    if metrics_port is not None:
+        from registry.sync_metrics import SyncMetrics
+
+        metrics = SyncMetrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            typer.echo(f"error: cannot serve metrics on port {metrics_port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        on_pass = metrics.record
+    typer.echo(
+        f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s (grace {grace:g}s)",
+        err=True,
+    )
     try:
-        sync_module.watch(once, interval_s=interval, report=report)
+        sync_module.watch(once, interval_s=interval, report=report, on_pass=on_pass)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
 

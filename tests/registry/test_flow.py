@@ -191,10 +191,22 @@ def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     assert "unchanged" in out
     assert (repo / "models.config").stat().st_mtime_ns == before
 
-    # Both aliases on the same manifest: one version folder per member, two labels on it; v1 pruned.
+    # Both aliases on the same manifest: one version folder per member, two labels on it. v1 is
+    # kept (listed and on disk) for the grace, so backends and gateways can move first.
     code, _, _ = _cli("promote", "syn", "--version", str(v2), "--alias", "champion", "--tracking-uri", uri)
     assert code == 0
     code, out, _ = _cli(*sync, "--tracking-uri", uri)
+    assert code == 0
+    assert "kept while the move settles" in out
+    assert "pruned" not in out
+    config = _check_layout_matches_config(repo)
+    for old, new in zip(champion.members, challenger.members, strict=True):
+        assert config[old.name] == (
+            sorted([old.version, new.version]),
+            {"champion": new.version, "challenger": new.version},
+        )
+    # With no grace left, v1 goes.
+    code, out, _ = _cli(*sync, "--grace", "0", "--tracking-uri", uri)
     assert code == 0
     assert "pruned" in out
     config = _check_layout_matches_config(repo)
