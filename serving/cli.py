@@ -28,6 +28,14 @@ def serve(
         list[str] | None,
         typer.Option("--alias", help="Registry alias to serve; repeat for several (first is the default)."),
     ] = None,
+    last_good_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--last-good-manifest",
+            help="Keep the last manifests served from the registry in this file; serve them when the "
+            "registry is unreachable at start.",
+        ),
+    ] = None,
     backend: Annotated[
         list[str] | None,
         typer.Option("--backend", help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas."),
@@ -60,6 +68,7 @@ def serve(
         "tracking_uri": tracking_uri,
         "ensemble": ensemble,
         "aliases": alias or None,
+        "last_good_manifest": last_good_manifest,
         "backends": backend or None,
         "rest_port": rest_port,
         "grpc_port": grpc_port,

@@ -232,7 +232,15 @@ class EnsembleCore:
 
     # --- manifests -----------------------------------------------------------------------------
     @property
-    def served(self) -> ServedManifests | None:
+    def served(self) -> ServedManifests:
+        """What is served now; Unavailable while no manifest has been loaded yet."""
+        if self._served is None:
+            raise Unavailable(NO_MANIFEST)
+        return self._served
+
+    @property
+    def loaded(self) -> ServedManifests | None:
+        """What is served now, or None before the first manifest."""
         return self._served
 
     def swap(self, served: ServedManifests) -> None:

@@ -84,6 +84,13 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="How often the manifest source (file or registry alias) is checked for a change.",
     )
+    last_good_manifest: Path | None = Field(
+        default=None,
+        description=(
+            "A local file where the gateway keeps the last manifests it served from the registry; a "
+            "gateway that cannot reach the registry at start serves them (None: not kept)."
+        ),
+    )
 
     # --- where the members live ----------------------------------------------------------------
     backends: Annotated[list[str], NoDecode] = Field(

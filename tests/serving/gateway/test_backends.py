@@ -13,8 +13,8 @@ from serving.backends import BackendPool
 from serving.ensemble import MemberError
 from serving.metrics import GatewayMetrics
 from tests.conftest import free_port
-from tests.serving.gateway.test_breaker import FakeClock
 from tests.serving.gateway.helpers import member_answer, start_fake_backend, stop_process
+from tests.serving.gateway.test_breaker import FakeClock
 
 MEMBERS = ["toy-m0", "toy-m1"]
 
