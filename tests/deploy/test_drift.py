@@ -403,6 +403,114 @@ def test_compose_tf_serving_reads_what_the_sync_writes() -> None:
     assert f"models:{params['model_repo']}" in sync["volumes"]
 
 
+ASSUMED_LOAD_S = 30.0
+"""Model load time the shipped grace must leave room for, on top of the chain of polls."""
+
+
+def check_grace_and_backend(
+    sync_params: dict[str, Any],
+    tf_flags: dict[str, str],
+    gateway: GatewaySettings,
+    backend_host: str,
+    where: str,
+) -> None:
+    """The sync keeps an old version through the whole chain of polls, and asks its own TF Serving."""
+    minimum = registry_sync.minimum_grace_s(
+        sync_interval_s=sync_params["interval"],
+        backend_config_poll_s=float(tf_flags["model_config_file_poll_wait_seconds"]),
+        load_s=ASSUMED_LOAD_S,
+        gateway_poll_s=gateway.poll_interval_s,
+        request_deadline_s=gateway.request_deadline_s,
+    )
+    assert sync_params["grace"] >= minimum, (
+        f"{where}: --grace {sync_params['grace']} < {minimum} (docs/registry.md)"
+    )
+    assert sync_params["backend"] == f"{backend_host}:{tf_flags['port']}", (
+        f"{where}: --backend is not its TF Serving"
+    )
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_k8s_sync_grace_covers_the_chain_of_polls(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = render(overlay)
+    deployments = by_kind(objects, "Deployment")
+    gateway = settings_from(k8s_env(objects, container(deployments["gateway"], "gateway")), monkeypatch)
+    sync = container(deployments["tf-serving"], "sync")
+    _, params = parse_cli(
+        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+    )
+    tf_flags = flags(container(deployments["tf-serving"], "tf-serving")["args"])
+    # The sidecar shares the pod's network: its TF Serving is on localhost.
+    check_grace_and_backend(params, tf_flags, gateway, "localhost", overlay)
+
+
+def test_compose_sync_grace_covers_the_chain_of_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = load_compose()["services"]
+    environment = {k: expand_defaults(str(v)) for k, v in services["gateway"]["environment"].items()}
+    gateway = settings_from(environment, monkeypatch)  # type: ignore[arg-type]
+    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    tf_flags = flags(compose_command_line(services["tf-serving"])[1:])
+    check_grace_and_backend(params, tf_flags, gateway, "tf-serving", "compose")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_k8s_last_good_manifest_is_on_an_empty_dir(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = render(overlay)
+    deployment = by_kind(objects, "Deployment")["gateway"]
+    gateway = container(deployment, "gateway")
+    settings = settings_from(k8s_env(objects, gateway), monkeypatch)
+    assert settings.last_good_manifest is not None
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    volume = mounts.get(str(settings.last_good_manifest.parent))
+    assert volume is not None, (
+        "the last-known-good manifest must be on a volume (the root filesystem is read-only)"
+    )
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[volume], "an emptyDir outlives the container's restarts"
+
+
+def test_compose_last_good_manifest_is_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = load_compose()["services"]["gateway"]
+    settings = settings_from(
+        {k: expand_defaults(str(v)) for k, v in gateway["environment"].items()}, monkeypatch
+    )
+    assert settings.last_good_manifest is not None
+    targets = {volume.split(":")[1] for volume in gateway["volumes"]}
+    assert str(settings.last_good_manifest.parent) in targets
+
+
+@needs_kubectl
+def test_k8s_sync_metrics_are_scraped() -> None:
+    objects = render("overlays/prod")
+    sync = container(by_kind(objects, "Deployment")["tf-serving"], "sync")
+    _, params = parse_cli(
+        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+    )
+    ports = {p["name"]: p["containerPort"] for p in sync["ports"]}
+    assert ports == {"sync-metrics": params["metrics_port"]}
+    service = by_kind(objects, "Service")["tf-serving"]
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}["sync-metrics"] == "sync-metrics"
+    monitor = by_kind(objects, "ServiceMonitor")["tf-serving-sync"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["sync-metrics"]
+    policy = by_kind(objects, "NetworkPolicy")["tf-serving"]
+    open_ports = [
+        p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]
+    ]
+    assert open_ports == [params["metrics_port"]], "only the metrics port is open to every scraper"
+
+
+def test_compose_sync_metrics_are_scraped() -> None:
+    services = load_compose()["services"]
+    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yaml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "sync")
+    assert job["static_configs"][0]["targets"] == [f"sync:{params['metrics_port']}"]
+    assert set(services["sync"]["networks"]) & set(services["prometheus"]["networks"])
+
+
 @needs_kubectl
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
 def test_sync_serves_the_aliases_the_gateway_serves(overlay: str) -> None:
@@ -532,10 +640,11 @@ def test_training_jobs_match_the_training_config(overlay: str) -> None:
 
 # --- metrics -------------------------------------------------------------------------------------------
 def metric_labels() -> dict[str, set[str]]:
-    """Every series name the gateway exports, with its label names."""
-    metrics = GatewayMetrics()
+    """Every series name the gateway and the sync sidecar export, with its label names."""
+    from registry.sync_metrics import SyncMetrics
+
     series: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
+    for value in [*vars(GatewayMetrics()).values(), *vars(SyncMetrics()).values()]:
         if not isinstance(value, Counter | Gauge | Histogram):
             continue
         name, labels = value._name, set(value._labelnames)
@@ -581,7 +690,9 @@ def test_alerts_and_dashboard_use_only_defined_metrics_and_labels() -> None:
         names = re.findall(r"\b(ensemble_[a-z0-9_]+)\b", expr)
         assert names, f"{where} uses no gateway metric"
         for name in names:
-            assert name in series, f"{where}: {name} is not exported by serving/metrics.py"
+            assert name in series, (
+                f"{where}: {name} is not exported (serving/metrics.py, registry/sync_metrics.py)"
+            )
         for name, matchers in re.findall(r"\b(ensemble_[a-z0-9_]+)\{([^}]*)\}", expr):
             for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
                 assert label in series[name], f"{where}: {name} has no label {label!r}"
