@@ -10,10 +10,13 @@ import pytest
 
 from registry.manifest import MemberRef
 from serving.backends import BackendPool
-from serving.ensemble import MemberError
+from serving.core import ModelRef
+from serving.ensemble import EnsembleCore, MemberError
+from serving.errors import Unavailable
+from serving.manifest_source import ServedManifests
 from serving.metrics import GatewayMetrics
 from tests.conftest import free_port
-from tests.serving.gateway.helpers import member_answer, start_fake_backend, stop_process
+from tests.serving.gateway.helpers import make_manifest, member_answer, start_fake_backend, stop_process
 from tests.serving.gateway.test_breaker import FakeClock
 
 MEMBERS = ["toy-m0", "toy-m1"]
@@ -208,3 +211,36 @@ def test_errors_the_request_caused_never_open_a_breaker(fast_backend: str) -> No
         return reasons
 
     assert asyncio.run(scenario()) == ["resource_exhausted", "invalid_argument"] * 3
+
+
+def test_readiness_fails_while_the_quorum_is_behind_open_breakers() -> None:
+    # Members that report AVAILABLE but fail every call: /readyz must not stay ready while every
+    # request fails on open breakers, and must come back once the cooldown lets a probe through.
+    port = free_port()
+    proc = start_fake_backend(port, ["toy-m0", "toy-m1", "toy-m2"], fail_rate=1.0)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        pool = BackendPool(
+            lambda m: [f"127.0.0.1:{port}"], breaker_failures=2, breaker_cooldown_s=5.0, clock=clock
+        )
+        core = EnsembleCore(ServedManifests(default=make_manifest()), pool)
+        try:
+            assert (await core.ready())[0]
+            for _ in range(2):
+                with pytest.raises(Unavailable):
+                    await core.predict(ModelRef("toy"), {"x": x_rows(1)["x"]})
+            ready, why = await core.ready()
+            assert not ready
+            assert "0/3 members AVAILABLE with a breaker not open" in why
+            statuses = await core.status(ModelRef("toy"))
+            assert [(s.state, s.error_code) for s in statuses] == [("UNKNOWN", "UNAVAILABLE")]
+            clock.now += 5.0  # half-open: a probe may go, so the members count again
+            assert (await core.ready())[0]
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(proc)
