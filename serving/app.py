@@ -283,8 +283,11 @@ class Gateway:
 
     def start_background(self) -> None:
         """Start watching the manifest source and the members' readiness."""
-        self._tasks.append(asyncio.create_task(self._watch()))
-        self._tasks.append(asyncio.create_task(self._monitor_readiness(2.0)))
+        jobs = {"manifest watch": self._watch(), "readiness monitor": self._monitor_readiness(2.0)}
+        for name, job in jobs.items():
+            task = asyncio.create_task(job, name=name)
+            task.add_done_callback(_report_stopped)
+            self._tasks.append(task)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -292,6 +295,12 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.pool.close()
+
+
+def _report_stopped(task: asyncio.Task[None]) -> None:
+    """A background loop that ends other than by cancellation is a bug: say so, loudly, once."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the %s stopped: %s", task.get_name(), error, exc_info=error)
 
 
 def manifest_source(settings: GatewaySettings) -> ManifestSource:

@@ -1,4 +1,5 @@
-"""Starting without the registry: the last-known-good manifest, or no manifest and retries (in-process)."""
+"""The gateway's lifecycle in-process: starting without the registry (last-known-good manifest, or none
+and retries), and background loops that must not die silently."""
 
 from __future__ import annotations
 
@@ -157,8 +158,12 @@ def test_with_nothing_saved_it_waits_for_the_registry_instead_of_exiting(
             served = gateway.core.loaded
             assert served is not None
             assert served.default.version == 3
-            # ...and what it now serves is saved for the next start.
+            # ...and what it now serves is saved for the next start (written off the event loop).
             assert config.last_good_manifest is not None
+            for _ in range(100):
+                if config.last_good_manifest.is_file():
+                    break
+                await asyncio.sleep(0.02)
             assert json.loads(config.last_good_manifest.read_text())["default"]["version"] == 3
             failed = gateway.metrics.registry.get_sample_value(
                 "ensemble_manifest_reloads_total", {"outcome": "failed"}
@@ -194,3 +199,24 @@ def test_a_last_good_file_that_cannot_be_written_is_counted_not_fatal(
             await gateway.close()
 
     asyncio.run(scenario())
+
+
+def test_a_background_loop_that_dies_is_logged(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        gateway = await Gateway.open(settings(tmp_path))
+
+        async def broken() -> None:
+            raise RuntimeError("a bug in the watch loop")
+
+        monkeypatch.setattr(gateway, "_watch", broken)
+        try:
+            gateway.start_background()
+            await asyncio.sleep(0.05)
+        finally:
+            await gateway.close()
+
+    with caplog.at_level("ERROR", logger="serving.gateway"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records] == ["the manifest watch stopped: a bug in the watch loop"]
