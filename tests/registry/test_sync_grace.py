@@ -184,3 +184,25 @@ def test_sync_metrics_count_passes_by_outcome(tmp_path: Path) -> None:
     assert sample("ensemble_sync_passes_total", {"outcome": "filesystem_error"}) == 2
     assert sample("ensemble_sync_versions_kept") == 1
     assert (sample("ensemble_sync_last_success_timestamp_seconds") or 0) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metrics-port", "9102"], "error: --metrics-port needs --watch"),
+        (["--backend", "localhost"], "error: --backend 'localhost' must be HOST:PORT"),
+    ],
+)
+def test_sync_usage_errors_exit_2_before_any_registry_call(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from ensemble_cli import build_app
+
+    dead = "http://127.0.0.1:9"  # never asked: the usage is checked first
+    result = CliRunner().invoke(
+        build_app(), ["sync", "digits", "--model-repo", str(tmp_path / "repo"), "--tracking-uri", dead, *args]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == message + "\n"
