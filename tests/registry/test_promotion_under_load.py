@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,6 +268,13 @@ def stack(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
             stop_process(proc)
 
 
+def _answered(protocol: str, headers: Mapping[str, str], answer: np.ndarray) -> Outcome:
+    """An answer, with the manifest version and member count its headers (or trailers) report."""
+    return Outcome(
+        protocol, True, headers["x-ensemble-manifest-version"], headers["x-ensemble-members"], answer
+    )
+
+
 async def _load(stack: Stack, stop: asyncio.Event, outcomes: list[Outcome], workers: int = 2) -> None:
     body = orjson.dumps({"inputs": {"features": FEATURES, "color": COLORS}})
 
@@ -285,15 +292,7 @@ async def _load(stack: Stack, stop: asyncio.Event, outcomes: list[Outcome], work
             if response.status_code != 200:
                 outcomes.append(Outcome("rest", False, error=f"{response.status_code} {response.text}"))
                 continue
-            outcomes.append(
-                Outcome(
-                    "rest",
-                    True,
-                    response.headers["x-ensemble-manifest-version"],
-                    response.headers["x-ensemble-members"],
-                    np.asarray(response.json()["outputs"], np.float32),
-                )
-            )
+            outcomes.append(_answered("rest", response.headers, np.asarray(response.json()["outputs"])))
 
     async def grpc_worker(stub: PredictionServiceStub) -> None:
         request = PredictRequest()
@@ -308,15 +307,7 @@ async def _load(stack: Stack, stop: asyncio.Event, outcomes: list[Outcome], work
             except grpc.aio.AioRpcError as exc:
                 outcomes.append(Outcome("grpc", False, error=f"{exc.code().name} {exc.details()}"))
                 continue
-            outcomes.append(
-                Outcome(
-                    "grpc",
-                    True,
-                    str(trailing["x-ensemble-manifest-version"]),
-                    str(trailing["x-ensemble-members"]),
-                    from_tensor_proto(response.outputs["probabilities"]),
-                )
-            )
+            outcomes.append(_answered("grpc", trailing, from_tensor_proto(response.outputs["probabilities"])))
 
     async with (
         httpx.AsyncClient(timeout=10) as client,
