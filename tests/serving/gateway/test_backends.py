@@ -227,9 +227,14 @@ def test_readiness_fails_while_the_quorum_is_behind_open_breakers() -> None:
         core = EnsembleCore(ServedManifests(default=make_manifest()), pool)
         try:
             assert (await core.ready())[0]
-            for _ in range(2):
-                with pytest.raises(Unavailable):
-                    await core.predict(ModelRef("toy"), {"x": x_rows(1)["x"]})
+            # Two failed calls per member open every breaker (called one by one: in a fan-out the
+            # last member's call may be cancelled once the quorum is lost, which is no failure).
+            for member in core.served.default.members:
+                for _ in range(2):
+                    with pytest.raises(MemberError, match="injected failure"):
+                        await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+            with pytest.raises(Unavailable, match="circuit_open"):
+                await core.predict(ModelRef("toy"), {"x": x_rows(1)["x"]})
             ready, why = await core.ready()
             assert not ready
             assert "0/3 members AVAILABLE with a breaker not open" in why
