@@ -45,7 +45,7 @@ from tests.serving.gateway.helpers import REPO_ROOT, spawn_process, stop_process
 
 pytestmark = pytest.mark.slow
 
-NAME = "promo"
+NAME = "underload"  # its own name: the MLflow server is shared by the session
 MEMBERS = [f"{NAME}-m0", f"{NAME}-m1"]
 FEATURES = [[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]]
 COLORS = [["red"], ["blue"]]
