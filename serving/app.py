@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2
 from serving.backends import BackendPool
 from serving.batching import BatchingPolicy
 from serving.ensemble import EnsembleCore, FanOutPolicy
+from serving.grpc.oip import OIP_SERVICE
 from serving.last_good import LastGoodStore, SavedManifests
 from serving.manifest_source import (
     FileManifestSource,
@@ -41,6 +42,7 @@ from serving.manifest_source import (
     watch,
 )
 from serving.metrics import CONTENT_TYPE, PROTOCOL_GRPC, PROTOCOL_REST, GatewayMetrics
+from serving.oip.service import OipService
 from serving.settings import GatewaySettings
 
 log = logging.getLogger("serving.gateway")
@@ -52,9 +54,19 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-_PREDICTION_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# Probes answer without the bearer token: liveness and readiness, in each protocol's spelling.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"})
+_OPEN_GRPC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    f"/{OIP_SERVICE}/ServerLive",
+    f"/{OIP_SERVICE}/ServerReady",
+)
+_PREDICTION_SERVICES = (
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    OIP_SERVICE,
+)
 FIRST_RETRY_S = 0.5
 """The first wait before loading the manifest source again, when it failed at start (then doubled)."""
 
@@ -109,6 +121,9 @@ class Gateway:
             ),
             metrics=self.metrics,
             batching=batching,
+        )
+        self.oip = OipService(
+            self.core, server_name="tf-ensemble gateway", platform="ensemble", ready=self.check_ready
         )
         self.health = health.aio.HealthServicer()
         self.draining = False
@@ -405,16 +420,18 @@ class GuardMiddleware:
 def create_app(gateway: Gateway) -> FastAPI:
     """The gateway's FastAPI app: TF Serving's REST API for the ensemble, plus operations endpoints."""
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.oip import create_oip_router
 
     app = FastAPI(
         title="Ensemble gateway",
-        description="TF Serving's REST API in front of a Keras model ensemble.",
+        description="TF Serving's API and the Open Inference Protocol in front of a Keras model ensemble.",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
     install_error_handlers(app)
     app.include_router(create_tfs_router(gateway.core))
+    app.include_router(create_oip_router(gateway.oip))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -497,6 +514,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
     """The gateway's grpc.aio server: TF Serving's services, health and reflection (not started)."""
     from serving.grpc import add_health_and_reflection, add_tfs_servicers
+    from serving.grpc.oip import add_oip_servicer
 
     settings = gateway.settings
     server = grpc.aio.server(
@@ -507,7 +525,8 @@ def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
         ],
     )
     add_tfs_servicers(server, gateway.core)
-    gateway.health = add_health_and_reflection(server)
+    add_oip_servicer(server, gateway.oip)
+    gateway.health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
         bound = server.add_insecure_port(address)

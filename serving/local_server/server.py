@@ -17,11 +17,12 @@ from typing import Any
 
 from grpc import aio
 
-from serving.local_server.core import LocalCore
+from serving.local_server.core import PLATFORM, LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
 from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
 from serving.model_config import ModelConfigError, ModelEntry
+from serving.oip.service import OipService
 
 log = logging.getLogger("serving.local_server")
 
@@ -30,16 +31,22 @@ class StartupError(Exception):
     """The backend cannot start: bad config, a port in use … (a one-line message)."""
 
 
+def _oip_service(core: LocalCore) -> OipService:
+    return OipService(core, server_name="tf-ensemble local backend", platform=PLATFORM, ready=core.ready)
+
+
 def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     from fastapi import FastAPI
 
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.oip import create_oip_router
     from serving.rest.server import uvicorn_server
 
     app = FastAPI(title="Local model server", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     timeout_s = settings.rest_api_timeout_in_ms / 1000 if settings.rest_api_timeout_in_ms else None
     app.include_router(create_tfs_router(core, timeout_s=timeout_s))
+    app.include_router(create_oip_router(_oip_service(core), timeout_s=timeout_s))
 
     return uvicorn_server(
         app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
@@ -67,6 +74,7 @@ async def serve(settings: BackendSettings) -> None:
     from grpc_health.v1 import health_pb2
 
     from serving.grpc import add_health_and_reflection, add_tfs_servicers
+    from serving.grpc.oip import OIP_SERVICE, add_oip_servicer
     from serving.local_server.saved_model import configure_devices
 
     faults = None
@@ -97,7 +105,8 @@ async def serve(settings: BackendSettings) -> None:
         ]
     )
     add_tfs_servicers(server, core)
-    health = add_health_and_reflection(server)
+    add_oip_servicer(server, _oip_service(core))
+    health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
     try:
         bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError:
@@ -106,7 +115,7 @@ async def serve(settings: BackendSettings) -> None:
         raise StartupError(f"cannot listen for gRPC on {settings.host}:{settings.port}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    for service in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
+    for service in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService", OIP_SERVICE):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     rest = _rest_server(core, settings) if settings.rest_api_port else None
