@@ -122,7 +122,9 @@ def _numbers(tensor: str, datatype: str, dtype: np.dtype[Any], data: Any, may_ho
 
 def _found(tensor: str, data: Any, wanted: str) -> str:
     """What the values are besides the ``wanted`` kind, for the error message."""
-    return " and ".join(sorted({_json_kind(value) for value in _leaves(tensor, data)} - {wanted}))
+    kinds = sorted({_json_kind(value) for value in _leaves(tensor, data)} - {wanted})
+    # Only numbers, yet numpy could not hold them: integers beyond 64 bits.
+    return " and ".join(kinds) if kinds else "integers too large for 64 bits"
 
 
 def _check_range(tensor: str, datatype: str, dtype: np.dtype[Any], values: np.ndarray) -> None:

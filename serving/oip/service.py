@@ -160,13 +160,14 @@ class OipService:
         self.server_name = server_name
         self.platform = platform
         self._ready = ready
+        self._version = _server_version()
 
     # --- health and metadata -------------------------------------------------------------------
     async def server_ready(self) -> tuple[bool, str]:
         return await self._ready()
 
     def server_metadata(self) -> ServerMetadataAnswer:
-        return ServerMetadataAnswer(self.server_name, _server_version(), list(EXTENSIONS))
+        return ServerMetadataAnswer(self.server_name, self._version, list(EXTENSIONS))
 
     async def model_ready(self, name: str, version: str) -> tuple[bool, str]:
         """Whether the addressed version is AVAILABLE (NotFound for an unknown model or version)."""

@@ -56,6 +56,7 @@ def test_bytes_data_are_utf8_strings() -> None:
         ("FP32", [2], [1.0, None], "FP32 data must be numbers, got null"),
         ("INT32", [2], [1, 2.5], "INT32 data must be integers, got fractions"),
         ("INT8", [1], [300], "value 300 is out of range for INT8"),
+        ("INT64", [1], [2**70], "INT64 data must be numbers, got integers too large for 64 bits"),
         ("UINT8", [1], [-1], "value -1 is out of range for UINT8"),
         ("BOOL", [2], [1, 0], "BOOL data must be booleans, got numbers"),
         ("BYTES", [2], ["a", 1], "BYTES data must be strings, got numbers"),
