@@ -17,6 +17,7 @@ from grpc import aio
 from serving.errors import InvalidArgument
 from serving.grpc.servicers import _headers, _serving_errors, _timeout
 from serving.oip import codec
+from serving.oip.datatypes import numpy_dtype_of
 from serving.oip.service import InferRequest, InputTensor, OipService, ParameterValue
 from serving.protos.inference.open_inference_grpc_pb2 import (
     DESCRIPTOR,
@@ -71,14 +72,18 @@ def _parameters(parameters: Mapping[str, InferParameter]) -> dict[str, Parameter
 
 
 def _typed_values(name: str, datatype: str, contents: InferTensorContents) -> Sequence[Any]:
+    numpy_dtype_of(datatype, name)  # an unknown datatype is named as such, not as misplaced values
     field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgument(f"input {name!r}: {datatype} values travel only in raw_input_contents")
     misplaced = [other for other in _ALL_FIELDS if other != field and len(getattr(contents, other))]
     if misplaced:
-        where = f"in {field}" if field else "as raw_input_contents"
         raise InvalidArgument(
-            f"input {name!r} of datatype {datatype} has values in {', '.join(misplaced)}; they belong {where}"
+            f"input {name!r} of datatype {datatype} has values in {', '.join(misplaced)}; "
+            f"they belong in {field}"
         )
-    return getattr(contents, field) if field else ()
+    values: Sequence[Any] = getattr(contents, field)
+    return values
 
 
 def infer_request(request: ModelInferRequest) -> InferRequest:

@@ -25,7 +25,7 @@ from typing import Final
 import numpy as np
 
 from serving.core import ModelRef, ServingCore
-from serving.errors import InvalidArgument
+from serving.errors import FailedPrecondition, InvalidArgument
 from serving.oip.datatypes import datatype_of, datatype_of_tf
 from serving.protos import TensorInfoProto
 
@@ -65,6 +65,8 @@ class InferRequest:
 
 @dataclass(frozen=True, slots=True)
 class OutputTensor:
+    """An answer tensor, with the datatype its values travel as."""
+
     name: str
     datatype: str
     values: np.ndarray
@@ -72,6 +74,8 @@ class OutputTensor:
 
 @dataclass(frozen=True, slots=True)
 class InferAnswer:
+    """An inference answer, before its transport encodes it."""
+
     model_name: str
     model_version: str
     id: str
@@ -83,6 +87,8 @@ class InferAnswer:
 
 @dataclass(frozen=True, slots=True)
 class TensorMetadata:
+    """An input or output of model metadata; -1 for a dimension of any size."""
+
     name: str
     datatype: str
     shape: list[int]
@@ -90,6 +96,8 @@ class TensorMetadata:
 
 @dataclass(frozen=True, slots=True)
 class ModelMetadataAnswer:
+    """A model's served versions, platform, inputs and outputs."""
+
     name: str
     versions: list[str]
     platform: str
@@ -99,6 +107,8 @@ class ModelMetadataAnswer:
 
 @dataclass(frozen=True, slots=True)
 class ServerMetadataAnswer:
+    """The server's name, version and protocol extensions."""
+
     name: str
     version: str
     extensions: list[str]
@@ -181,14 +191,10 @@ class OipService:
         ref = model_ref(name, version)
         answer = await self.core.metadata(ref)
         signatures = answer.signature_def.signature_def
-        key = ref.signature_name or _DEFAULT_SIGNATURE
-        if key not in signatures:
-            # A model exported with a single, differently named signature: that one is what runs.
-            callable_keys = [k for k in signatures if not k.startswith("__")]
-            if len(callable_keys) != 1:
-                raise InvalidArgument(f'model {name} has no "{key}" signature')
-            key = callable_keys[0]
-        signature = signatures[key]
+        # Inference runs the default signature (the protocol has no other), so that one is described.
+        if _DEFAULT_SIGNATURE not in signatures:
+            raise FailedPrecondition(f'model {name} has no "{_DEFAULT_SIGNATURE}" signature')
+        signature = signatures[_DEFAULT_SIGNATURE]
         statuses = await self.core.status(ModelRef(name=answer.name))
         available = sorted(status.version for status in statuses if status.state == "AVAILABLE")
         return ModelMetadataAnswer(

@@ -43,7 +43,7 @@ class FakeCore:
     def _check(self, ref: ModelRef) -> None:
         if ref.name == "broken":
             raise RuntimeError("secret internals")
-        if ref.name not in ("m", "loading"):
+        if ref.name not in ("m", "loading", "unsigned"):
             raise NotFound(f"Servable not found for request: Latest({ref.name})")
         if ref.label not in (None, "champion") or ref.version not in (None, 2, 3):
             raise NotFound(f"Servable not found for request: {ref}")
@@ -78,7 +78,7 @@ class FakeCore:
     async def metadata(self, ref: ModelRef) -> ModelMetadata:
         self._check(ref)
         signatures = SignatureDefMap()
-        signature = signatures.signature_def["serving_default"]
+        signature = signatures.signature_def["serving_default" if ref.name != "unsigned" else "other"]
         for key, dtype, dims in (("x", DataType.DT_FLOAT, (-1, 2)), ("s", DataType.DT_STRING, (-1, 1))):
             signature.inputs[key].dtype = dtype
             for size in dims:
@@ -159,6 +159,9 @@ def test_rest_model_metadata_and_readiness(rest) -> None:
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
     }
     assert client.get("/v2/models/m/versions/champion").json()["name"] == "m"
+    unsigned = client.get("/v2/models/unsigned")
+    assert unsigned.status_code == 400
+    assert unsigned.json() == {"error": 'model unsigned has no "serving_default" signature'}
     assert client.get("/v2/models/m/versions/champion/ready").json() == {"name": "m", "ready": True}
     assert client.get("/v2/models/m/versions/3/ready").status_code == 200
     not_ready = client.get("/v2/models/m/versions/2/ready")
@@ -353,6 +356,12 @@ def test_grpc_servicer() -> None:
                 bad.inputs[0].contents.bytes_contents.append(b"1")
                 await _expect(stub.ModelInfer(bad, timeout=5), grpc.StatusCode.INVALID_ARGUMENT,
                               "input 'x' of datatype FP32 has values in bytes_contents")  # fmt: skip
+                bad.inputs[0].datatype = "FP16"
+                await _expect(stub.ModelInfer(bad, timeout=5), grpc.StatusCode.INVALID_ARGUMENT,
+                              "input 'x': FP16 values travel only in raw_input_contents")  # fmt: skip
+                bad.inputs[0].datatype = "FP8"
+                await _expect(stub.ModelInfer(bad, timeout=5), grpc.StatusCode.INVALID_ARGUMENT,
+                              "tensor 'x' has datatype 'FP8', expected one of BOOL")  # fmt: skip
                 bad.CopyFrom(request)
                 bad.raw_input_contents.pop()
                 await _expect(stub.ModelInfer(bad, timeout=5), grpc.StatusCode.INVALID_ARGUMENT,
