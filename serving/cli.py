@@ -53,6 +53,14 @@ def serve(
     hedge_after_ms: Annotated[
         float | None, typer.Option("--hedge-after-ms", help="Hedge a slow member call after this delay.")
     ] = None,
+    traffic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--traffic",
+            help="NAME:KEY=VALUE[,KEY=VALUE] traffic policy of an ensemble, e.g. "
+            "digits:shadow_fraction=0.1,canary_percent=20 (see docs/gateway.md).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file of gateway settings (flags and env win).")
     ] = None,
@@ -81,6 +89,10 @@ def serve(
     try:
         if member_backend:
             overrides["member_backends"] = _member_backends(member_backend)
+        if traffic:
+            from serving.traffic.policy import parse_traffic_option
+
+            overrides["traffic"] = parse_traffic_option(traffic)
         settings = GatewaySettings.load(config, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from serving.traffic.policy import TrafficPolicy, check_policies
 
 ENV_PREFIX = "ENSEMBLE_"
 
@@ -163,6 +165,19 @@ class GatewaySettings(BaseSettings):
     )
     log_level: LogLevel = Field(default="info", description="Log level of the gateway process.")
 
+    # --- champion vs challenger ------------------------------------------------------------------
+    traffic: dict[str, TrafficPolicy] = Field(
+        default_factory=dict,
+        description=(
+            "Traffic policy per served ensemble (name -> shadow, sticky canary, comparison window);"
+            " re-read from the config file while the gateway runs."
+        ),
+    )
+
+    # Where these settings came from, so that the config file can be read again (``reload``).
+    _config_file: Path | None = PrivateAttr(default=None)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     @field_validator("aliases", "backends", mode="before")
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
@@ -202,6 +217,16 @@ class GatewaySettings(BaseSettings):
             raise ValueError("serving from the registry needs at least one alias")
         return self
 
+    @model_validator(mode="after")
+    def _traffic_pairs(self) -> GatewaySettings:
+        check_policies(
+            self.traffic,
+            ensemble=self.ensemble,
+            aliases=self.aliases,
+            from_registry=self.tracking_uri is not None,
+        )
+        return self
+
     def addresses_for(self, member: str) -> list[str]:
         """The backend addresses of ``member``: its override, else the shared backends."""
         return self.member_backends.get(member) or self.backends
@@ -222,13 +247,29 @@ class GatewaySettings(BaseSettings):
         """Build the settings from flags (``overrides``, None values ignored), env and a YAML file."""
         given = {key: value for key, value in overrides.items() if value is not None}
         if config_file is None:
-            return cls(**given)
-        if not config_file.is_file():
-            raise ValueError(f"config file {config_file} does not exist")
-        # A subclass bound to this file keeps the class itself free of any global file path.
-        bound = type(
-            cls.__name__,
-            (cls,),
-            {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
-        )
-        return bound(**given)  # type: ignore[no-any-return]
+            settings = cls(**given)
+        else:
+            if not config_file.is_file():
+                raise ValueError(f"config file {config_file} does not exist")
+            # A subclass bound to this file keeps the class itself free of any global file path.
+            bound = type(
+                cls.__name__,
+                (cls,),
+                {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
+            )
+            settings = bound(**given)
+        settings._config_file = config_file
+        settings._overrides = given
+        return settings
+
+    @property
+    def config_file(self) -> Path | None:
+        """The YAML file these settings were read from, if any."""
+        return self._config_file
+
+    def reload(self) -> GatewaySettings:
+        """The settings as they read now: the same flags and environment, the config file read again.
+
+        Raises what :meth:`load` raises (ValidationError, ValueError) for a file that became invalid.
+        """
+        return GatewaySettings.load(self._config_file, **self._overrides)
