@@ -16,8 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from serving.metrics import ENSEMBLE, MEMBER, OUTCOME, PREFIX, VERSION
-from serving.traffic.comparison import ComparisonSummary, ComparisonWindow, Latency, Recorded
+from serving.traffic.comparison import ComparisonWindow, Recorded
 from serving.traffic.shadow import Outcome
+from serving.traffic.summary import ComparisonSummary, Latency
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

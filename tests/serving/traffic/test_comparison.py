@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from registry.manifest import OutputKind
-from serving.traffic.comparison import (
-    ComparisonSummary,
-    ComparisonWindow,
-    MemberObservation,
-    SideObservation,
-    diff,
-)
+from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
+from serving.traffic.figures import diff
+from serving.traffic.summary import ComparisonSummary
 
 KINDS: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
 N_CLASSES = 5
