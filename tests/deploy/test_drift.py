@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import click
+import numpy as np
 import pytest
 import typer
 import yaml
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from registry import sync as registry_sync
+from registry.manifest import OutputKind
 from serving.metrics import GatewayMetrics
 from serving.settings import ENV_PREFIX, GatewaySettings
+from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
+from serving.traffic.metrics import TrafficMetrics
 from tests.deploy.manifests import (
+    INSTALL_HINT,
     K8S,
     ROOT,
     by_kind,
@@ -34,6 +41,7 @@ from tests.deploy.manifests import (
     dockerfile_instructions,
     exec_form,
     expand_defaults,
+    find_tool,
     kubectl_problem,
     load_compose,
     render,
@@ -639,11 +647,37 @@ def test_training_jobs_match_the_training_config(overlay: str) -> None:
 
 
 # --- metrics -------------------------------------------------------------------------------------------
+def traffic_metric_labels() -> dict[str, set[str]]:
+    """Every champion vs challenger series, read from a real scrape with each one filled in.
+
+    The window's gauges are computed at scrape time, so they are not attributes to list: one
+    compared request (both output kinds, a member on each side) makes every family appear.
+    """
+    registry = CollectorRegistry()
+    window = ComparisonWindow("digits", "champion", "challenger", max_requests=10, max_age_s=60.0)
+    metrics = TrafficMetrics(registry, lambda: [window])
+    kinds: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
+    outputs = {"probabilities": np.array([[0.6, 0.4]]), "price": np.array([[2.0]])}
+    member = [MemberObservation("digits-m0", 1, 0.01, outputs)]
+    recorded = window.record(
+        SideObservation(1, 0.01, outputs, kinds, members=member),
+        SideObservation(2, 0.02, outputs, kinds, members=member),
+    )
+    metrics.count_route(window, "champion")
+    metrics.count_shadow(window, "answered")
+    metrics.count_compared(window, recorded)
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
 def metric_labels() -> dict[str, set[str]]:
     """Every series name the gateway and the sync sidecar export, with its label names."""
     from registry.sync_metrics import SyncMetrics
 
-    series: dict[str, set[str]] = {}
+    series = traffic_metric_labels()
     for value in [*vars(GatewayMetrics()).values(), *vars(SyncMetrics()).values()]:
         if not isinstance(value, Counter | Gauge | Histogram):
             continue
@@ -684,6 +718,9 @@ def promql_expressions() -> dict[str, str]:
 def test_alerts_and_dashboard_use_only_defined_metrics_and_labels() -> None:
     series = metric_labels()
     assert "ensemble_requests_total" in series
+    assert {"ensemble_comparison_member_latency_seconds", "ensemble_comparison_mean_rel_diff"} <= set(
+        series
+    ), "the scrape filled every champion vs challenger family"
     exprs = promql_expressions()
     assert any(key.startswith("dashboard") for key in exprs)
     for where, expr in exprs.items():
@@ -717,3 +754,79 @@ def test_compose_alerts_equal_the_prometheus_rule() -> None:
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     compose_rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
     assert compose_rules["groups"] == rule["spec"]["groups"]
+
+
+# --- the champion vs challenger alert, evaluated by Prometheus's own rule engine ------------------------
+AGREEMENT_ALERT_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # digits: 100 decisions a minute, 98% agreeing, then from minute 90 only 60%.
+      - series: 'ensemble_comparison_decisions_total{{{pair},output="probabilities"}}'
+        values: '0+100x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{pair},output="probabilities"}}'
+        values: '0+98x90 8880+60x60'
+      # iris: steady at 98% all along.
+      - series: 'ensemble_comparison_decisions_total{{{iris},output="probabilities"}}'
+        values: '0+100x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{iris},output="probabilities"}}'
+        values: '0+98x150'
+      # penguins: the same drop, but 5 decisions a minute: too few to alert on.
+      - series: 'ensemble_comparison_decisions_total{{{penguins},output="probabilities"}}'
+        values: '0+5x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{penguins},output="probabilities"}}'
+        values: '0+4.9x90 444+3x60'
+    alert_rule_test:
+      - eval_time: 85m
+        alertname: EnsembleChallengerAgreementDrop
+        exp_alerts: []
+      - eval_time: 120m
+        alertname: EnsembleChallengerAgreementDrop
+        exp_alerts:
+          - exp_labels: {{ensemble: digits, champion: champion, challenger: challenger, severity: warning}}
+            exp_annotations:
+              summary: "digits: the challenger agrees far less with the champion than an hour before."
+              description: "{description}"
+"""
+
+
+def test_agreement_alert_fires_on_a_sudden_drop_only(tmp_path: Path) -> None:
+    """promtool runs the shipped rule on series where agreement drops, stays, or drops on thin traffic."""
+    promtool = find_tool("promtool")
+    if promtool is None:
+        pytest.skip(f"promtool not found: {INSTALL_HINT['promtool']}")
+    rules = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+    rule = next(
+        r
+        for group in yaml.safe_load(rules.read_text())["groups"]
+        for r in group["rules"]
+        if r["alert"] == "EnsembleChallengerAgreementDrop"
+    )
+    # The description as Prometheus renders it: 60% agreement over the last 10 minutes.
+    description = (
+        rule["annotations"]["description"]
+        .replace("{{ $labels.challenger }}", "challenger")
+        .replace("{{ $labels.champion }}", "champion")
+        .replace("{{ $labels.ensemble }}", "digits")
+        .replace("{{ $value | humanizePercentage }}", "60%")
+    )
+    test_file = tmp_path / "agreement_alert_test.yaml"
+    test_file.write_text(
+        AGREEMENT_ALERT_TEST.format(
+            rules=json.dumps(str(rules)),
+            pair='ensemble="digits",champion="champion",challenger="challenger"',
+            iris='ensemble="iris",champion="champion",challenger="challenger"',
+            penguins='ensemble="penguins",champion="champion",challenger="challenger"',
+            description=description.replace('"', '\\"'),
+        )
+    )
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
