@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from registry.manifest import OutputKind
-from serving.traffic.figures import Diff, diff_outputs, latency, output_figures, pooled_figures
+from serving.traffic.figures import Diff, diff_answers, latency, output_figures, pooled_figures
 from serving.traffic.routing import Side
 from serving.traffic.shadow import Outcome
 from serving.traffic.summary import ComparisonSummary, MemberSummary, ShadowCounts, SideSummary, WindowSummary
@@ -86,24 +86,37 @@ class _Entry:
     sides: Mapping[Side, _Call]
     members: Mapping[MemberKey, _Call]
 
+    @property
+    def paired(self) -> bool:
+        return len(self.sides) == 2
+
+    @property
+    def compared(self) -> bool:
+        return self.paired and all(call.ok for call in self.sides.values())
+
 
 @dataclass(slots=True)
 class _Tally:
-    """Calls summed over the window."""
+    """The calls of one side or one member now in the window, summed as they come and go."""
 
     requests: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=deque)
     diffs: dict[str, Diff] = field(default_factory=dict)
 
-    def add(self, call: _Call) -> None:
-        self.requests += 1
-        if call.ok:
+    def add(self, call: _Call, sign: int = 1) -> None:
+        """Count ``call`` in (``sign=-1``: out; calls leave in the order they came)."""
+        self.requests += sign
+        if not call.ok:
+            self.errors += sign
+        elif sign > 0:
             self.latencies.append(call.latency_s)
         else:
-            self.errors += 1
+            self.latencies.popleft()
         for name, part in call.diffs.items():
-            self.diffs.setdefault(name, Diff()).add(part)
+            self.diffs.setdefault(name, Diff()).add(part, sign)
+        if self.requests == 0:
+            self.diffs.clear()  # exact zeros again, whatever rounding the subtractions left
 
     @property
     def error_rate(self) -> float | None:
@@ -118,7 +131,11 @@ class Recorded:
 
 
 class ComparisonWindow:
-    """The sliding window of one ensemble's champion and challenger, and its summary."""
+    """The sliding window of one ensemble's champion and challenger, and its summary.
+
+    Every request's figures are computed once, when it is recorded, and kept as running sums, so
+    reading the summary costs the same whatever the window holds.
+    """
 
     def __init__(
         self,
@@ -137,6 +154,9 @@ class ComparisonWindow:
         self.max_age_s = max_age_s
         self._clock = clock
         self._entries: deque[_Entry] = deque()
+        self._sides: dict[Side, _Tally] = {"champion": _Tally(), "challenger": _Tally()}
+        self._members: dict[MemberKey, _Tally] = {}
+        self._paired = self._compared = 0
         self._versions: dict[Side, int | None] = {"champion": None, "challenger": None}
         self._kinds: dict[str, OutputKind] = {}
         self._shadow: dict[Outcome, int] = {"answered": 0, "failed": 0, "dropped": 0}
@@ -169,22 +189,39 @@ class ComparisonWindow:
         self._follow_versions(observed)
         kinds = dict(observed.get("champion", next(iter(observed.values()))).kinds)
         self._kinds.update(kinds)
+        members = [(side, m) for side, o in observed.items() for m in o.members]
         # Everything is compared with the champion's combined answer: the one in production.
+        answers = [challenger.answer if challenger is not None else None] + [
+            m.outputs if m.error is None else None for _, m in members
+        ]
         reference = champion.answer if champion is not None else None
-
-        def call(answer: Mapping[str, np.ndarray] | None, latency_s: float, compare: bool) -> _Call:
-            diffs = diff_outputs(kinds, reference, answer) if compare and reference and answer else {}
-            return _Call(answer is not None, latency_s, diffs)
-
-        sides = {side: call(o.answer, o.latency_s, side == "challenger") for side, o in observed.items()}
-        members = {
-            (side, m.name, m.version): call(m.outputs if m.error is None else None, m.latency_s, True)
-            for side, observation in observed.items()
-            for m in observation.members
-        }
-        self._entries.append(_Entry(at=now, sides=sides, members=members))
+        diffs = diff_answers(kinds, reference, answers) if reference is not None else [{} for _ in answers]
+        sides = {side: _Call(o.answer is not None, o.latency_s, {}) for side, o in observed.items()}
+        if challenger is not None:
+            sides["challenger"] = _Call(challenger.answer is not None, challenger.latency_s, diffs[0])
+        entry = _Entry(
+            at=now,
+            sides=sides,
+            members={
+                (side, m.name, m.version): _Call(answer is not None, m.latency_s, part)
+                for (side, m), answer, part in zip(members, answers[1:], diffs[1:], strict=True)
+            },
+        )
+        self._entries.append(entry)
+        self._count(entry, 1)
         self._evict(now)
-        return Recorded(sides["challenger"].diffs if "challenger" in sides else {})
+        return Recorded(diffs[0])
+
+    def _count(self, entry: _Entry, sign: int) -> None:
+        self._paired += sign * entry.paired
+        self._compared += sign * entry.compared
+        for side, call in entry.sides.items():
+            self._sides[side].add(call, sign)
+        for key, call in entry.members.items():
+            tally = self._members.setdefault(key, _Tally())
+            tally.add(call, sign)
+            if tally.requests == 0:
+                del self._members[key]
 
     def _follow_versions(self, observed: Mapping[Side, SideObservation]) -> None:
         for side, observation in observed.items():
@@ -198,41 +235,33 @@ class ComparisonWindow:
                     observation.version,
                 )
                 self._entries.clear()
+                self._sides = {"champion": _Tally(), "challenger": _Tally()}
+                self._members.clear()
+                self._paired = self._compared = 0
             self._versions[side] = observation.version
 
     def _evict(self, now: float) -> None:
         entries = self._entries
         while entries and (len(entries) > self.max_requests or now - entries[0].at > self.max_age_s):
-            entries.popleft()
+            self._count(entries.popleft(), -1)
 
     def summary(self) -> ComparisonSummary:
         """The window's figures now (requests that have aged out are dropped first)."""
         now = self._clock()
         self._evict(now)
-        sides: dict[Side, _Tally] = {"champion": _Tally(), "challenger": _Tally()}
-        members: dict[MemberKey, _Tally] = {}
-        paired = compared = 0
-        for entry in self._entries:
-            if len(entry.sides) == 2:
-                paired += 1
-                compared += all(call.ok for call in entry.sides.values())
-            for side, call in entry.sides.items():
-                sides[side].add(call)
-            for key, call in entry.members.items():
-                members.setdefault(key, _Tally()).add(call)
-        pairs = sides["challenger"].diffs
+        pairs = self._sides["challenger"].diffs
         return ComparisonSummary(
             ensemble=self.ensemble,
-            champion=self._side_summary("champion", sides["champion"]),
-            challenger=self._side_summary("challenger", sides["challenger"]),
+            champion=self._side_summary("champion"),
+            challenger=self._side_summary("challenger"),
             window=WindowSummary(
                 max_requests=self.max_requests,
                 max_age_s=self.max_age_s,
                 requests=len(self._entries),
                 oldest_age_s=now - self._entries[0].at if self._entries else None,
             ),
-            paired=paired,
-            compared=compared,
+            paired=self._paired,
+            compared=self._compared,
             classification=pooled_figures(pairs, self._kinds, "probabilities"),
             regression=pooled_figures(pairs, self._kinds, "predictions"),
             outputs=output_figures(pairs, self._kinds),
@@ -248,13 +277,14 @@ class ComparisonWindow:
                     outputs=output_figures(tally.diffs, self._kinds),
                 )
                 for (side, name, version), tally in sorted(
-                    members.items(), key=lambda item: (item[0][0] != "champion", item[0][1], item[0][2])
+                    self._members.items(), key=lambda item: (item[0][0] != "champion", item[0][1], item[0][2])
                 )
             ],
             shadow=ShadowCounts(**self._shadow),
         )
 
-    def _side_summary(self, side: Side, tally: _Tally) -> SideSummary:
+    def _side_summary(self, side: Side) -> SideSummary:
+        tally = self._sides[side]
         return SideSummary(
             alias=self.alias(side),
             version=self._versions[side],

@@ -11,8 +11,8 @@ import pytest
 
 from registry.manifest import OutputKind
 from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
-from serving.traffic.figures import diff
-from serving.traffic.summary import ComparisonSummary
+from serving.traffic.figures import diff, latency
+from serving.traffic.summary import ComparisonSummary, Latency
 
 KINDS: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
 N_CLASSES = 5
@@ -117,10 +117,14 @@ def offline(requests: list[Request]) -> dict[str, Any]:
             "p50": np.percentile(answered, 50),
             "p99": np.percentile(answered, 99),
         }
+    # Members are compared with the champion's answer wherever there is one, paired or not.
     members: dict[str, dict[str, Any]] = {}
-    for r in both:
+    for r in requests:
+        if output(r.champion, "probabilities") is None:
+            continue
         for side in ("champion", "challenger"):
-            for m in getattr(r, side).members:
+            observation = getattr(r, side)
+            for m in observation.members if observation is not None else []:
                 entry = members.setdefault(
                     m.name, {"p": [], "ref": [], "lat": [], "errors": 0, "requests": 0}
                 )
@@ -364,3 +368,54 @@ def test_summary_json_is_the_documented_schema() -> None:
     }  # fmt: skip
     assert data["shadow"] == {"answered": 0, "failed": 0, "dropped": 0}
     assert ComparisonSummary.model_validate(data) == w.summary()
+
+
+def test_running_sums_stay_exact_through_many_evictions() -> None:
+    """The window adds each request's sums once and takes them away again on eviction."""
+    clock = Clock()
+    requests = make_requests(1500, seed=9, error_every=7)
+    w = window(clock, max_requests=120, max_age_s=100.0)
+    for i, r in enumerate(requests):
+        w.record(r.champion, r.challenger)
+        clock.now += 1.0 if i % 3 else 0.0  # two requests a second on average: age drops some too
+    summary = w.summary()
+    kept = summary.window.requests
+    assert 0 < kept <= 120
+    expected = offline(requests[-kept:])
+    assert summary.compared == expected["compared"]
+    assert summary.outputs["probabilities"].agreement == pytest.approx(expected["agreement"], rel=1e-12)
+    assert summary.outputs["probabilities"].mean_abs_diff == pytest.approx(expected["mad_p"], rel=1e-9)
+    assert summary.outputs["price"].mean_rel_diff == pytest.approx(expected["rel_y"], rel=1e-9)
+    assert summary.challenger.latency_s.p99 == pytest.approx(
+        expected["sides"]["challenger"]["p99"], rel=1e-12
+    )
+    for member in summary.members:
+        want = expected["members"][member.member]
+        assert member.outputs["probabilities"].agreement == pytest.approx(want["agreement"], rel=1e-12)
+        assert member.latency_s.p99 == pytest.approx(want["p99"], rel=1e-12)
+
+
+def test_a_member_leaves_the_summary_when_its_calls_age_out() -> None:
+    clock = Clock()
+    w = window(clock, max_age_s=10.0)
+    first, later = make_requests(2, seed=10)
+    w.record(first.champion, first.challenger)
+    clock.now += 5
+    assert later.champion is not None
+    w.record(SideObservation(3, 0.01, later.champion.outputs, KINDS), None)  # no members this time
+    assert len(w.summary().members) == 6
+    clock.now += 6  # the first request is now 11 s old
+    summary = w.summary()
+    assert summary.members == []
+    assert summary.window.requests == 1
+    assert summary.compared == 0
+    assert summary.outputs == {}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000])
+def test_latency_percentiles_equal_numpys(n: int) -> None:
+    values = list(np.random.default_rng(n).exponential(0.01, size=n))
+    got = latency(values)
+    assert got.p50 == pytest.approx(np.percentile(values, 50), rel=1e-12)
+    assert got.p99 == pytest.approx(np.percentile(values, 99), rel=1e-12)
+    assert latency([]) == Latency()
