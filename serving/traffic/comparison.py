@@ -173,9 +173,6 @@ class ComparisonWindow:
         self.max_requests, self.max_age_s = max_requests, max_age_s
         self._evict(self._clock())
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def record(self, champion: SideObservation | None, challenger: SideObservation | None) -> Recorded:
         """Add one request: either side may be missing (not asked), failed, or answered."""
         observed: dict[Side, SideObservation] = {}

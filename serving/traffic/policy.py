@@ -88,11 +88,6 @@ class TrafficPolicy(BaseModel):
             raise ValueError(f"champion and challenger must be different aliases, both are {self.champion!r}")
         return self
 
-    @property
-    def active(self) -> bool:
-        """Whether the policy sends any request to the challenger at all."""
-        return self.shadow_fraction > 0 or self.canary_percent > 0
-
 
 def check_policies(
     traffic: Mapping[str, TrafficPolicy],

@@ -37,7 +37,7 @@ _BUCKETS = float(1 << 64)
 def sticky_bucket(ensemble: str, key: str) -> float:
     """A number in [0, 1) fixed by the ensemble and the key, on every process and after restarts.
 
-    Python's ``hash()`` is salted per process, so a keyed hash is used instead; the ensemble name
+    Python's ``hash()`` is salted per process, so BLAKE2b is used instead; the ensemble name
     is part of it, so two ensembles split their users independently.
     """
     digest = hashlib.blake2b(f"{ensemble}\x00{key}".encode(), digest_size=8).digest()
@@ -65,11 +65,6 @@ class Route:
     shadow_label: str | None = None
     shadow_version: int | None = None
     how: How = "off"
-
-    @property
-    def rerouted(self) -> bool:
-        """Whether the answer comes from another alias than a plain request would get."""
-        return self.answer == "challenger" and self.how in ("sticky", "random")
 
 
 AS_ADDRESSED = Route()

@@ -28,9 +28,8 @@ def test_defaults_send_nothing_to_the_challenger() -> None:
     assert (policy.champion, policy.challenger) == ("champion", "challenger")
     assert policy.shadow_fraction == 0
     assert policy.canary_percent == 0
-    assert not policy.active
-    assert TrafficPolicy(shadow_fraction=0.1).active
-    assert TrafficPolicy(canary_percent=5).active
+    assert policy.sticky_header == "x-user-id"
+    assert (policy.window_requests, policy.window_s) == (1000, 600.0)
 
 
 @pytest.mark.parametrize(
