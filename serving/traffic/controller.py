@@ -152,6 +152,11 @@ class TrafficController:
         lane = self._lanes.get(ensemble)
         if lane is None or decided.answer is None:
             return
+        pair = {lane.policy.champion, lane.policy.challenger}
+        if decided.label not in pair or (
+            decided.shadow_label is not None and decided.shadow_label not in pair
+        ):
+            return  # routed under a policy that a reload replaced since: not this window's pair
         if decided.shadow is None or shadow is None:
             self._record(lane, decided, primary, None)
             return

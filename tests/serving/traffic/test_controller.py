@@ -142,9 +142,13 @@ async def test_update_keeps_the_window_of_an_unchanged_pair() -> None:
     policy = c.policy("digits")
     assert policy is not None
     assert policy.shadow_fraction == 0.5
+    routed_before = Route(answer="challenger", label="challenger", version=4, how="random")
     c.update({"digits": TrafficPolicy(challenger="canary_v2")})
     assert c.summary("digits").window.requests == 0, "another pair starts another window"
     assert c.summary("digits").challenger.alias == "canary_v2"
+    c.answered("digits", routed_before, answer(4, rows(2)), shadow_of(3, rows(1)))
+    await settle()
+    assert c.summary("digits").window.requests == 0, "an answer routed under the old pair is not this pair's"
     c.update({})
     with pytest.raises(NotFound):
         c.summary("digits")
