@@ -315,6 +315,7 @@ def run_demo(
             echo(
                 "\nServing until Ctrl-C. Try:\n"
                 f"  curl -s http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}\n"
+                f"  curl -s http://127.0.0.1:{rest_port}/v2/models/{DEMO_ENSEMBLE}\n"
                 f"  curl -s http://127.0.0.1:{rest_port}/metrics | grep ^ensemble_\n"
             )
             with contextlib.suppress(KeyboardInterrupt):

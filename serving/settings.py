@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from serving.traffic.policy import TrafficPolicy, check_policies
 
 ENV_PREFIX = "ENSEMBLE_"
 
@@ -83,6 +85,13 @@ class GatewaySettings(BaseSettings):
         default=10.0,
         gt=0,
         description="How often the manifest source (file or registry alias) is checked for a change.",
+    )
+    last_good_manifest: Path | None = Field(
+        default=None,
+        description=(
+            "A local file where the gateway keeps the last manifests it served from the registry; a "
+            "gateway that cannot reach the registry at start serves them (None: not kept)."
+        ),
     )
 
     # --- where the members live ----------------------------------------------------------------
@@ -164,6 +173,19 @@ class GatewaySettings(BaseSettings):
     )
     log_level: LogLevel = Field(default="info", description="Log level of the gateway process.")
 
+    # --- champion vs challenger ------------------------------------------------------------------
+    traffic: dict[str, TrafficPolicy] = Field(
+        default_factory=dict,
+        description=(
+            "Traffic policy per served ensemble (name -> shadow, sticky canary, comparison window);"
+            " re-read from the config file while the gateway runs."
+        ),
+    )
+
+    # Where these settings came from, so that the config file can be read again (``reload``).
+    _config_file: Path | None = PrivateAttr(default=None)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     @field_validator("aliases", "backends", mode="before")
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
@@ -203,6 +225,16 @@ class GatewaySettings(BaseSettings):
             raise ValueError("serving from the registry needs at least one alias")
         return self
 
+    @model_validator(mode="after")
+    def _traffic_pairs(self) -> GatewaySettings:
+        check_policies(
+            self.traffic,
+            ensemble=self.ensemble,
+            aliases=self.aliases,
+            from_registry=self.tracking_uri is not None,
+        )
+        return self
+
     def addresses_for(self, member: str) -> list[str]:
         """The backend addresses of ``member``: its override, else the shared backends."""
         return self.member_backends.get(member) or self.backends
@@ -223,13 +255,29 @@ class GatewaySettings(BaseSettings):
         """Build the settings from flags (``overrides``, None values ignored), env and a YAML file."""
         given = {key: value for key, value in overrides.items() if value is not None}
         if config_file is None:
-            return cls(**given)
-        if not config_file.is_file():
-            raise ValueError(f"config file {config_file} does not exist")
-        # A subclass bound to this file keeps the class itself free of any global file path.
-        bound = type(
-            cls.__name__,
-            (cls,),
-            {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
-        )
-        return bound(**given)  # type: ignore[no-any-return]
+            settings = cls(**given)
+        else:
+            if not config_file.is_file():
+                raise ValueError(f"config file {config_file} does not exist")
+            # A subclass bound to this file keeps the class itself free of any global file path.
+            bound = type(
+                cls.__name__,
+                (cls,),
+                {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
+            )
+            settings = bound(**given)
+        settings._config_file = config_file
+        settings._overrides = given
+        return settings
+
+    @property
+    def config_file(self) -> Path | None:
+        """The YAML file these settings were read from, if any."""
+        return self._config_file
+
+    def reload(self) -> GatewaySettings:
+        """The settings as they read now: the same flags and environment, the config file read again.
+
+        Raises what :meth:`load` raises (ValidationError, ValueError) for a file that became invalid.
+        """
+        return GatewaySettings.load(self._config_file, **self._overrides)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -241,11 +241,11 @@ def reflection_service_names() -> tuple[str, ...]:
     return (PREDICTION_SERVICE, MODEL_SERVICE)
 
 
-def add_health_and_reflection(server: aio.Server) -> HealthServicer:
+def add_health_and_reflection(server: aio.Server, extra_services: Sequence[str] = ()) -> HealthServicer:
     """Add ``grpc.health.v1.Health`` (returned, so the caller sets statuses) and server reflection.
 
-    Reflection lists the service names; our descriptors live in a private pool, so clients
-    that need the schemas use TF Serving's published protos.
+    Reflection lists the service names (TF Serving's, then ``extra_services``); our descriptors
+    live in a private pool, so clients that need the schemas use the published protos.
     """
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -253,6 +253,6 @@ def add_health_and_reflection(server: aio.Server) -> HealthServicer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
-        (*reflection_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*reflection_service_names(), *extra_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return servicer

@@ -19,11 +19,13 @@ from typing import Any
 
 from grpc import aio
 
-from serving.local_server.core import LocalCore
+from serving.grpc.oip import OIP_SERVICE
+from serving.local_server.core import PLATFORM, LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
 from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
 from serving.model_config import ModelConfigError, ModelEntry
+from serving.oip.service import OipService
 
 log = logging.getLogger("serving.local_server")
 
@@ -32,10 +34,15 @@ class StartupError(Exception):
     """The backend cannot start: bad config, a port in use … (a one-line message)."""
 
 
+def _oip_service(core: LocalCore) -> OipService:
+    return OipService(core, server_name="tf-ensemble local backend", platform=PLATFORM, ready=core.ready)
+
+
 def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     from fastapi import FastAPI
 
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.oip import create_oip_router
     from serving.rest.server import uvicorn_server
 
     app = FastAPI(title="Local model server", docs_url=None, redoc_url=None, openapi_url=None)
@@ -46,6 +53,7 @@ def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     app.include_router(
         create_tfs_router(core, timeout_s=timeout_s, max_decoded_bytes=settings.grpc_max_message_bytes)
     )
+    app.include_router(create_oip_router(_oip_service(core), timeout_s=timeout_s))
 
     return uvicorn_server(
         app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
@@ -71,6 +79,7 @@ def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> Mo
 async def serve(settings: BackendSettings) -> None:
     """Run the backend until SIGTERM/SIGINT; StartupError when it cannot start."""
     from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
+    from serving.grpc.oip import add_oip_servicer
     from serving.local_server.saved_model import configure_devices
 
     faults = None
@@ -102,7 +111,8 @@ async def serve(settings: BackendSettings) -> None:
         ],
     )
     add_tfs_servicers(server, core, max_decoded_bytes=settings.grpc_max_message_bytes)
-    health = add_health_and_reflection(server)
+    add_oip_servicer(server, _oip_service(core))
+    health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
     try:
         bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError:
@@ -154,7 +164,12 @@ async def serve(settings: BackendSettings) -> None:
     log.info("stopped")
 
 
-_HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+_HEALTH_SERVICES = (
+    "",
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    OIP_SERVICE,
+)
 
 
 async def _track_health(manager: ModelManager, health: Any, interval_s: float = 0.25) -> None:

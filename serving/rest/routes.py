@@ -1,7 +1,9 @@
 """TF Serving's REST routes: ``/v1/models/NAME[/versions/N|/labels/L]`` with ``:predict`` and ``/metadata``.
 
 URLs are matched case-insensitively, as TF Serving does. The handlers only convert between JSON
-and numpy (``serving.tensors``) and delegate to the core.
+and numpy (``serving.tensors``) and delegate to the core. Two courtesies to KServe v1 clients cost
+TF Serving clients nothing: ``GET /`` answers liveness and model status also carries ``name`` and
+``ready``.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def parse_model_path(method: str, path: str, rest: str) -> tuple[ModelRef, str |
     return ref, verb, match["metadata"] is not None
 
 
-def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
+def _status_json(name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
+    # "name" and "ready" are KServe v1's model status, which TF Serving clients do not read: with
+    # them the KServe SDK's is_model_ready works against /v1/models/NAME too.
     return {
+        "name": name,
+        "ready": any(status.state == "AVAILABLE" for status in statuses),
         "model_version_status": [
             {
                 "version": str(status.version),
@@ -65,7 +71,7 @@ def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
                 "status": {"error_code": status.error_code, "error_message": status.error_message},
             }
             for status in statuses
-        ]
+        ],
     }
 
 
@@ -112,7 +118,7 @@ def create_tfs_router(
         if verb is not None:
             raise InvalidArgument(f"Malformed request: GET {request.url.path}")
         if not metadata:
-            return _json(_status_json(await core.status(ref)))
+            return _json(_status_json(ref.name, await core.status(ref)))
         answer = await core.metadata(ref)
         signature_def = json_format.MessageToDict(
             answer.signature_def,
@@ -130,8 +136,13 @@ def create_tfs_router(
         # TF Serving routes nothing here: a malformed request, not a missing page.
         raise InvalidArgument(f"Malformed request: {request.method} {request.url.path}")
 
+    async def live() -> Response:
+        # KServe v1's liveness (the KServe SDK's is_server_live); TF Serving routes nothing here.
+        return _json({"status": "alive"})
+
     path = "/{prefix:tfs_v1_models}/{rest:path}"
     router.add_api_route(path, post, methods=["POST"], include_in_schema=False)
     router.add_api_route(path, get, methods=["GET"], include_in_schema=False)
     router.add_api_route("/v1/models", no_model, methods=["GET", "POST"], include_in_schema=False)
+    router.add_api_route("/", live, methods=["GET"], include_in_schema=False)
     return router

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from registry.manifest import Manifest
 
@@ -17,8 +18,14 @@ def write_training_output(
     test_fingerprint: str = "t" * 64,
     epochs: int = 3,
     payload: str = "",
+    weights: list[float] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart."""
+    """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart.
+
+    ``spec`` replaces manifest fields (``inputs``, ``outputs``, ``combiner``) for members that are
+    really served: the fake gateway backend's, or real SavedModels copied over the fake ones.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
     dataset = {
@@ -56,7 +63,9 @@ def write_training_output(
         (saved / "variables").mkdir(parents=True, exist_ok=True)
         (saved / "saved_model.pb").write_bytes(f"{model_name}:{payload}".encode())
         (saved / "variables" / "variables.index").write_bytes(b"index")
-        refs.append({"name": model_name, "version": 1, "weight": 1.0 / members})
+        refs.append(
+            {"name": model_name, "version": 1, "weight": weights[index] if weights else 1.0 / members}
+        )
     manifest = Manifest.model_validate(
         {
             "name": name,
@@ -79,6 +88,7 @@ def write_training_output(
                 "test_fingerprint": test_fingerprint,
                 "targets": ["digit"],
             },
+            **(spec or {}),
         }
     )
     manifest.save(out / "ensemble.json")
