@@ -48,12 +48,12 @@ pytestmark = pytest.mark.slow
 NAME = "underload"  # its own name: the MLflow server is shared by the session
 MEMBERS = [f"{NAME}-m0", f"{NAME}-m1"]
 FEATURES = [[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]]
-COLORS = [["red"], ["blue"]]
+COLORS = ["red", "blue"]
 # The tiny Keras member of tests/serving/local_server/export_model.py.
 SPEC = {
     "inputs": [
         {"name": "features", "dtype": "float32", "shape": [-1, 3]},
-        {"name": "color", "dtype": "string", "shape": [-1, 1]},
+        {"name": "color", "dtype": "string", "shape": [-1]},
     ],
     "outputs": [
         {
