@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from training.metrics import reliability
+from training.metrics import reliability_equal_count
 
 
 def _pyplot() -> Any:
@@ -45,27 +45,49 @@ def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def reliability_diagram(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """Accuracy against confidence per bin, for each (probabilities, labels) pair."""
+def reliability_diagram(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "Reliability (test split)"
+) -> None:
+    """Accuracy against confidence in bins of equal row count, with the rows per confidence below.
+
+    Equal-count bins keep every point on enough rows to mean something; the histogram under it
+    shows where the rows are (most sit near confidence 1 for a good classifier).
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for name, (probabilities, labels) in curves.items():
-        conf, acc, counts = reliability(probabilities, labels)
-        filled = counts > 0
-        ax.plot(conf[filled], acc[filled], marker="o", label=name)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("Reliability (test split)")
-    ax.legend(fontsize="small")
+    edges = np.linspace(0.0, 1.0, 21)
+    for i, (name, (probabilities, labels)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        conf, acc, counts = reliability_equal_count(probabilities, labels)
+        error = np.sqrt(np.clip(acc * (1 - acc), 0.0, None) / counts)
+        ax.errorbar(
+            conf,
+            acc,
+            yerr=error,
+            marker="o",
+            color=color,
+            capsize=3,
+            label=f"{name}: {len(counts)} bins of ~{int(np.median(counts))} rows",
+        )
+        hist.hist(
+            np.asarray(probabilities).max(axis=1), bins=edges, histtype="step", color=color, linewidth=1.5
+        )
+    ax.set_ylabel("accuracy (±1 s.e.)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left")
+    hist.set_xlabel("confidence (highest class probability)")
+    hist.set_ylabel("test rows")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def predicted_vs_actual(predictions: np.ndarray, actual: np.ndarray, path: Path) -> None:
+def predicted_vs_actual(
+    predictions: np.ndarray, actual: np.ndarray, path: Path, title: str = "Predicted vs actual (test split)"
+) -> None:
     """The regression counterpart of a reliability diagram."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -75,21 +97,49 @@ def predicted_vs_actual(predictions: np.ndarray, actual: np.ndarray, path: Path)
     ax.plot([low, high], [low, high], color="grey", linestyle=":")
     ax.set_xlabel("actual")
     ax.set_ylabel("ensemble prediction")
-    ax.set_title("Predicted vs actual (test split)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def member_vs_ensemble(names: Sequence[str], values: Sequence[float], metric: str, path: Path) -> None:
-    """One bar per member and per ensemble for one test metric."""
+Entry = tuple[str, float, str]
+"""(label, value, role): role is 'member', 'dropped', 'ensemble' or 'served'."""
+
+_STYLE = {
+    "member": {"marker": "o", "color": "C0", "s": 45},
+    "dropped": {"marker": "o", "facecolors": "none", "edgecolors": "grey", "s": 45},
+    "ensemble": {"marker": "D", "color": "C3", "s": 50},
+    "served": {"marker": "*", "color": "C2", "s": 160},
+}
+
+
+def member_vs_ensemble(entries: Sequence[Entry], metric: str, path: Path) -> None:
+    """One dot per member and per ensemble on an axis zoomed to the values, so differences show."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), 4.5))
-    colors = ["C0" if not n.startswith("ensemble") else "C3" for n in names]
-    ax.bar(range(len(names)), values, color=colors)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize="small")
-    ax.set_ylabel(metric)
+    labels = [
+        {"dropped": f"{name} (dropped)", "served": f"{name} (served)"}.get(role, name)
+        for name, _, role in entries
+    ]
+    values = np.array([value for _, value, _ in entries], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.42 * len(entries)))
+    positions = np.arange(len(entries))[::-1]
+    for role, style in _STYLE.items():
+        chosen = [i for i, (_, _, r) in enumerate(entries) if r == role]
+        if chosen:
+            ax.scatter(values[chosen], positions[chosen], zorder=3, **style)
+    for value, y in zip(values, positions, strict=True):
+        ax.annotate(f"{value:.4f}", (value, y), xytext=(7, -3), textcoords="offset points", fontsize="small")
+    served = [value for (_, value, role) in entries if role == "served"]
+    if served:
+        ax.axvline(served[0], color="C2", linestyle=":", linewidth=1)
+    low, high = float(values.min()), float(values.max())
+    pad = (high - low) * 0.15 or abs(high) * 0.05 or 0.05
+    ax.set_xlim(low - pad, high + 2 * pad)  # room on the right for the value labels
+    ax.set_yticks(positions)
+    ax.set_yticklabels(labels, fontsize="small")
+    ax.set_xlabel(f"{metric} (lower is better; the axis does not start at 0)")
+    ax.grid(axis="x", alpha=0.3)
     ax.set_title(f"Members vs ensemble: {metric} (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
