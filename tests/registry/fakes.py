@@ -17,8 +17,12 @@ def write_training_output(
     test_fingerprint: str = "t" * 64,
     epochs: int = 3,
     payload: str = "",
+    dropped: int = 0,
 ) -> Manifest:
-    """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart."""
+    """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart.
+
+    ``dropped`` more members are trained but left out of the manifest (a search's trials not kept).
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
     dataset = {
@@ -32,7 +36,8 @@ def write_training_output(
     }
     (out / "dataset.json").write_text(json.dumps(dataset))
     refs = []
-    for index in range(members):
+    report_members = []
+    for index in range(members + dropped):
         model_name = f"{name}-m{index}"
         folder = out / "members" / f"m{index}"
         (folder / "tensorboard" / "train").mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,12 @@ def write_training_output(
         (saved / "variables").mkdir(parents=True, exist_ok=True)
         (saved / "saved_model.pb").write_bytes(f"{model_name}:{payload}".encode())
         (saved / "variables" / "variables.index").write_bytes(b"index")
-        refs.append({"name": model_name, "version": 1, "weight": 1.0 / members})
+        kept = index < members
+        if kept:
+            refs.append({"name": model_name, "version": 1, "weight": 1.0 / members})
+        report_members.append(
+            {"name": model_name, "kept": kept, "dropped_reason": None if kept else "not kept by the search"}
+        )
     manifest = Manifest.model_validate(
         {
             "name": name,
@@ -82,7 +92,12 @@ def write_training_output(
         }
     )
     manifest.save(out / "ensemble.json")
-    (out / "report.json").write_text(json.dumps({"ensemble": {"test_nll": test_nll}, "members": []}))
+    report = {
+        "ensemble": {"test_nll": test_nll},
+        "members": report_members,
+        "weights": {"served": "uniform", "note": "uniform: assemble.weights is uniform"},
+    }
+    (out / "report.json").write_text(json.dumps(report))
     (out / "plots").mkdir(exist_ok=True)
     (out / "plots" / "calibration.png").write_bytes(b"\x89PNG")
     return manifest
