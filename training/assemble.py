@@ -210,6 +210,8 @@ def _plots(
     plots.learning_curves(
         {m.name: layout.member_dir(int(m.record["index"])) / "history.csv" for m in members},
         layout.plots / "learning_curves.png",
+        dropped={members[i].name for i in decision.dropped},
+        validated_on="its own fold" if report["split"]["method"] == "cross_fit" else "validation split",
     )
     used = [i for i in range(len(members)) if decision.weights[i] > 0]
     combined = combine_outputs([members[i].test for i in used], decision.weights[used])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
-    """Training and validation loss per epoch, one colour per member."""
+def learning_curves(
+    histories: Mapping[str, Path],
+    path: Path,
+    *,
+    dropped: Collection[str] = (),
+    validated_on: str = "validation",
+) -> None:
+    """Training and validation loss per epoch, one colour per member; dropped members say so."""
     import pandas as pd
 
     plt = _pyplot()
@@ -34,9 +40,10 @@ def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
         if "loss" in history:
             ax.plot(history["epoch"] + 1, history["loss"], color=color, alpha=0.45, linestyle="--")
         if "val_loss" in history:
-            ax.plot(history["epoch"] + 1, history["val_loss"], color=color, label=name)
+            label = f"{name} (dropped)" if name in dropped else name
+            ax.plot(history["epoch"] + 1, history["val_loss"], color=color, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (dashed: training, solid: validation)")
+    ax.set_ylabel(f"loss (dashed: training, solid: {validated_on})")
     ax.set_yscale("log")
     ax.set_title("Learning curves")
     ax.legend(fontsize="small")

@@ -89,8 +89,11 @@ def decide(config: TrainConfig, table: OutOfFold) -> Decision:
     if method == "given":
         assert config.assemble.given is not None
         given = np.asarray([config.assemble.given[i] for i in eligible], dtype=np.float64)
-        if not np.any(given > 0):
-            raise TrainingError("assemble.given gives no weight to any member the search kept")
+        if np.count_nonzero(given > 0) < config.assemble.min_members:
+            raise TrainingError(
+                f"assemble.given gives {np.count_nonzero(given > 0)} of the members the search kept a "
+                f"weight, fewer than assemble.min_members ({config.assemble.min_members})"
+            )
         for i, value in zip(eligible, given, strict=True):
             if value <= 0:
                 dropped[i] = "assemble.given gives it weight 0"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from training.config import TrainConfig
+from training.errors import TrainingError
 from training.oof import OutOfFold
 from training.selection import MIN_INFORMATIVE_ROWS, MIN_SHRINKAGE, decide
 
@@ -154,3 +155,15 @@ def test_a_given_weight_of_zero_drops_the_member() -> None:
     assert decision.served == "given"
     np.testing.assert_allclose(decision.weights, [0.0, 0.25, 0.75])
     assert decision.dropped == {0: "assemble.given gives it weight 0"}
+
+
+def test_given_weights_that_leave_the_search_too_few_members_are_an_error() -> None:
+    answers, labels = _answers(60)
+    config = TrainConfig.model_validate(
+        {
+            "search": {"trials": 3, "keep": 2, "space": {"model.width": {"choices": [8, 16]}}},
+            "assemble": {"weights": "given", "given": [5, 0, 1], "min_members": 2},
+        }
+    )
+    with pytest.raises(TrainingError, match=r"gives 1 of the members the search kept a weight, fewer than"):
+        decide(config, _table(answers, labels, np.ones((3, 60), dtype=bool)))
