@@ -211,6 +211,10 @@ def main() -> None:
     data_sets = args.data or list(DATA)
     variants = {name: variant_config(name) for name in (args.variant or ["default"])}
 
+    # The code the runs use: taken before they start, so later edits cannot be mistaken for it.
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         for data in data_sets:
@@ -237,9 +241,6 @@ def main() -> None:
                     )
 
     now = datetime.now(UTC)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
     result: dict[str, Any] = {
         "benchmark": "quality",
         "date": now.isoformat(timespec="seconds"),

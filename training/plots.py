@@ -122,31 +122,33 @@ _STYLE = {
 
 
 def member_vs_ensemble(entries: Sequence[Entry], metric: str, path: Path) -> None:
-    """One dot per member and per ensemble on an axis zoomed to the values, so differences show."""
+    """One dot per member and per ensemble, the y-axis zoomed to the values so differences show."""
     plt = _pyplot()
     labels = [
-        {"dropped": f"{name} (dropped)", "served": f"{name} (served)"}.get(role, name)
+        {"dropped": f"{name}\n(dropped)", "served": f"{name}\n(served)"}.get(role, name)
         for name, _, role in entries
     ]
     values = np.array([value for _, value, _ in entries], dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.42 * len(entries)))
-    positions = np.arange(len(entries))[::-1]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(entries) + 1.5), 5))
+    positions = np.arange(len(entries))
     for role, style in _STYLE.items():
         chosen = [i for i, (_, _, r) in enumerate(entries) if r == role]
         if chosen:
-            ax.scatter(values[chosen], positions[chosen], zorder=3, **style)
-    for value, y in zip(values, positions, strict=True):
-        ax.annotate(f"{value:.4f}", (value, y), xytext=(7, -3), textcoords="offset points", fontsize="small")
+            ax.scatter(positions[chosen], values[chosen], zorder=3, **style)
+    for value, x in zip(values, positions, strict=True):
+        ax.annotate(f"{value:.4f}", (x, value), xytext=(0, 8), textcoords="offset points", ha="center")
     served = [value for (_, value, role) in entries if role == "served"]
     if served:
-        ax.axvline(served[0], color="C2", linestyle=":", linewidth=1)
+        ax.axhline(served[0], color="C2", linestyle=":", linewidth=1, label="served ensemble")
+        ax.legend(fontsize="small", loc="upper right")
     low, high = float(values.min()), float(values.max())
     pad = (high - low) * 0.15 or abs(high) * 0.05 or 0.05
-    ax.set_xlim(low - pad, high + 2 * pad)  # room on the right for the value labels
-    ax.set_yticks(positions)
-    ax.set_yticklabels(labels, fontsize="small")
-    ax.set_xlabel(f"{metric} (lower is better; the axis does not start at 0)")
-    ax.grid(axis="x", alpha=0.3)
+    ax.set_ylim(low - pad, high + 1.5 * pad)  # room above for the value labels
+    ax.set_xticks(positions)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize="small")
+    ax.set_xlim(-0.6, len(entries) - 0.4)
+    ax.set_ylabel(f"{metric} (lower is better; axis not from 0)")
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Members vs ensemble: {metric} (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
