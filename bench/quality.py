@@ -10,6 +10,7 @@ so the default can be compared with what it replaced. Results go to
     .venv/bin/python bench/quality.py                                # the default settings only
     .venv/bin/python bench/quality.py --variant default --variant folds=3 --variant holdout
     .venv/bin/python bench/quality.py --data sklearn:digits --seeds 0 --epochs 5   # a smoke test
+    .venv/bin/python bench/quality.py --resume bench/results/quality-<date>.tmp   # after an interruption
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=0, help="override the epochs (smoke tests only)")
     parser.add_argument("--workers", type=int, default=cores())
+    parser.add_argument("--resume", help="the .tmp progress file of an interrupted run of this benchmark")
     args = parser.parse_args()
     data_sets = args.data or list(DATA)
     variants = {name: variant_config(name) for name in (args.variant or ["default"])}
@@ -215,11 +217,24 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=False
     ).stdout.strip()
+    # Each finished run is saved at once (a run takes minutes on a busy machine); --resume picks up
+    # the runs of an interrupted benchmark of the same commit.
+    started = datetime.now(UTC)
+    progress = Path(args.resume) if args.resume else RESULTS / f"quality-{started:%Y%m%d-%H%M%S}.tmp"
     runs: list[dict[str, Any]] = []
+    if args.resume:
+        saved = json.loads(progress.read_text())
+        if saved["commit"] != commit:
+            raise SystemExit(f"error: {progress} is from commit {saved['commit']}, this is {commit}")
+        runs = saved["runs"]
+    done = {(r["variant"], r["data"], r["seed"]) for r in runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         for data in data_sets:
             for seed in args.seeds:
                 for name, config in variants.items():  # interleaved, so load affects every variant alike
+                    if (name, data, seed) in done:
+                        continue
                     out = Path(tmp) / name.replace("=", "") / f"{data.replace(':', '-')}-s{seed}"
                     load_before = load_average()
                     seconds = train(out, data, seed, args.members, config, args)
@@ -232,6 +247,7 @@ def main() -> None:
                         **read_run(out),
                     }
                     runs.append(run)
+                    progress.write_text(json.dumps({"commit": commit, "runs": runs}, indent=1) + "\n")
                     print(
                         f"{name:>9} {data:<22} seed {seed}: best {run['best_member']:.4f}  "
                         f"mean {run['mean_member']:.4f}  uniform {run['uniform']:.4f}  "
@@ -253,11 +269,11 @@ def main() -> None:
         "runs": runs,
         "summary": summarise(runs),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"quality-{now:%Y%m%d-%H%M%S}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     stem.with_suffix(".md").write_text(text)
+    progress.unlink(missing_ok=True)
     print(text)
     print(f"Recorded in {stem}.json and {stem}.md")
 

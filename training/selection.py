@@ -188,9 +188,11 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
 
 
 def _why_alone(config: TrainConfig) -> str:
-    if config.data.split.method == "holdout":
-        return "no member held out any row"
-    return f"{config.fold_count} folds for {config.member_count} members"
+    if config.data.split.method == "holdout":  # only a one-member ensemble gets here
+        return "a single member"
+    return (
+        f"{config.fold_count} folds for {config.member_count} member{'s' if config.member_count != 1 else ''}"
+    )
 
 
 def _shrinkages(config: TrainConfig) -> list[float]:
