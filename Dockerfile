@@ -17,10 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 ensemble \
     && useradd --system --uid 10001 --gid ensemble --home-dir /home/ensemble --create-home \
        --shell /usr/sbin/nologin ensemble \
-    && mkdir -p /models /mlartifacts /workspace \
-    && chown ensemble:ensemble /models /mlartifacts /workspace
+    && mkdir -p /models /mlartifacts /workspace /var/lib/ensemble \
+    && chown ensemble:ensemble /models /mlartifacts /workspace /var/lib/ensemble
 # ^ Mount points owned by that uid: a new named volume takes the image's ownership, so the
-#   sync, MLflow and training write their volumes without running as root.
+#   sync, MLflow, training and the gateway (its last-known-good manifest) write their volumes
+#   without running as root.
 
 # ---------------------------------------------------------------------------------------------------
 FROM python-base AS gateway-build

@@ -33,6 +33,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/oip.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

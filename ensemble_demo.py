@@ -146,7 +146,10 @@ def _test_rows(out_dir: Path) -> TestRows:
     dataset = prepare(config.data, config.seed)
     target = dataset.targets[0]
     labels = dataset.labels(dataset.test_rows)[dataset.output_name(target)]
-    return TestRows(dataset.features(dataset.test_rows), labels, list(target.classes))
+    # Sent as a client writes them: in the served shapes (a single column is one value a row).
+    features = dataset.features(dataset.test_rows)
+    served = {g.name: features[g.name].reshape([-1, *g.shape[1:]]) for g in dataset.inputs}
+    return TestRows(served, labels, list(target.classes))
 
 
 def _grpc_predict_all(grpc_port: int, rows: TestRows, batch: int = 64) -> tuple[np.ndarray, list[float]]:
@@ -312,6 +315,7 @@ def run_demo(
             echo(
                 "\nServing until Ctrl-C. Try:\n"
                 f"  curl -s http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}\n"
+                f"  curl -s http://127.0.0.1:{rest_port}/v2/models/{DEMO_ENSEMBLE}\n"
                 f"  curl -s http://127.0.0.1:{rest_port}/metrics | grep ^ensemble_\n"
             )
             with contextlib.suppress(KeyboardInterrupt):

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from registry.defaults import DEFAULT_SYNC_GRACE_S
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from registry.aliases import AliasMove
+    from registry.online_gate import OnlineThresholds
 
 TrackingUri = Annotated[
     str | None,
@@ -160,6 +163,7 @@ def _show_version(
     from rich.table import Table
 
     from registry.aliases import history
+    from registry.promotion import gate_records
     from registry.resolve import load_manifest, version_for_alias
     from registry.views import member_metrics
 
@@ -185,6 +189,20 @@ def _show_version(
     inputs = ", ".join(f"{spec.name}:{spec.dtype}{spec.shape}" for spec in manifest.inputs)
     outputs = ", ".join(f"{spec.name}:{spec.kind}" for spec in manifest.outputs)
     console.print(f"inputs: {inputs}\noutputs: {outputs}")
+    gates = gate_records(client, name, resolved)
+    if gates:
+        table = Table("alias", "gate", "decision", "reason", "when (UTC)", "who", title="promotion gates")
+        for record in gates:
+            decision = "passed" if record.passed else ("refused, forced" if record.forced else "refused")
+            table.add_row(
+                record.alias,
+                record.gate,
+                decision,
+                record.reason,
+                record.when.replace("T", " ")[:19],
+                record.who,
+            )
+        console.print(table)
     moves = [
         move
         for move in history(client, name, alias)
@@ -201,14 +219,82 @@ def promote(
     metric: Annotated[str, typer.Option("--metric", help="Held-out metric the gate compares.")] = "test_nll",
     force: Annotated[bool, typer.Option("--force", help="Move even if the gate refuses (recorded).")] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why, for the history.")] = "",
+    online: Annotated[
+        str | None,
+        typer.Option(
+            "--online",
+            metavar="GATEWAY_URL",
+            help="Also require live evidence: the gateway's comparison of ALIAS (its champion) with "
+            "VERSION (its challenger), e.g. http://gateway:8501.",
+        ),
+    ] = None,
+    min_requests: Annotated[
+        int | None, typer.Option("--min-requests", help="With --online: paired requests needed [200].")
+    ] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option("--min-agreement", help="With --online: least argmax agreement [0.95].")
+    ] = None,
+    max_rel_diff: Annotated[
+        float | None,
+        typer.Option(
+            "--max-rel-diff", help="With --online: largest regression mean relative difference [0.05]."
+        ),
+    ] = None,
+    max_p99_ratio: Annotated[
+        float | None,
+        typer.Option("--max-p99-ratio", help="With --online: largest challenger/champion p99 ratio [1.25]."),
+    ] = None,
+    max_error_rate_increase: Annotated[
+        float | None,
+        typer.Option(
+            "--max-error-rate-increase",
+            help="With --online: largest challenger error rate over the champion's [0.01].",
+        ),
+    ] = None,
+    gateway_token: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway-token",
+            envvar="GATEWAY_AUTH_TOKEN",
+            show_default=False,
+            help="With --online: the gateway's bearer token, if it requires one.",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Point ALIAS at VERSION if its held-out metric is at least as good, on the same test data."""
+    """Point ALIAS at VERSION if its held-out metric is at least as good, on the same test data.
+
+    With --online, the gateway's live comparison must also show enough paired traffic, agreement,
+    error rate and p99 within bounds. Every gate's decision is recorded on VERSION.
+    """
     from registry import promotion
 
+    thresholds = _online_thresholds(
+        online,
+        {
+            "min_requests": min_requests,
+            "min_agreement": min_agreement,
+            "max_rel_diff": max_rel_diff,
+            "max_p99_ratio": max_p99_ratio,
+            "max_error_rate_increase": max_error_rate_increase,
+        },
+    )
     with _one_line_errors():
+        check = None
+        if online is not None and thresholds is not None:
+            from registry.online_gate import check_gateway_url, fetch_evidence
+
+            evidence = fetch_evidence(check_gateway_url(online), name, token=gateway_token)
+            check = promotion.OnlineCheck(evidence, thresholds)
         result = promotion.promote(
-            _client(tracking_uri), name, version, alias, metric=metric, force=force, reason=reason
+            _client(tracking_uri),
+            name,
+            version,
+            alias,
+            metric=metric,
+            force=force,
+            reason=reason,
+            online=check,
         )
     if result.move is None:
         typer.echo(result.verdict.reason)
@@ -216,6 +302,30 @@ def promote(
     previous = "nothing" if result.move.from_version is None else f"version {result.move.from_version}"
     forced = " (forced over the gate)" if result.move.forced else ""
     typer.echo(f"{name}@{alias}: {previous} -> version {version}{forced}: {result.verdict.reason}")
+    if result.online is not None:
+        typer.echo(f"{name}@{alias}: {result.online.reason}")
+
+
+def _online_thresholds(online: str | None, given: dict[str, float | int | None]) -> OnlineThresholds | None:
+    """The online gate's thresholds (defaults where not given); exit 2 for a bad or orphan one."""
+    from pydantic import ValidationError
+
+    from registry.online_gate import OnlineThresholds
+
+    chosen = {key: value for key, value in given.items() if value is not None}
+    flags = ", ".join(f"--{key.replace('_', '-')}" for key in chosen)
+    if online is None:
+        if chosen:
+            typer.echo(f"error: {flags} need --online GATEWAY_URL", err=True)
+            raise typer.Exit(2)
+        return None
+    try:
+        return OnlineThresholds(**chosen)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        typer.echo(f"error: {flag}: {first['msg']}", err=True)
+        raise typer.Exit(2) from None
 
 
 def rollback(
@@ -255,8 +365,34 @@ def sync(
             "(for TF Serving without --allow_version_labels_for_unavailable_models).",
         ),
     ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0.0,
+            help="Seconds a version stays listed and on disk after no alias names it any more "
+            "(make before break; see docs/registry.md for the minimum).",
+        ),
+    ] = DEFAULT_SYNC_GRACE_S,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="gRPC HOST:PORT of the TF Serving this repository feeds: an old version is pruned "
+            "only once the versions the aliases name are AVAILABLE there.",
+        ),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep syncing every --interval seconds.")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between passes.")] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="With --watch: serve Prometheus metrics of the passes on this port (/metrics).",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
@@ -264,21 +400,51 @@ def sync(
 
     aliases = alias or ["champion"]
     policy: sync_module.LabelPolicy = "staged" if staged_labels else "immediate"
+    if metrics_port is not None and not watch:
+        typer.echo("error: --metrics-port needs --watch", err=True)
+        raise typer.Exit(2)
+    if backend is not None:
+        host, sep, port = backend.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            typer.echo(f"error: --backend {backend!r} must be HOST:PORT", err=True)
+            raise typer.Exit(2)
     with _one_line_errors():
         client = _client(tracking_uri)
+        available = sync_module.backend_availability(backend) if backend is not None else None
 
         def once() -> sync_module.SyncResult:
             return sync_module.sync_once(
-                client, name, aliases, model_repo, base_path=base_path, label_policy=policy
+                client,
+                name,
+                aliases,
+                model_repo,
+                base_path=base_path,
+                label_policy=policy,
+                grace_s=grace,
+                available=available,
             )
 
         if not watch:
             typer.echo(once().summary())
             return
     report: Callable[[str], None] = lambda line: typer.echo(line, err=True)  # noqa: E731
-    typer.echo(f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s", err=True)
+    on_pass = None
+    if metrics_port is not None:
+        from registry.sync_metrics import SyncMetrics
+
+        metrics = SyncMetrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            typer.echo(f"error: cannot serve metrics on port {metrics_port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        on_pass = metrics.record
+    typer.echo(
+        f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s (grace {grace:g}s)",
+        err=True,
+    )
     try:
-        sync_module.watch(once, interval_s=interval, report=report)
+        sync_module.watch(once, interval_s=interval, report=report, on_pass=on_pass)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
 

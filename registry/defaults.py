@@ -16,6 +16,11 @@ DEFAULT_ARTIFACT_DIR = "mlartifacts"
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
+DEFAULT_SYNC_GRACE_S = 120.0
+"""How long ``ensemble sync`` keeps a version no alias names any more: long enough for the chain of
+polls with the shipped settings (10 s each, 5 s request deadline) and about 80 s of model loading
+(``registry.sync.minimum_grace_s``)."""
+
 
 def tracking_uri(explicit: str | None = None) -> str:
     """The URI to use: the one given, else ``$MLFLOW_TRACKING_URI``, else :data:`DEFAULT_TRACKING_URI`."""

@@ -27,6 +27,10 @@ class PromotionRefused(RegistryError):
     """The promotion gate said no: worse metric, other test data, or no metric to compare."""
 
 
+class OnlineEvidenceError(RegistryError):
+    """The gateway answered, but not with a comparison summary the online gate can use."""
+
+
 class InvalidArgument(RegistryError):
     """A command was given something it cannot use (bad reference, bad directory, ...)."""
 

@@ -30,7 +30,10 @@ class TensorSpec(_Strict):
     name: str = Field(description="Signature key, e.g. 'pixels' or 'bill_length_mm'.")
     dtype: DType = Field(description="Element type on the wire.")
     shape: list[int] = Field(
-        description="Full shape with the batch dimension first as -1, e.g. [-1, 64] or [-1, 1]."
+        description=(
+            "Full shape with the batch dimension first as -1: [-1, 64] for a group of 64 columns, "
+            "[-1] for one value per instance ([-1, 1] in manifests written before that)."
+        )
     )
 
     @field_validator("shape")

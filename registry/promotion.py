@@ -1,25 +1,41 @@
 """Gated promotion and rollback of an ensemble alias.
 
-The gate compares one held-out metric of the candidate manifest with the current holder's, on the
-same test data (equal ``provenance.test_fingerprint``). Lower is better, except for accuracy-like
-metrics. ``force`` overrides a refusal, and the move records that it was forced and why.
+The offline gate compares one held-out metric of the candidate manifest with the current holder's,
+on the same test data (equal ``provenance.test_fingerprint``). Lower is better, except for
+accuracy-like metrics. With live evidence from the gateway (``registry.online_gate``) the online
+gate must pass too. ``force`` overrides a refusal, and the move records that it was forced and why.
+
+Each gate's decision is recorded on the candidate version, whether it passed or not, as the tags
+``gate.<alias>.offline`` and ``gate.<alias>.online`` (JSON: passed, reason, when, who, forced; the
+online one also the gateway, the thresholds and the summary it read).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from registry.aliases import AliasMove, check_alias, current_holder, move_alias, previous_holder
+from registry.aliases import (
+    AliasMove,
+    check_alias,
+    current_holder,
+    current_user,
+    move_alias,
+    previous_holder,
+)
 from registry.client import translated
 from registry.errors import NotFound, PromotionRefused
 from registry.manifest import Manifest
+from registry.online_gate import Evidence, OnlineThresholds, OnlineVerdict, online_gate
 from registry.resolve import load_manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_METRIC = "test_nll"
+GATE_TAG_PREFIX = "gate."
 HIGHER_IS_BETTER = ("accuracy", "r2", "auc")
 
 
@@ -78,11 +94,20 @@ def check_members(client: MlflowClient, manifest: Manifest) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class OnlineCheck:
+    """The live evidence a promotion must also pass, and the thresholds it is held to."""
+
+    evidence: Evidence
+    thresholds: OnlineThresholds
+
+
+@dataclass(frozen=True, slots=True)
 class PromotionResult:
-    """What ``promote`` did: the move (None when the alias already pointed there) and the verdict."""
+    """What ``promote`` did: the move (None when the alias already pointed there) and the verdicts."""
 
     move: AliasMove | None
     verdict: GateVerdict
+    online: OnlineVerdict | None = None
 
 
 def promote(
@@ -94,8 +119,12 @@ def promote(
     metric: str = DEFAULT_METRIC,
     force: bool = False,
     reason: str = "",
+    online: OnlineCheck | None = None,
 ) -> PromotionResult:
-    """Move ``name@alias`` to ``version`` if the gate passes (or ``force``); PromotionRefused otherwise."""
+    """Move ``name@alias`` to ``version`` if the gates pass (or ``force``); PromotionRefused otherwise.
+
+    ``online`` adds the online gate on the gateway's live evidence to the offline one.
+    """
     check_alias(alias)
     candidate = load_manifest(client, name, version)
     check_members(client, candidate)
@@ -106,17 +135,111 @@ def promote(
         verdict = GateVerdict(True, f"{name}@{alias} had no holder")
     else:
         verdict = gate(candidate, load_manifest(client, name, holder_version), metric)
-    if not verdict.passed and not force:
-        raise PromotionRefused(
-            f"refused to move {name}@{alias} to version {version}: {verdict.reason} (--force overrides)"
+    online_verdict = None
+    if online is not None:
+        online_verdict = online_gate(
+            online.evidence.summary,
+            alias=alias,
+            candidate=version,
+            holder=holder_version,
+            thresholds=online.thresholds,
         )
-    why = reason or verdict.reason
-    if force and not verdict.passed:
-        why = f"forced over the gate ({verdict.reason})" + (f": {reason}" if reason else "")
-    move = move_alias(
-        client, candidate, alias, action="promote", why=why, forced=force and not verdict.passed
-    )
-    return PromotionResult(move, verdict)
+    record_gates(client, name, version, alias, verdict, online, online_verdict, metric=metric, forced=force)
+    refusals = [verdict.reason] if not verdict.passed else []
+    if online_verdict is not None and not online_verdict.passed:
+        refusals.append(f"online: {online_verdict.reason}")
+    if refusals and not force:
+        raise PromotionRefused(
+            f"refused to move {name}@{alias} to version {version}: {'; '.join(refusals)} (--force overrides)"
+        )
+    passed = [verdict.reason] + ([online_verdict.reason] if online_verdict is not None else [])
+    why = reason or "; ".join(passed)
+    if refusals:
+        why = f"forced over the gate ({'; '.join(refusals)})" + (f": {reason}" if reason else "")
+    move = move_alias(client, candidate, alias, action="promote", why=why, forced=bool(refusals))
+    return PromotionResult(move, verdict, online_verdict)
+
+
+def record_gates(
+    client: MlflowClient,
+    name: str,
+    version: int,
+    alias: str,
+    offline: GateVerdict,
+    online: OnlineCheck | None,
+    online_verdict: OnlineVerdict | None,
+    *,
+    metric: str,
+    forced: bool,
+) -> None:
+    """Record each gate's decision and its evidence as tags on version ``version`` of ``name``."""
+    common: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "who": current_user(),
+        "forced": forced,
+    }
+    tags = {
+        f"{GATE_TAG_PREFIX}{alias}.offline": {
+            **common,
+            "passed": offline.passed,
+            "reason": offline.reason,
+            "metric": metric,
+        }
+    }
+    if online is not None and online_verdict is not None:
+        tags[f"{GATE_TAG_PREFIX}{alias}.online"] = {
+            **common,
+            "passed": online_verdict.passed,
+            "reason": online_verdict.reason,
+            "gateway": online.evidence.gateway,
+            "thresholds": online.thresholds.model_dump(),
+            "evidence": online.evidence.document,
+        }
+    with translated(f"recording the gates on {name} version {version}"):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, json.dumps(value, sort_keys=True))
+
+
+@dataclass(frozen=True, slots=True)
+class GateRecord:
+    """A recorded gate decision, as ``registry show NAME/VERSION`` lists it."""
+
+    alias: str
+    gate: str
+    passed: bool
+    forced: bool
+    reason: str
+    when: str
+    who: str
+    detail: dict[str, Any]
+
+
+def gate_records(client: MlflowClient, name: str, version: int) -> list[GateRecord]:
+    """The gate decisions recorded on a version, by alias, offline before online."""
+    with translated(f"{name} version {version}"):
+        tags = dict(client.get_model_version(name, str(version)).tags or {})
+    records = []
+    for key, value in tags.items():
+        if not key.startswith(GATE_TAG_PREFIX):
+            continue
+        alias, _, which = key[len(GATE_TAG_PREFIX) :].rpartition(".")
+        try:
+            data = json.loads(value)
+        except ValueError:
+            continue  # a hand-edited tag must not break reading the rest
+        records.append(
+            GateRecord(
+                alias=alias,
+                gate=which,
+                passed=bool(data.get("passed")),
+                forced=bool(data.get("forced")),
+                reason=str(data.get("reason", "")),
+                when=str(data.get("when", "")),
+                who=str(data.get("who", "")),
+                detail=data,
+            )
+        )
+    return sorted(records, key=lambda r: (r.alias, r.gate != "offline"))
 
 
 def rollback(client: MlflowClient, name: str, alias: str, *, reason: str = "") -> AliasMove:

@@ -3,7 +3,15 @@
 One pass: resolve each alias to its manifest, download the member versions they need (each into a
 hidden folder, then renamed into place), write ``models.config`` (a specific version policy and one
 version label per alias) to a temporary file and rename it over the old one, and only then prune
-version folders that no alias needs any more. A pass that changes nothing writes nothing.
+version folders that the config no longer lists. A pass that changes nothing writes nothing.
+
+Make before break (the grace rule): a version that an alias named stays on disk and listed in
+``models.config`` for ``grace_s`` after the first pass that found no alias naming it, and, when a
+backend is given to ask, until the versions the aliases name now are AVAILABLE there. Everyone
+downstream polls on their own schedule (the backend rereads the config, loads the new version, the
+gateway sees the alias move and switches once the new members are AVAILABLE, its in-flight
+requests finish on the old ones), so the old version must outlive that whole chain of polls:
+:func:`minimum_grace_s` adds it up. Rollbacks and ``staged`` labels follow the same rule.
 
 Labels and loading: TF Serving refuses a label that points at a version it has not loaded yet.
 The default (``immediate``) writes labels in the same pass as the versions, and expects TF Serving
@@ -19,13 +27,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from registry.aliases import check_alias
 from registry.client import translated
+from registry.defaults import DEFAULT_SYNC_GRACE_S
 from registry.errors import InvalidArgument, NotFound, RegistryError
 from registry.manifest import Manifest
 from registry.promotion import check_members
@@ -39,6 +48,38 @@ CONFIG_FILE = "models.config"
 STATE_DIR = ".ensemble-sync"
 INCOMING_PREFIX = ".incoming-"
 LabelPolicy = Literal["immediate", "staged"]
+
+GATEWAY_CHECK_S = 2.0
+"""What a gateway's poll itself may take: the registry call and the members' status check (1 s)."""
+
+AvailableFn = Callable[[str, int], bool]
+"""Whether a backend reports ``model`` version ``version`` AVAILABLE."""
+
+
+def minimum_grace_s(
+    *,
+    sync_interval_s: float,
+    backend_config_poll_s: float,
+    load_s: float,
+    gateway_poll_s: float,
+    request_deadline_s: float,
+) -> float:
+    """The shortest grace that keeps an old version until nobody can still be calling it.
+
+    From the alias move: the slowest sync sidecar sees it within ``sync_interval_s`` (the others'
+    grace clocks started up to that much earlier); its backend rereads ``models.config`` within
+    ``backend_config_poll_s`` and loads the new version in ``load_s``; a gateway's next poll
+    (``gateway_poll_s`` plus :data:`GATEWAY_CHECK_S`) finds it AVAILABLE and switches; requests it
+    sent on the old manifest finish within ``request_deadline_s``.
+    """
+    return (
+        sync_interval_s
+        + backend_config_poll_s
+        + load_s
+        + gateway_poll_s
+        + GATEWAY_CHECK_S
+        + request_deadline_s
+    )
 
 
 @dataclass(slots=True)
@@ -55,18 +96,81 @@ class SyncResult:
     """``model@label`` entries a staged pass could not move yet."""
     skipped: list[str] = field(default_factory=list)
     """Optional aliases (all but the first) that point at nothing yet."""
+    kept: list[Kept] = field(default_factory=list)
+    """Versions no alias names any more, kept by the grace rule."""
+    prune_failed: list[str] = field(default_factory=list)
+    """``model/version: why`` for folders that could not be deleted (tried again next pass)."""
 
     def summary(self) -> str:
         parts = [f"{CONFIG_FILE} {'updated' if self.changed else 'unchanged'}"]
         if self.downloaded:
             parts.append("downloaded " + ", ".join(f"{m}/{v}" for m, v in self.downloaded))
+        if self.kept:
+            parts.append("kept while the move settles: " + ", ".join(str(k) for k in self.kept))
         if self.pruned:
             parts.append("pruned " + ", ".join(f"{m}/{v}" for m, v in self.pruned))
+        if self.prune_failed:
+            parts.append("could not prune " + ", ".join(self.prune_failed))
         if self.deferred:
             parts.append("labels waiting for a loaded version: " + ", ".join(self.deferred))
         if self.skipped:
             parts.append("aliases not set yet, skipped: " + ", ".join(self.skipped))
         return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A version kept although no alias names it, and why."""
+
+    model: str
+    version: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.version} ({self.why})"
+
+
+def apply_grace(
+    named: Mapping[str, set[int]],
+    listed: Mapping[str, Sequence[int]],
+    unnamed_since: Mapping[str, float],
+    *,
+    now: float,
+    grace_s: float,
+    on_disk: Callable[[str, int], bool],
+    available: AvailableFn | None = None,
+) -> tuple[dict[str, set[int]], dict[str, float], list[Kept]]:
+    """The grace rule: which versions that no alias names stay listed, and since when they are unnamed.
+
+    ``named``: model -> versions the aliases (and labels) name now. ``listed``: model -> versions
+    the previous ``models.config`` listed. ``unnamed_since``: ``"model/version"`` -> when a pass
+    first found it unnamed (wall-clock seconds; the state survives restarts). A listed, unnamed
+    version still on disk is kept while its grace lasts, then until every version ``named`` for
+    its model is AVAILABLE (when ``available`` can tell). Returns the kept versions per model, the
+    new ``unnamed_since`` and why each is kept.
+    """
+    kept: dict[str, set[int]] = {}
+    since_now: dict[str, float] = {}
+    why: list[Kept] = []
+    for model, versions in sorted(listed.items()):
+        holders = named.get(model, set())
+        for version in sorted(set(versions) - holders):
+            if not on_disk(model, version):
+                continue
+            key = f"{model}/{version}"
+            since = unnamed_since.get(key, now)
+            left = grace_s - (now - since)
+            if left > 0:
+                reason = f"{left:.0f}s of grace left"
+            else:
+                loading = [v for v in sorted(holders) if available is not None and not available(model, v)]
+                if not loading:
+                    continue
+                reason = "waiting for " + ", ".join(f"{model}/{v}" for v in loading) + " to be AVAILABLE"
+            kept.setdefault(model, set()).add(version)
+            since_now[key] = since
+            why.append(Kept(model, version, reason))
+    return kept, since_now, why
 
 
 def _state_path(repo: Path, name: str) -> Path:
@@ -81,27 +185,36 @@ class _State:
     ``sources``: ``"<model>/<version>"`` -> the registry source it was downloaded from, so a
     version folder that came from elsewhere (say, a local training export) is never mistaken
     for the registered version with the same number.
+    ``unnamed_since``: ``"<model>/<version>"`` -> when a pass first found no alias naming it.
     """
 
     models: set[str] = field(default_factory=set)
     sources: dict[str, str] = field(default_factory=dict)
+    unnamed_since: dict[str, float] = field(default_factory=dict)
 
 
 def _read_state(repo: Path, name: str) -> _State:
     try:
         data = json.loads(_state_path(repo, name).read_text())
-        return _State(set(data["models"]), dict(data.get("sources", {})))
+        return _State(
+            set(data["models"]),
+            dict(data.get("sources", {})),
+            {str(k): float(v) for k, v in dict(data.get("unnamed_since", {})).items()},
+        )
     except (FileNotFoundError, KeyError, TypeError, ValueError):
         return _State()
 
 
 def _write_state(repo: Path, name: str, state: _State) -> None:
-    path = _state_path(repo, name)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = {"ensemble": name, "models": sorted(state.models), "sources": dict(sorted(state.sources.items()))}
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    from serving.model_config import write_atomically
+
+    data = {
+        "ensemble": name,
+        "models": sorted(state.models),
+        "sources": dict(sorted(state.sources.items())),
+        "unnamed_since": dict(sorted(state.unnamed_since.items())),
+    }
+    write_atomically(_state_path(repo, name), json.dumps(data, indent=1) + "\n")
 
 
 def _download_version(client: MlflowClient, repo: Path, model: str, version: int, state: _State) -> bool:
@@ -139,8 +252,15 @@ def sync_once(
     *,
     base_path: str | None = None,
     label_policy: LabelPolicy = "immediate",
+    grace_s: float = DEFAULT_SYNC_GRACE_S,
+    available: AvailableFn | None = None,
+    now: float | None = None,
 ) -> SyncResult:
-    """One sync pass of ``name``'s ``aliases`` into ``repo``; see the module docstring."""
+    """One sync pass of ``name``'s ``aliases`` into ``repo``; see the module docstring.
+
+    ``available`` asks the backend this repository feeds (``backend_availability``); ``now`` is
+    the wall-clock time of the pass (tests set it).
+    """
     from serving.model_config import (
         ModelConfigError,
         ModelEntry,
@@ -206,6 +326,25 @@ def sync_once(
             if _download_version(client, repo, model, version, state):
                 result.downloaded.append((model, version))
 
+    named = {model: set(versions) for model, versions in result.versions.items()}
+    listed = {
+        model: entry.versions or []
+        for model, entry in previous.items()
+        if model in state.models or model in named
+    }
+    kept, state.unnamed_since, result.kept = apply_grace(
+        named,
+        listed,
+        state.unnamed_since,
+        now=time.time() if now is None else now,
+        grace_s=grace_s,
+        on_disk=lambda model, version: (repo / model / str(version) / "saved_model.pb").is_file(),
+        available=available,
+    )
+    for model, retained in kept.items():
+        result.versions[model] = sorted(named.get(model, set()) | retained)
+        result.labels.setdefault(model, {})
+
     managed = state.models | set(result.versions)
     entries = [entry for model, entry in sorted(previous.items()) if model not in managed]
     entries += [
@@ -241,11 +380,41 @@ def sync_once(
         keep = set(result.versions.get(model, []))
         for child in folder.iterdir():
             if child.is_dir() and child.name.isdigit() and int(child.name) not in keep:
-                shutil.rmtree(child)
+                try:
+                    shutil.rmtree(child)
+                except OSError as exc:
+                    # Unlisted already; the next pass finds the folder again and retries.
+                    result.prune_failed.append(f"{model}/{child.name}: {exc.strerror or exc}")
+                    continue
                 result.pruned.append((model, int(child.name)))
         if model not in result.versions and not any(folder.iterdir()):
             folder.rmdir()
     return result
+
+
+def backend_availability(address: str, timeout_s: float = 2.0) -> AvailableFn:
+    """Ask TF Serving at ``address`` (gRPC ``HOST:PORT``) whether a model version is AVAILABLE."""
+    import grpc
+
+    from serving.protos import GetModelStatusRequest, ModelServiceStub, ModelVersionStatus
+
+    stub = ModelServiceStub(grpc.insecure_channel(address))
+    available_state = ModelVersionStatus.State.Value("AVAILABLE")
+
+    def available(model: str, version: int) -> bool:
+        request = GetModelStatusRequest()
+        request.model_spec.name = model
+        request.model_spec.version.value = version
+        try:
+            response = stub.GetModelStatus(request, timeout=timeout_s)
+        except grpc.RpcError:
+            return False  # down, or the version unknown: not AVAILABLE, so keep the old one
+        return any(s.version == version and s.state == available_state for s in response.model_version_status)
+
+    return available
+
+
+PassOutcome = Literal["ok", "registry_error", "filesystem_error", "error"]
 
 
 def watch(
@@ -254,18 +423,42 @@ def watch(
     interval_s: float,
     report: Callable[[str], None],
     max_passes: int | None = None,
+    on_pass: Callable[[PassOutcome, SyncResult | None], None] | None = None,
 ) -> None:
-    """Run ``pass_once`` every ``interval_s``; a failed pass is reported and retried, never fatal."""
+    """Run ``pass_once`` every ``interval_s``; a failed pass is reported and retried, never fatal.
+
+    ``on_pass`` hears each pass's outcome (for metrics): the registry failing, the filesystem
+    failing (a full disk, a folder that cannot be removed, ...), or anything else.
+    """
     passes = 0
     while max_passes is None or passes < max_passes:
         started = time.monotonic()
+        outcome: PassOutcome = "ok"
+        result: SyncResult | None = None
         try:
             result = pass_once()
-            if result.changed or result.downloaded or result.pruned or result.deferred:
+            if result.changed or result.downloaded or result.pruned or result.deferred or result.prune_failed:
                 report(result.summary())
+            if result.prune_failed:
+                outcome = "filesystem_error"
         except RegistryError as exc:
+            outcome = "registry_error"
             report(f"sync failed, retrying in {interval_s:g}s: {exc}")
+        except OSError as exc:
+            outcome = "filesystem_error"
+            report(f"sync failed on the filesystem, retrying in {interval_s:g}s: {_os_error(exc)}")
+        except Exception as exc:  # a sidecar that dies leaves its backend stale: keep trying, loudly
+            outcome = "error"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            report(f"sync failed, retrying in {interval_s:g}s: {type(exc).__name__}: {first}")
+        if on_pass is not None:
+            on_pass(outcome, result)
         passes += 1
         if max_passes is not None and passes >= max_passes:
             break
         time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"

@@ -29,16 +29,21 @@ from grpc_health.v1 import health, health_pb2
 from serving.backends import BackendPool
 from serving.batching import BatchingPolicy
 from serving.ensemble import EnsembleCore, FanOutPolicy
+from serving.grpc.oip import OIP_SERVICE
+from serving.grpc.servicers import refuse_undecodable, tolerant_deserializer
+from serving.last_good import LastGoodStore, SavedManifests
 from serving.manifest_source import (
     FileManifestSource,
     ManifestLoadError,
     ManifestSource,
     RegistryManifestSource,
     ServedManifests,
+    first_load,
     served_version,
     watch,
 )
 from serving.metrics import CONTENT_TYPE, PROTOCOL_GRPC, PROTOCOL_REST, GatewayMetrics
+from serving.oip.service import OipService
 from serving.settings import GatewaySettings
 
 log = logging.getLogger("serving.gateway")
@@ -50,9 +55,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-_PREDICTION_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# Probes answer without the bearer token: liveness and readiness, in each protocol's spelling.
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"})
+_OPEN_GRPC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    f"/{OIP_SERVICE}/ServerLive",
+    f"/{OIP_SERVICE}/ServerReady",
+)
+_PREDICTION_SERVICES = (
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    OIP_SERVICE,
+)
+FIRST_RETRY_S = 0.5
+"""The first wait before loading the manifest source again, when it failed at start (then doubled)."""
 
 
 class StartupError(Exception):
@@ -60,24 +77,31 @@ class StartupError(Exception):
 
 
 class Gateway:
-    """Everything one gateway process holds: settings, metrics, the core and its member clients."""
+    """Everything one gateway process holds: settings, metrics, the core and its member clients.
+
+    It starts without the registry when it has to: with the last-known-good manifest when one is
+    saved, else with no manifest (every request UNAVAILABLE, not ready) while it retries with
+    backoff. Either way it keeps polling, and serves the registry's answer once it comes.
+    """
 
     def __init__(
         self,
         settings: GatewaySettings,
         source: ManifestSource,
-        served: ServedManifests,
+        served: ServedManifests | None,
         metrics: GatewayMetrics | None = None,
+        last_good: LastGoodStore | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
         self.metrics = metrics or GatewayMetrics()
+        self.last_good = last_good
         self.pool = BackendPool(
             settings.addresses_for,
             hedge_after_s=settings.hedge_after_s,
             breaker_failures=settings.breaker_failures,
             breaker_cooldown_s=settings.breaker_cooldown_s,
-            max_message_bytes=max(settings.max_body_bytes, 4 * 1024 * 1024) * 4,
+            max_message_bytes=member_message_bytes(settings),
             metrics=self.metrics,
         )
         batching = (
@@ -99,27 +123,102 @@ class Gateway:
             metrics=self.metrics,
             batching=batching,
         )
+        self.oip = OipService(
+            self.core, server_name="tf-ensemble gateway", platform="ensemble", ready=self.check_ready
+        )
         self.health = health.aio.HealthServicer()
         self.draining = False
+        self.from_last_good: SavedManifests | None = None
+        """Set while serving the last-known-good file because the source has not answered."""
+        self.source_error = ""
+        """Why the source could not be loaded at start (while that still matters)."""
         self._ready = False
         self._ready_reason = "starting"
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     async def open(cls, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> Gateway:
-        """Load the manifests once (errors are ManifestLoadError) and build the gateway."""
+        """Load the manifests once and build the gateway.
+
+        A source that answers no (a bad file, no such ensemble or alias) is ManifestLoadError: the
+        settings are wrong. One that cannot be reached leaves the gateway on its last-known-good
+        manifest, or on none, and :meth:`start_background` keeps trying.
+        """
         source = manifest_source(settings)
-        served = await source.load()
-        gateway = cls(settings, source, served, metrics)
+        store = (
+            LastGoodStore(settings.last_good_manifest, source.describe())
+            if settings.last_good_manifest is not None and isinstance(source, RegistryManifestSource)
+            else None
+        )
+        try:
+            served = await source.load()
+        except ManifestLoadError as exc:
+            if not exc.transient:
+                raise
+            gateway = cls(settings, source, None, metrics, store)
+            gateway._start_without_source(exc)
+            return gateway
+        gateway = cls(settings, source, served, metrics, store)
         gateway.metrics.reloads.labels("loaded").inc()
+        await gateway._save_last_good(served)
         return gateway
+
+    def _start_without_source(self, error: ManifestLoadError) -> None:
+        self.source_error = str(error)
+        self.metrics.reloads.labels("failed").inc()
+        saved: SavedManifests | None = None
+        if self.last_good is not None:
+            try:
+                saved = self.last_good.load()
+            except ManifestLoadError as bad:
+                log.warning("the last-known-good manifest cannot be used: %s", bad)
+        if saved is None:
+            log.warning("no manifest to serve yet, retrying with backoff: %s", error)
+            return
+        self.core.swap(saved.served)
+        self.from_last_good = saved
+        self.metrics.last_good.set(1)
+        log.warning(
+            "serving the last-known-good manifest saved %s (%s v%s) from %s: %s",
+            saved.saved_at,
+            saved.served.name,
+            served_version(saved.served.default),
+            self.last_good.path if self.last_good else "",
+            error,
+        )
+
+    async def _save_last_good(self, served: ServedManifests) -> None:
+        if self.last_good is None:
+            return
+        try:
+            await asyncio.to_thread(self.last_good.save, served)
+        except OSError as exc:
+            self.metrics.last_good_saves.labels("failed").inc()
+            log.warning("cannot save the last-known-good manifest to %s: %s", self.last_good.path, exc)
+            return
+        self.metrics.last_good_saves.labels("saved").inc()
+
+    def _source_answered(self, served: ServedManifests) -> None:
+        """The source answered again: what it says is served now (switched, or the same)."""
+        if self.from_last_good is not None or self.source_error:
+            log.info("manifest source %s answers again", self.source.describe())
+        self.from_last_good = None
+        self.source_error = ""
+        self.metrics.last_good.set(0)
 
     # --- readiness and reload ------------------------------------------------------------------
     async def check_ready(self) -> tuple[bool, str]:
         if self.draining:
             ready, reason = False, "draining"
         else:
-            ready, reason = await self.core.ready(timeout_s=1.0)
+            ready, reason = await self.core.ready()
+            if self.core.loaded is None:
+                reason = f"{reason} (last error: {self.source_error}); retrying"
+            elif self.from_last_good is not None:
+                reason = (
+                    f"serving the last-known-good manifest saved {self.from_last_good.saved_at}, the "
+                    f"manifest source has not answered since start ({self.source_error}); {reason}"
+                )
         if ready != self._ready:
             log.info("readiness: %s (%s)", "ready" if ready else "not ready", reason)
         self._ready, self._ready_reason = ready, reason
@@ -143,35 +242,68 @@ class Gateway:
         member versions may not be loaded yet: switching then would fail requests that the old
         manifest still answers.
         """
-        ready, reason = await self.core.ready(timeout_s=1.0, served=served)
+        ready, reason = await self.core.ready(served=served)
         if not ready:
             self.metrics.reloads.labels("waiting").inc()
             log.info("new manifest not switched to yet, members still loading: %s", reason)
             return False
-        self.core.swap(served)
-        self.metrics.reloads.labels("loaded").inc()
-        versions = {label: served_version(m) for label, m in served.labels.items()}
-        log.info("manifest reloaded: %s v%s %s", served.name, served_version(served.default), versions or "")
+        self._take(served)
+        await self._save_last_good(served)
         return True
+
+    def _take(self, served: ServedManifests) -> None:
+        self.core.swap(served)
+        # Breakers belong to member versions: the ones no longer served go, new ones start closed.
+        self.pool.retain(
+            m for manifest in (served.default, *served.labels.values()) for m in manifest.members
+        )
+        self.metrics.reloads.labels("loaded").inc()
+        self._source_answered(served)
+        versions = {label: served_version(m) for label, m in served.labels.items()}
+        log.info("manifest loaded: %s v%s %s", served.name, served_version(served.default), versions or "")
+
+    def _loaded(self, served: ServedManifests) -> None:
+        if served == self.core.loaded:
+            self._source_answered(served)
 
     def _reload_failed(self, error: ManifestLoadError) -> None:
         self.metrics.reloads.labels("failed").inc()
         log.warning("manifest reload failed, still serving the previous one: %s", error)
 
+    def _first_load_failed(self, error: ManifestLoadError, retry_in_s: float) -> None:
+        self.metrics.reloads.labels("failed").inc()
+        self.source_error = str(error)
+        log.warning("no manifest yet, retrying in %.1fs: %s", retry_in_s, error)
+
+    async def _watch(self) -> None:
+        current = self.core.loaded
+        if current is None:
+            current = await first_load(
+                self.source,
+                first_delay_s=min(FIRST_RETRY_S, self.settings.poll_interval_s),
+                max_delay_s=self.settings.poll_interval_s,
+                on_error=self._first_load_failed,
+            )
+            # Nothing is served yet: the first answer beats none, whatever its members' state.
+            self._take(current)
+            await self._save_last_good(current)
+            await self.check_ready()
+        await watch(
+            self.source,
+            current,
+            self.settings.poll_interval_s,
+            self._swap,
+            self._reload_failed,
+            on_loaded=self._loaded,
+        )
+
     def start_background(self) -> None:
         """Start watching the manifest source and the members' readiness."""
-        self._tasks.append(
-            asyncio.create_task(
-                watch(
-                    self.source,
-                    self.core.served,
-                    self.settings.poll_interval_s,
-                    self._swap,
-                    self._reload_failed,
-                )
-            )
-        )
-        self._tasks.append(asyncio.create_task(self._monitor_readiness(2.0)))
+        jobs = {"manifest watch": self._watch(), "readiness monitor": self._monitor_readiness(2.0)}
+        for name, job in jobs.items():
+            task = asyncio.create_task(job, name=name)
+            task.add_done_callback(_report_stopped)
+            self._tasks.append(task)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -179,6 +311,17 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.pool.close()
+
+
+def member_message_bytes(settings: GatewaySettings) -> int:
+    """The largest message exchanged with members: a request decoded up to its bound, plus framing."""
+    return max(settings.max_body_bytes * 4, settings.max_decoded_bytes + 1024 * 1024, 16 * 1024 * 1024)
+
+
+def _report_stopped(task: asyncio.Task[None]) -> None:
+    """A background loop that ends other than by cancellation is a bug: say so, loudly, once."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the %s stopped: %s", task.get_name(), error, exc_info=error)
 
 
 def manifest_source(settings: GatewaySettings) -> ManifestSource:
@@ -283,16 +426,18 @@ class GuardMiddleware:
 def create_app(gateway: Gateway) -> FastAPI:
     """The gateway's FastAPI app: TF Serving's REST API for the ensemble, plus operations endpoints."""
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.oip import create_oip_router
 
     app = FastAPI(
         title="Ensemble gateway",
-        description="TF Serving's REST API in front of a Keras model ensemble.",
+        description="TF Serving's API and the Open Inference Protocol in front of a Keras model ensemble.",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
     install_error_handlers(app)
-    app.include_router(create_tfs_router(gateway.core))
+    app.include_router(create_tfs_router(gateway.core, max_decoded_bytes=gateway.settings.max_decoded_bytes))
+    app.include_router(create_oip_router(gateway.oip))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -302,10 +447,12 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def readyz() -> Response:
         ready, reason = await gateway.check_ready()
         body = {"status": "ready" if ready else "not ready", "reason": reason}
-        if ready:
-            served = gateway.core.served
+        served = gateway.core.loaded
+        if ready and served is not None:
             body["ensemble"] = served.name
             body["version"] = str(served_version(served.default))
+        if gateway.from_last_good is not None:
+            body["last_known_good"] = gateway.from_last_good.saved_at
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
     @app.get("/metrics")
@@ -318,7 +465,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 
 # --- gRPC ---------------------------------------------------------------------------------------
 class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Bearer-token auth and request metrics for every gRPC method but health and reflection."""
+    """Bearer-token auth and request metrics for every gRPC method but health and reflection.
+
+    It also refuses request bytes that are not a valid message with INVALID_ARGUMENT (grpc alone
+    answers UNKNOWN), as :class:`serving.grpc.DecodeGuard` does on the local backend.
+    """
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
@@ -334,6 +485,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = str(details.method)
         if handler is None or handler.unary_unary is None or method.startswith(_OPEN_GRPC_PREFIXES):
             return handler
+        decode = handler.request_deserializer
         metadata = dict(details.invocation_metadata or ())
         authorized = self.expected is None or hmac.compare_digest(
             str(metadata.get("authorization", "")), self.expected
@@ -349,6 +501,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 if not authorized:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+                await refuse_undecodable(request, context)
                 response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -365,7 +518,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer(decode) if decode is not None else None,
             response_serializer=handler.response_serializer,
         )
 
@@ -373,17 +526,19 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
     """The gateway's grpc.aio server: TF Serving's services, health and reflection (not started)."""
     from serving.grpc import add_health_and_reflection, add_tfs_servicers
+    from serving.grpc.oip import add_oip_servicer
 
     settings = gateway.settings
     server = grpc.aio.server(
         interceptors=[GrpcGuard(settings, gateway.metrics)],
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
-            ("grpc.max_send_message_length", max(settings.max_body_bytes, 4 * 1024 * 1024) * 4),
+            ("grpc.max_send_message_length", member_message_bytes(settings)),
         ],
     )
-    add_tfs_servicers(server, gateway.core)
-    gateway.health = add_health_and_reflection(server)
+    add_tfs_servicers(server, gateway.core, max_decoded_bytes=settings.max_decoded_bytes)
+    add_oip_servicer(server, gateway.oip)
+    gateway.health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
         bound = server.add_insecure_port(address)
@@ -452,17 +607,23 @@ async def serve(settings: GatewaySettings) -> None:
         rest_task.result()
         raise StartupError("the REST server stopped during startup")
     gateway.start_background()
-    served = gateway.core.served
-    log.info(
-        "serving ensemble %s v%s (%d members) on REST %s:%d and gRPC %s:%d",
-        served.name,
-        served_version(served.default),
-        len(served.default.members),
-        settings.rest_host,
-        settings.rest_port,
-        settings.grpc_host,
-        settings.grpc_port,
+    served = gateway.core.loaded
+    listening = (
+        f"REST {settings.rest_host}:{settings.rest_port} and gRPC {settings.grpc_host}:{settings.grpc_port}"
     )
+    if served is None:
+        log.warning(
+            "listening on %s with no manifest yet: waiting for %s", listening, gateway.source.describe()
+        )
+    else:
+        log.info(
+            "serving ensemble %s v%s (%d members%s) on %s",
+            served.name,
+            served_version(served.default),
+            len(served.default.members),
+            ", last-known-good manifest" if gateway.from_last_good is not None else "",
+            listening,
+        )
     await stop.wait()
 
     log.info("draining: no new requests; waiting up to %.1fs for in-flight ones", settings.drain_timeout_s)

@@ -2,27 +2,33 @@
 
 :class:`BackendPool` implements ``serving.ensemble.MemberCaller`` over TF Serving's
 ``PredictionService`` and ``ModelService``. One channel per address, opened on first use and kept;
-each member round-robins over its addresses, and a connection failure is retried once on the next
-replica. With hedging on, a member call still unanswered after ``hedge_after_s`` is sent to a
-second replica too: the first answer wins and the other call is cancelled. A circuit breaker per
-member stops calls to a member that keeps failing.
+each member version round-robins over its addresses, and a connection failure is retried once on
+the next replica. With hedging on, a member call still unanswered after ``hedge_after_s`` is sent
+to a second replica too: the first answer wins and the other call is cancelled.
+
+A circuit breaker per member *version* and backend address stops calls to a replica that keeps
+failing, so an old version's NOT_FOUNDs during a promotion never refuse calls to the new one, and
+one alias's failures never open another's breaker. A switch to new manifests drops the breakers
+of versions no longer served (:meth:`BackendPool.retain`). An error the request itself caused
+(``serving.ensemble.REQUEST_FAULTS``) never counts against a breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from prometheus_client import Gauge
 
 from registry.manifest import MemberRef
-from serving.breaker import BreakerState, CircuitBreaker
+from serving.breaker import CircuitBreaker
 from serving.core import ModelMetadata
-from serving.ensemble import MemberError
+from serving.ensemble import REQUEST_FAULTS, MemberError
 from serving.metrics import GatewayMetrics
 from serving.protos import (
     GetModelMetadataRequest,
@@ -53,17 +59,32 @@ def _varint(value: int) -> bytes:
 
 
 @dataclass(slots=True)
-class _Route:
-    """A member's replicas, whose turn is next, and its breaker."""
+class _Replica:
+    """One backend address of a member version, with its own breaker."""
 
-    addresses: list[str]
+    address: str
     breaker: CircuitBreaker
+
+
+@dataclass(slots=True)
+class _Route:
+    """A member version's replicas and whose turn is next."""
+
+    replicas: list[_Replica]
     turn: itertools.count[int] = field(default_factory=itertools.count)
 
-    def order(self) -> list[str]:
-        """The addresses starting at the next one in round-robin order."""
-        start = next(self.turn) % len(self.addresses)
-        return self.addresses[start:] + self.addresses[:start]
+    def order(self) -> list[_Replica]:
+        """The replicas starting at the next one in round-robin order."""
+        start = next(self.turn) % len(self.replicas)
+        return self.replicas[start:] + self.replicas[:start]
+
+
+def _next_allowed(replicas: Iterator[_Replica]) -> _Replica | None:
+    """The next replica whose breaker lets a call through (taking its half-open probe slot)."""
+    for replica in replicas:
+        if replica.breaker.allow():
+            return replica
+    return None
 
 
 def _reason(code: grpc.StatusCode) -> str:
@@ -78,7 +99,7 @@ def _one_line(text: str | None, limit: int = 200) -> str:
 
 
 class BackendPool:
-    """Channels, routes and breakers for every member the gateway calls."""
+    """Channels, routes and breakers for every member version the gateway calls."""
 
     def __init__(
         self,
@@ -89,11 +110,13 @@ class BackendPool:
         breaker_cooldown_s: float = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._addresses_for = addresses_for
         self._hedge_after_s = hedge_after_s
         self._breaker_failures = breaker_failures
         self._breaker_cooldown_s = breaker_cooldown_s
+        self._clock = clock
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -107,8 +130,10 @@ class BackendPool:
         self._spec_fields: dict[tuple[str, int, str], bytes] = {}
         self._predict_stubs: dict[str, PredictionServiceStub] = {}
         self._model_stubs: dict[str, ModelServiceStub] = {}
-        self._routes: dict[str, _Route] = {}
-        self._breaker_gauges: dict[str, Gauge] = {}
+        self._routes: dict[tuple[str, int], _Route] = {}
+        # The hot path looks a route up by the MemberRef object (manifests keep theirs for life):
+        # no key is built per call. The ref is kept so its id cannot be reused meanwhile.
+        self._by_ref: dict[int, tuple[MemberRef, _Route]] = {}
 
     # --- plumbing ------------------------------------------------------------------------------
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -132,22 +157,55 @@ class BackendPool:
         self._channel(address)
         return self._model_stubs[address]
 
-    def _route(self, member: str) -> _Route:
-        route = self._routes.get(member)
+    def _route(self, member: MemberRef) -> _Route:
+        cached = self._by_ref.get(id(member))
+        if cached is not None and cached[0] is member:
+            return cached[1]
+        key = (member.name, member.version)
+        route = self._routes.get(key)
         if route is None:
-            addresses = self._addresses_for(member)
+            addresses = self._addresses_for(member.name)
             if not addresses:
                 raise MemberError("no_backend", "no backend address is configured for this member")
             route = _Route(
-                addresses=list(addresses),
-                breaker=CircuitBreaker(self._breaker_failures, self._breaker_cooldown_s),
+                [
+                    _Replica(
+                        address, CircuitBreaker(self._breaker_failures, self._breaker_cooldown_s, self._clock)
+                    )
+                    for address in addresses
+                ]
             )
-            self._routes[member] = route
+            self._routes[key] = route
+            if self._metrics is not None:
+                for replica in route.replicas:
+                    # Read at scrape time: the gauge follows the clock, not the last call.
+                    child = self._metrics.breaker_open.labels(
+                        member.name, str(member.version), replica.address
+                    )
+                    child.set_function(replica.breaker.open_gauge)
+        self._by_ref[id(member)] = (member, route)
         return route
 
-    def breaker_state(self, member: str) -> BreakerState | None:
-        route = self._routes.get(member)
-        return route.breaker.state if route else None
+    def retain(self, members: Iterable[MemberRef]) -> None:
+        """Keep routes and breakers for ``members`` only; versions a switch brings start fresh."""
+        keep = {(m.name, m.version) for m in members}
+        for key in [key for key in self._routes if key not in keep]:
+            route = self._routes.pop(key)
+            if self._metrics is not None:
+                for replica in route.replicas:
+                    with contextlib.suppress(KeyError):
+                        self._metrics.breaker_open.remove(key[0], str(key[1]), replica.address)
+        self._by_ref = {
+            ref_id: (ref, route)
+            for ref_id, (ref, route) in self._by_ref.items()
+            if (ref.name, ref.version) in keep
+        }
+        self._spec_fields = {key: f for key, f in self._spec_fields.items() if key[:2] in keep}
+
+    def breakers_open(self, member: MemberRef) -> bool:
+        """Whether every replica of this member version refuses calls right now."""
+        route = self._routes.get((member.name, member.version))
+        return route is not None and all(r.breaker.is_open for r in route.replicas)
 
     async def close(self) -> None:
         """Close every channel (on shutdown)."""
@@ -156,14 +214,6 @@ class BackendPool:
         self._model_stubs.clear()
         self._raw_predict.clear()
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
-
-    def _set_breaker_metric(self, member: str, breaker: CircuitBreaker) -> None:
-        if self._metrics is not None:
-            # Runs after every member call: the labelled child is looked up once per member.
-            gauge = self._breaker_gauges.get(member)
-            if gauge is None:
-                gauge = self._breaker_gauges[member] = self._metrics.breaker_open.labels(member)
-            gauge.set(0.0 if breaker.state is BreakerState.CLOSED else 1.0)
 
     # --- MemberCaller --------------------------------------------------------------------------
     def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> bytes:
@@ -195,90 +245,106 @@ class BackendPool:
         timeout_s: float,
         encoded: bytes | None = None,
     ) -> dict[str, np.ndarray]:
-        route = self._route(member.name)
-        breaker = route.breaker
-        if not breaker.allow():
-            raise MemberError(
-                "circuit_open", f"circuit breaker open after {self._breaker_failures} consecutive failures"
-            )
+        route = self._route(member)
         if encoded is None:
             encoded = self.encode(inputs, output_filter)
         # Protobuf messages concatenate: the spec field plus the shared inputs is the whole request.
         request = self._spec_field(member, signature_name) + encoded
-        try:
-            response = await self._predict_routed(route, request, timeout_s)
-        except MemberError:
-            breaker.record_failure()
-            self._set_breaker_metric(member.name, breaker)
-            raise
-        except asyncio.CancelledError:
-            breaker.record_cancelled()
-            raise
-        breaker.record_success()
-        self._set_breaker_metric(member.name, breaker)
+        response = await self._predict_routed(route, request, timeout_s)
         try:
             return {name: from_tensor_proto(tensor) for name, tensor in response.outputs.items()}
         except Exception as exc:  # a malformed answer is that member's failure, not ours
             raise MemberError("bad_answer", f"cannot decode the answer: {exc}") from None
 
+    def _all_open(self, route: _Route) -> MemberError:
+        addresses = ", ".join(r.address for r in route.replicas)
+        return MemberError(
+            "circuit_open",
+            f"circuit breaker open on {addresses} after {self._breaker_failures} consecutive failures",
+        )
+
     async def _predict_routed(self, route: _Route, request: bytes, timeout_s: float) -> PredictResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        order = route.order()
-        if self._hedge_after_s is not None and len(order) > 1:
-            return await self._hedged(order, request, deadline)
+        replicas = iter(route.order())
+        first = _next_allowed(replicas)
+        if first is None:
+            raise self._all_open(route)
+        if self._hedge_after_s is not None and len(route.replicas) > 1:
+            return await self._hedged(first, replicas, request, deadline)
         try:
-            return await self._predict_once(order[0], request, deadline)
+            return await self._attempt(first, request, deadline)
         except MemberError as exc:
             # A replica that is down should cost one retry on its sibling, not a degraded answer.
-            if exc.reason != "unavailable" or len(order) < 2 or deadline - loop.time() <= 0:
+            if exc.reason != "unavailable" or deadline - loop.time() <= 0:
                 raise
-            return await self._predict_once(order[1], request, deadline)
+            second = _next_allowed(replicas)
+            if second is None:
+                raise
+            return await self._attempt(second, request, deadline)
 
-    async def _predict_once(self, address: str, request: bytes, deadline: float) -> PredictResponse:
+    async def _attempt(self, replica: _Replica, request: bytes, deadline: float) -> PredictResponse:
+        """One call to one replica; its outcome goes to that replica's breaker."""
+        address, breaker = replica.address, replica.breaker
         timeout = deadline - asyncio.get_running_loop().time()
         if timeout <= 0:
+            breaker.record_inconclusive()
             raise MemberError("deadline", f"{address}: no time left for the call")
         try:
             self._channel(address)
             response: PredictResponse = await self._raw_predict[address](request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            reason = _reason(exc.code())
+            if reason in REQUEST_FAULTS:
+                breaker.record_inconclusive()  # the request's fault, not the replica's
+            else:
+                breaker.record_failure()
             raise MemberError(
-                _reason(exc.code()), f"{address}: {exc.code().name} {_one_line(exc.details())}".strip()
+                reason, f"{address}: {exc.code().name} {_one_line(exc.details())}".strip()
             ) from None
+        except asyncio.CancelledError:
+            breaker.record_inconclusive()
+            raise
+        breaker.record_success()
         return response
 
-    async def _hedged(self, order: list[str], request: bytes, deadline: float) -> PredictResponse:
+    async def _hedged(
+        self, first: _Replica, others: Iterator[_Replica], request: bytes, deadline: float
+    ) -> PredictResponse:
         assert self._hedge_after_s is not None
-        first = asyncio.ensure_future(self._predict_once(order[0], request, deadline))
-        tasks = {first}
+        first_task = asyncio.ensure_future(self._attempt(first, request, deadline))
+        tasks = {first_task}
         try:
             done, _ = await asyncio.wait(tasks, timeout=self._hedge_after_s)
-            if not done or first.exception() is not None:
-                tasks.add(asyncio.ensure_future(self._predict_once(order[1], request, deadline)))
+            if not done or first_task.exception() is not None:
+                second = _next_allowed(others)
+                if second is not None:
+                    tasks.add(asyncio.ensure_future(self._attempt(second, request, deadline)))
             errors: list[MemberError] = []
             while tasks:
                 done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    error = task.exception()
+                # Every finished call's outcome is read, so none is left unretrieved.
+                outcomes = [(task, task.exception()) for task in done]
+                for task, error in outcomes:
                     if error is None:
                         return task.result()
-                    if isinstance(error, MemberError):
-                        errors.append(error)
-                    else:
-                        raise error
+                for _, error in outcomes:
+                    if not isinstance(error, MemberError):
+                        raise error  # type: ignore[misc]
+                    errors.append(error)
             raise errors[-1]
         finally:
             for task in tasks:
                 task.cancel()
 
     async def metadata(self, member: MemberRef, timeout_s: float) -> ModelMetadata:
-        route = self._route(member.name)
+        route = self._route(member)
         request = GetModelMetadataRequest()
         request.model_spec.name = member.name
         request.model_spec.version.value = member.version
         request.metadata_field.append("signature_def")
-        address = route.order()[0]
+        order = route.order()
+        address = next((r.address for r in order if not r.breaker.is_open), order[0].address)
         try:
             response = await self._predict_stub(address).GetModelMetadata(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -293,14 +359,15 @@ class BackendPool:
         return ModelMetadata(name=member.name, version=member.version, signature_def=signature_def)
 
     async def available(self, member: MemberRef, timeout_s: float) -> bool:
+        """AVAILABLE on some replica whose breaker is not open: a call to it can be answered now."""
         try:
-            route = self._route(member.name)
+            route = self._route(member)
         except MemberError:
             return False
         answers = await asyncio.gather(
-            *(self._status_available(a, member, timeout_s) for a in route.addresses)
+            *(self._status_available(r.address, member, timeout_s) for r in route.replicas)
         )
-        return any(answers)
+        return any(ok and not r.breaker.is_open for r, ok in zip(route.replicas, answers, strict=True))
 
     async def _status_available(self, address: str, member: MemberRef, timeout_s: float) -> bool:
         request = GetModelStatusRequest()

@@ -1,8 +1,11 @@
-"""A circuit breaker per member: stop calling a member that keeps failing, probe it now and then.
+"""A circuit breaker per member version and backend address: stop calling a replica that keeps failing.
 
 Closed: calls go through; ``failures`` consecutive failures open it. Open: calls are refused
 without touching the network until ``cooldown_s`` has passed. Half-open: one probe call goes
 through; its success closes the breaker, its failure opens it for another cooldown.
+
+The state is a function of the clock, not of the last call: an open breaker whose cooldown has
+passed reads half-open at once, even when no call has come since (gauges and readiness read it).
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
+    @property
+    def is_open(self) -> bool:
+        """Whether every call is refused right now (open, cooldown not over)."""
+        return self._opened_at is not None and self._clock() - self._opened_at < self._cooldown_s
+
+    def open_gauge(self) -> float:
+        """1.0 while open, else 0.0: what the breaker gauge reads at scrape time."""
+        return 1.0 if self.is_open else 0.0
+
     def allow(self) -> bool:
         """Whether a call may go out now; in half-open state only one probe at a time may."""
         state = self.state
@@ -64,6 +76,6 @@ class CircuitBreaker:
         if was_probe or self._consecutive_failures >= self._threshold:
             self._opened_at = self._clock()
 
-    def record_cancelled(self) -> None:
-        """A call given up for reasons of our own (answer decided) says nothing about the member."""
+    def record_inconclusive(self) -> None:
+        """A call that says nothing about the replica: cancelled by us, or refused for the request's fault."""
         self._probe_in_flight = False

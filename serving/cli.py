@@ -28,6 +28,14 @@ def serve(
         list[str] | None,
         typer.Option("--alias", help="Registry alias to serve; repeat for several (first is the default)."),
     ] = None,
+    last_good_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--last-good-manifest",
+            help="Keep the last manifests served from the registry in this file; serve them when the "
+            "registry is unreachable at start.",
+        ),
+    ] = None,
     backend: Annotated[
         list[str] | None,
         typer.Option("--backend", help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas."),
@@ -45,6 +53,14 @@ def serve(
     hedge_after_ms: Annotated[
         float | None, typer.Option("--hedge-after-ms", help="Hedge a slow member call after this delay.")
     ] = None,
+    traffic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--traffic",
+            help="NAME:KEY=VALUE[,KEY=VALUE] traffic policy of an ensemble, e.g. "
+            "digits:shadow_fraction=0.1,canary_percent=20 (see docs/gateway.md).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file of gateway settings (flags and env win).")
     ] = None,
@@ -60,6 +76,7 @@ def serve(
         "tracking_uri": tracking_uri,
         "ensemble": ensemble,
         "aliases": alias or None,
+        "last_good_manifest": last_good_manifest,
         "backends": backend or None,
         "rest_port": rest_port,
         "grpc_port": grpc_port,
@@ -72,6 +89,10 @@ def serve(
     try:
         if member_backend:
             overrides["member_backends"] = _member_backends(member_backend)
+        if traffic:
+            from serving.traffic.policy import parse_traffic_option
+
+            overrides["traffic"] = parse_traffic_option(traffic)
         settings = GatewaySettings.load(config, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -8,11 +8,13 @@ Errors are raised as ``serving.errors.ServingError`` subclasses, which carry the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from serving.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from serving.protos import SignatureDefMap
@@ -65,6 +67,20 @@ class ModelMetadata:
     name: str
     version: int
     signature_def: SignatureDefMap
+
+
+def check_output_filter(requested: Sequence[str], known: Collection[str]) -> None:
+    """TF Serving's checks on a Predict ``output_filter``: every alias known, none twice."""
+    seen: set[str] = set()
+    for alias in requested:
+        if alias not in known:
+            raise InvalidArgument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(known))}}}."
+            )
+        if alias in seen:
+            raise InvalidArgument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
 
 
 class ServingCore(Protocol):

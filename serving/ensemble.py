@@ -3,9 +3,14 @@
 :class:`EnsembleCore` implements :class:`serving.core.ServingCore`. A predict request is checked
 against the manifest's input spec, sent to every member concurrently with a per-member deadline
 inside the overall one, and combined with the manifest's combiner over the members that answered
-(weights renormalised) as long as the quorum holds. Stragglers are cancelled once the answer is
-decided. Below quorum the answer is UNAVAILABLE naming each failing member and why; an overall
-deadline that passes first is DEADLINE_EXCEEDED. Backend trouble never becomes an internal error.
+(weights renormalised) as long as the quorum holds. Once the quorum can no longer be met, the
+calls still out are cancelled and counted as not needed, not as failures. Below quorum the answer
+is UNAVAILABLE naming each failing member and why; an overall deadline that passes first is
+DEADLINE_EXCEEDED; when the members refused the request itself (``REQUEST_FAULTS``), the client
+gets that refusal. Backend trouble never becomes an internal error.
+
+Readiness and model status follow the quorum: a manifest is AVAILABLE while enough of its members
+report AVAILABLE on a replica whose circuit breaker is not open.
 
 Opt-in extensions, invisible to plain TF Serving clients:
 
@@ -30,8 +35,15 @@ import numpy as np
 from registry.manifest import Manifest, MemberRef, TensorSpec
 from serving import combine
 from serving.batching import BatchingPolicy, MicroBatcher
-from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
-from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from serving.core import (
+    ModelMetadata,
+    ModelRef,
+    PredictResult,
+    TensorInfo,
+    VersionStatus,
+    check_output_filter,
+)
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.manifest_source import ServedManifests, served_version
 from serving.metrics import GatewayMetrics
 
@@ -41,6 +53,21 @@ DETAIL_HEADER = "x-ensemble-detail"
 VERSION_HEADER = "x-ensemble-manifest-version"
 MEMBERS_HEADER = "x-ensemble-members"
 SPREAD_SUFFIX = ":spread"
+
+STATUS_TIMEOUT_S = 1.0
+"""How long readiness and model status wait for a member's GetModelStatus."""
+
+NO_MANIFEST = (
+    "no ensemble manifest loaded yet: the manifest source has not answered since the gateway started"
+)
+
+REQUEST_FAULTS = frozenset({"invalid_argument", "resource_exhausted"})
+"""Member failure reasons the request itself caused (malformed, or too large): they say nothing about
+the member, never count against its breaker, and reach the client as what they are."""
+_REFUSALS: dict[str, type[InvalidArgument | ResourceExhausted]] = {
+    "invalid_argument": InvalidArgument,
+    "resource_exhausted": ResourceExhausted,
+}
 
 _DTYPES: dict[str, np.dtype[np.generic]] = {
     "float32": np.dtype(np.float32),
@@ -85,7 +112,7 @@ class MemberCaller(Protocol):
         ...
 
     async def available(self, member: MemberRef, timeout_s: float) -> bool:
-        """Whether GetModelStatus reports the member's version AVAILABLE."""
+        """Whether the member's version is AVAILABLE where a call can reach it (breaker not open)."""
         ...
 
 
@@ -127,8 +154,14 @@ def wire_dtype(spec: TensorSpec) -> np.dtype[np.generic]:
     return _DTYPES[spec.dtype]
 
 
-def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int:
-    """Check names, dtypes and shapes against the manifest before any fan-out; return the batch size."""
+def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Check names, dtypes and shapes against the manifest before any fan-out; the inputs as sent on.
+
+    An input of one value per instance is taken in both forms clients write, ``[n]`` (a scalar per
+    record) and ``[n, 1]`` (a one-element list per record), and sent on in the form the manifest
+    declares: ensembles exported with ``[-1, 1]`` keep serving plain records, and clients that
+    learned the nested form keep working with ``[-1]`` exports.
+    """
     expected = {spec.name: spec for spec in manifest.inputs}
     missing = sorted(set(expected) - set(inputs))
     unknown = sorted(set(inputs) - set(expected))
@@ -139,6 +172,7 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
         if unknown:
             parts.append(f"unknown input(s) {', '.join(unknown)}")
         raise InvalidArgument(f"{'; '.join(parts)}; expected {', '.join(expected)}")
+    conformed: dict[str, np.ndarray] | None = None
     batch: int | None = None
     for name, spec in expected.items():
         array = inputs[name]
@@ -146,9 +180,14 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
         if array.dtype != want and not (want == np.dtype(np.object_) and array.dtype.kind in {"S", "U", "O"}):
             raise InvalidArgument(f"input {name!r} must be {spec.dtype}, got {array.dtype.name}")
         if array.ndim != len(spec.shape):
-            raise InvalidArgument(
-                f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
-            )
+            single = _as_single_value_form(array, spec.shape)
+            if single is None:
+                raise InvalidArgument(
+                    f"input {name!r} must have shape {_shape_text(spec.shape)}, got {list(array.shape)}"
+                )
+            array = single
+            conformed = conformed if conformed is not None else dict(inputs)
+            conformed[name] = array
         for got, dim in zip(array.shape[1:], spec.shape[1:], strict=True):
             if dim != -1 and got != dim:
                 raise InvalidArgument(
@@ -161,7 +200,16 @@ def validate_inputs(manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> int
                 f"all inputs must share the batch dimension: input {name!r} has {array.shape[0]} rows, "
                 f"others {batch}"
             )
-    return batch or 0
+    return inputs if conformed is None else conformed
+
+
+def _as_single_value_form(array: np.ndarray, shape: Sequence[int]) -> np.ndarray | None:
+    """``array`` ([n] or [n, 1]) reshaped to a one-value-per-instance ``shape``; None if it is not one."""
+    if list(shape) == [-1] and array.ndim == 2 and array.shape[1] == 1:
+        return array.reshape(-1)
+    if list(shape) == [-1, 1] and array.ndim == 1:
+        return array.reshape(-1, 1)
+    return None
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -188,14 +236,17 @@ class EnsembleCore:
 
     def __init__(
         self,
-        served: ServedManifests,
+        served: ServedManifests | None,
         caller: MemberCaller,
         *,
         policy: FanOutPolicy | None = None,
         metrics: GatewayMetrics | None = None,
         batching: BatchingPolicy | None = None,
     ) -> None:
-        """With ``batching``, concurrent requests are coalesced into one fan-out."""
+        """With ``batching``, concurrent requests are coalesced into one fan-out.
+
+        ``served`` is None while no manifest could be loaded yet: requests are then UNAVAILABLE.
+        """
         self._served = served
         self._caller = caller
         self._policy = policy or FanOutPolicy()
@@ -205,29 +256,42 @@ class EnsembleCore:
             self._batcher = MicroBatcher(batching, on_batch=self._metrics.batch_size.observe)
         self._latency_children: dict[tuple[str, int], Any] = {}
         self._weight_cache: dict[int, tuple[Manifest, combine.FloatArray]] = {}
+        self._signature_cache: dict[int, tuple[Manifest, Mapping[str, TensorInfo]]] = {}
         self._publish(served)
 
     # --- manifests -----------------------------------------------------------------------------
     @property
     def served(self) -> ServedManifests:
+        """What is served now; Unavailable while no manifest has been loaded yet."""
+        if self._served is None:
+            raise Unavailable(NO_MANIFEST)
+        return self._served
+
+    @property
+    def loaded(self) -> ServedManifests | None:
+        """What is served now, or None before the first manifest."""
         return self._served
 
     def swap(self, served: ServedManifests) -> None:
         """Serve ``served`` from now on; requests already running finish on the old manifests."""
-        if served.name != self._served.name:
+        if self._served is not None and served.name != self._served.name:
             log.warning("ensemble name changed from %s to %s", self._served.name, served.name)
         self._served = served
         self._publish(served)
 
-    def _publish(self, served: ServedManifests) -> None:
+    def _publish(self, served: ServedManifests | None) -> None:
         gauge = self._metrics.manifest_info
         gauge.clear()
+        if served is None:
+            return
         gauge.labels(served.name, str(served_version(served.default)), "").set(1)
         for label, manifest in served.labels.items():
             gauge.labels(manifest.name, str(served_version(manifest)), label).set(1)
 
     def _resolve(self, ref: ModelRef, served: ServedManifests | None = None) -> Manifest:
         served = served or self._served
+        if served is None:
+            raise Unavailable(NO_MANIFEST)
         if ref.name != served.name:
             raise NotFound(f"Servable not found for request: Latest({ref.name})")
         if ref.label:
@@ -259,9 +323,15 @@ class EnsembleCore:
     # --- ServingCore ---------------------------------------------------------------------------
     def input_signature(self, ref: ModelRef) -> Mapping[str, TensorInfo]:
         manifest = self._resolve(ref)
-        return {
-            spec.name: TensorInfo(dtype=wire_dtype(spec), shape=tuple(spec.shape)) for spec in manifest.inputs
-        }
+        # Asked on every request by both adapters: built once per manifest.
+        cached = self._signature_cache.get(id(manifest))
+        if cached is None or cached[0] is not manifest:
+            infos = {
+                spec.name: TensorInfo(dtype=wire_dtype(spec), shape=tuple(spec.shape))
+                for spec in manifest.inputs
+            }
+            cached = self._signature_cache[id(manifest)] = (manifest, infos)
+        return cached[1]
 
     async def predict(
         self,
@@ -274,12 +344,9 @@ class EnsembleCore:
     ) -> PredictResult:
         manifest = self._resolve(ref)
         self._check_signature(manifest, ref)
-        validate_inputs(manifest, inputs)
+        inputs = validate_inputs(manifest, inputs)
         wanted = tuple(output_filter)
-        known_outputs = {spec.name for spec in manifest.outputs}
-        for name in wanted:
-            if name not in known_outputs:
-                raise InvalidArgument(f"output_filter names unknown output {name!r}")
+        check_output_filter(wanted, [spec.name for spec in manifest.outputs])
         detail = _detail(request_headers)
         budget = self._policy.request_deadline_s
         if timeout_s is not None:
@@ -350,41 +417,67 @@ class EnsembleCore:
         )
 
     async def status(self, ref: ModelRef) -> list[VersionStatus]:
+        """Each addressed manifest version, AVAILABLE only while its quorum can be served."""
         served = self._served
+        if served is None:
+            raise Unavailable(NO_MANIFEST)
         if ref.version is None and ref.label is None:
             if ref.name != served.name:
                 raise NotFound(f"Could not find any versions of model {ref.name}")
             manifests = self._all(served)
         else:
             manifests = [self._resolve(ref, served)]
+        manifests.sort(key=served_version, reverse=True)
+        problems = await asyncio.gather(*(self._quorum_problem(m, STATUS_TIMEOUT_S) for m in manifests))
+        # TF Serving has no state for "loaded but not servable now": UNKNOWN with an UNAVAILABLE
+        # status says so without claiming the version was unloaded (END) or is loading.
         return [
             VersionStatus(version=served_version(m), state="AVAILABLE")
-            for m in sorted(manifests, key=served_version, reverse=True)
+            if problem is None
+            else VersionStatus(
+                version=served_version(m), state="UNKNOWN", error_code="UNAVAILABLE", error_message=problem
+            )
+            for m, problem in zip(manifests, problems, strict=True)
         ]
 
     # --- readiness -----------------------------------------------------------------------------
-    async def ready(self, timeout_s: float = 1.0, served: ServedManifests | None = None) -> tuple[bool, str]:
-        """Whether the quorum of every manifest's members reports AVAILABLE, and why not.
+    async def ready(
+        self, timeout_s: float = STATUS_TIMEOUT_S, served: ServedManifests | None = None
+    ) -> tuple[bool, str]:
+        """Whether the quorum can be served, and why not.
 
-        ``served`` defaults to what is served now; the reload path asks it about a candidate
-        before swapping, so a moved alias is followed only once its members have loaded.
+        For what is served now: the default manifest's quorum (a challenger's trouble is named in
+        the reason but never takes the default traffic out of service). For a candidate
+        (``served``, asked by the reload path before swapping): every manifest's quorum, so a
+        moved alias is followed only once its members have loaded.
         """
-        problems: list[str] = []
-        for manifest in self._all(served or self._served):
-            flags = await asyncio.gather(*(self._caller.available(m, timeout_s) for m in manifest.members))
-            holds = combine.quorum_holds(
-                manifest.weights,
-                flags,
-                min_members=manifest.combiner.min_members,
-                min_weight=manifest.combiner.min_weight,
-            )
-            if not holds:
-                down = [m.name for m, ok in zip(manifest.members, flags, strict=True) if not ok]
-                problems.append(
-                    f"{manifest.name} v{served_version(manifest)}: quorum not available "
-                    f"({sum(flags)}/{len(flags)} members AVAILABLE; down: {', '.join(down)})"
-                )
-        return (not problems, "; ".join(problems) or "ready")
+        candidate = served is not None
+        served = served or self._served
+        if served is None:
+            return False, NO_MANIFEST
+        manifests = self._all(served)
+        problems = await asyncio.gather(*(self._quorum_problem(m, timeout_s) for m in manifests))
+        failing = [p for p in problems if p is not None]
+        if candidate:
+            return (not failing, "; ".join(failing) or "ready")
+        # _all puts the default manifest first.
+        return (problems[0] is None, "; ".join(failing) or "ready")
+
+    async def _quorum_problem(self, manifest: Manifest, timeout_s: float) -> str | None:
+        """None when enough members are AVAILABLE (behind breakers that are not open); else why not."""
+        flags = await asyncio.gather(*(self._caller.available(m, timeout_s) for m in manifest.members))
+        if combine.quorum_holds(
+            manifest.weights,
+            flags,
+            min_members=manifest.combiner.min_members,
+            min_weight=manifest.combiner.min_weight,
+        ):
+            return None
+        down = [m.name for m, ok in zip(manifest.members, flags, strict=True) if not ok]
+        return (
+            f"{manifest.name} v{served_version(manifest)}: quorum not available "
+            f"({sum(flags)}/{len(flags)} members AVAILABLE with a breaker not open; down: {', '.join(down)})"
+        )
 
     # --- fan-out and combine -------------------------------------------------------------------
     async def _call(
@@ -446,6 +539,7 @@ class EnsembleCore:
         }
         results: list[dict[str, np.ndarray] | None] = [None] * len(members)
         failures: dict[int, str] = {}
+        reasons: dict[int, str] = {}
         pending = set(tasks)
         # One callback per member call decides when the answer is known: every member is in, or
         # even every pending member answering could not make the quorum. (asyncio.wait in a loop
@@ -454,16 +548,25 @@ class EnsembleCore:
 
         def on_done(task: asyncio.Task[dict[str, np.ndarray]]) -> None:
             pending.discard(task)
-            if decided.done() or task.cancelled():
+            if task.cancelled():
+                return
+            # Read every outcome, also one that arrives after the decision: an exception left
+            # unread is logged by asyncio as "Task exception was never retrieved".
+            error = task.exception()
+            if decided.done():
                 return
             index = tasks[task]
-            try:
-                results[index] = _checked(task.result(), expected, rows)
-            except MemberError as exc:
-                failures[index] = f"{exc.reason} ({exc.detail})"
-            except Exception as exc:  # a member bug must not turn into a 500
-                failures[index] = f"error ({type(exc).__name__}: {exc})"
-                log.exception("unexpected error calling member %s", members[index].name)
+            if error is None:
+                try:
+                    results[index] = _checked(task.result(), expected, rows)
+                except MemberError as exc:
+                    failures[index] = f"{exc.reason} ({exc.detail})"
+            elif isinstance(error, MemberError):
+                failures[index] = f"{error.reason} ({error.detail})"
+                reasons[index] = error.reason
+            else:  # a member bug must not turn into a 500
+                failures[index] = f"error ({type(error).__name__}: {error})"
+                log.error("unexpected error calling member %s", members[index].name, exc_info=error)
             if not pending:
                 decided.set_result(False)
             elif index in failures:
@@ -489,10 +592,14 @@ class EnsembleCore:
                 task.cancel()
         for task in pending:
             index = tasks[task]
-            failures.setdefault(index, "deadline (cut off by the request deadline)")
-            self._metrics.member_failures.labels(
-                members[index].name, str(members[index].version), "cut_off"
-            ).inc()
+            member = members[index]
+            if cut_by_deadline:
+                failures.setdefault(index, "cut_off (no answer before the request deadline passed)")
+                self._metrics.member_failures.labels(member.name, str(member.version), "cut_off").inc()
+            else:
+                # The quorum could no longer be met: this call was cancelled, it did not fail.
+                failures.setdefault(index, "not_needed (cancelled: the quorum could no longer be met)")
+                self._metrics.member_cancelled.labels(member.name, str(member.version), "not_needed").inc()
 
         answered = [r is not None for r in results]
         if not combine.quorum_holds(
@@ -506,6 +613,9 @@ class EnsembleCore:
             )
             if cut_by_deadline:
                 raise DeadlineExceeded(f"{summary}; deadline passed; {why}")
+            refusal = _refusal(manifest, reasons, failures, pending={tasks[t] for t in pending})
+            if refusal is not None:
+                raise refusal
             raise Unavailable(f"{summary}; {why}")
 
         used = [r for r in results if r is not None]
@@ -534,6 +644,20 @@ class EnsembleCore:
         return EnsembleAnswer(
             outputs=outputs, answered=len(used), total=len(members), disagreement=disagreement
         )
+
+
+def _refusal(
+    manifest: Manifest, reasons: Mapping[int, str], failures: Mapping[int, str], pending: set[int]
+) -> InvalidArgument | ResourceExhausted | None:
+    """The request's own fault, when every member that failed refused the request itself."""
+    failed = [i for i in failures if i not in pending]
+    if not failed or any(reasons.get(i) not in REQUEST_FAULTS for i in failed):
+        return None
+    first = min(failed)
+    member = manifest.members[first].name
+    return _REFUSALS[reasons[first]](
+        f"ensemble {manifest.name}: member {member} refused the request: {failures[first]}"
+    )
 
 
 def _checked(outputs: dict[str, np.ndarray], expected: Sequence[str], rows: int) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ class ServingError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        message = _encodable(message)
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -135,6 +136,19 @@ _BY_CODE: dict[grpc.StatusCode, type[ServingError]] = {
         Unauthenticated,
     )
 }
+
+
+def _encodable(message: str) -> str:
+    """``message`` with anything UTF-8 cannot carry (a lone surrogate from a request) escaped.
+
+    Messages quote what the client sent; one that cannot be encoded would turn a 400 into a failure
+    to write the error itself.
+    """
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        return message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return message
 
 
 def http_status(code: grpc.StatusCode) -> int:

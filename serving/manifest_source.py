@@ -2,7 +2,9 @@
 
 A source answers :meth:`ManifestSource.load` with a :class:`ServedManifests` snapshot. The
 :func:`watch` loop polls it and hands every *changed* snapshot to a callback, which swaps it in
-atomically; a snapshot that fails to load leaves the current one serving.
+atomically; a snapshot that fails to load leaves the current one serving. A load error says
+whether it is ``transient`` (the registry could not be reached) or a real answer (no such
+ensemble or alias, an invalid manifest): only the first is worth waiting out at start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from registry.errors import InvalidArgument as RegistryInvalidArgument
+from registry.errors import InvalidManifest
 from registry.errors import NotFound as RegistryNotFound
 from registry.manifest import Manifest
 
@@ -23,7 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class ManifestLoadError(Exception):
-    """The manifest could not be read or is not valid; the message says why, in one line."""
+    """The manifest could not be read or is not valid; the message says why, in one line.
+
+    ``transient``: the source could not be reached (worth retrying), rather than answering no.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +144,10 @@ class RegistryManifestSource:
                 if isinstance(exc, RegistryNotFound) and position > 0:
                     continue  # only the default alias must exist; a challenger joins when it is set
                 reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                raise ManifestLoadError(f"cannot resolve {self._ensemble}@{alias}: {reason}") from None
+                answered = isinstance(exc, RegistryNotFound | InvalidManifest | RegistryInvalidArgument)
+                raise ManifestLoadError(
+                    f"cannot resolve {self._ensemble}@{alias}: {reason}", transient=not answered
+                ) from None
         return ServedManifests(default=labels[self._aliases[0]], labels=labels)
 
     async def load(self) -> ServedManifests:
@@ -147,11 +161,13 @@ async def watch(
     interval_s: float,
     on_change: Callable[[ServedManifests], Awaitable[bool]],
     on_error: Callable[[ManifestLoadError], None],
+    on_loaded: Callable[[ServedManifests], None] | None = None,
 ) -> None:
     """Poll ``source`` forever; call ``on_change`` with each snapshot that differs from the last.
 
     ``on_change`` answers whether it took the snapshot; one it declined (its members are not
-    loaded yet, say) is offered again on the next poll.
+    loaded yet, say) is offered again on the next poll. ``on_loaded`` hears of every snapshot the
+    source answered with, changed or not (the source is reachable again).
     """
     while True:
         await asyncio.sleep(interval_s)
@@ -160,5 +176,28 @@ async def watch(
         except ManifestLoadError as exc:
             on_error(exc)
             continue
+        if on_loaded is not None:
+            on_loaded(snapshot)
         if snapshot != current and await on_change(snapshot):
             current = snapshot
+
+
+async def first_load(
+    source: ManifestSource,
+    *,
+    first_delay_s: float,
+    max_delay_s: float,
+    on_error: Callable[[ManifestLoadError, float], None],
+) -> ServedManifests:
+    """Load ``source`` until it answers, waiting twice as long after each failure (up to ``max_delay_s``).
+
+    ``on_error`` hears of each failure with the delay before the next try.
+    """
+    delay = first_delay_s
+    while True:
+        try:
+            return await source.load()
+        except ManifestLoadError as exc:
+            on_error(exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)

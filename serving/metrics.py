@@ -18,6 +18,7 @@ REASON = "reason"
 ENSEMBLE = "ensemble"
 LABEL = "label"
 OUTCOME = "outcome"
+BACKEND = "backend"
 
 PROTOCOL_REST = "rest"
 PROTOCOL_GRPC = "grpc"
@@ -65,6 +66,13 @@ class GatewayMetrics:
             [MEMBER, VERSION, REASON],
             registry=r,
         )
+        self.member_cancelled = Counter(
+            f"{PREFIX}_member_cancelled",
+            "Member calls cancelled because their answer was no longer needed, not failures "
+            "(reason not_needed: the quorum could no longer be met).",
+            [MEMBER, VERSION, REASON],
+            registry=r,
+        )
         self.members_answered = Histogram(
             f"{PREFIX}_members_answered",
             "Members whose answers went into an ensemble answer.",
@@ -94,10 +102,23 @@ class GatewayMetrics:
             [OUTCOME],
             registry=r,
         )
+        self.last_good = Gauge(
+            f"{PREFIX}_manifest_last_good",
+            "1 while the gateway serves the last-known-good manifest from disk because the registry "
+            "has not answered since it started.",
+            registry=r,
+        )
+        self.last_good_saves = Counter(
+            f"{PREFIX}_manifest_last_good_saves",
+            "Writes of the last-known-good manifest file, by outcome: saved, failed.",
+            [OUTCOME],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             f"{PREFIX}_member_breaker_open",
-            "1 while a member's circuit breaker refuses calls.",
-            [MEMBER],
+            "1 while the circuit breaker of a member version on one backend address refuses calls "
+            "(read at scrape time).",
+            [MEMBER, VERSION, BACKEND],
             registry=r,
         )
         self.batch_size = Histogram(

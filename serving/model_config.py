@@ -133,8 +133,11 @@ def loads_model_config(text: str, *, source: str = "models.config") -> list[Mode
 
 def write_model_config(path: Path, entries: Sequence[ModelEntry]) -> None:
     """Write ``models.config`` atomically: a reader (TF Serving polling it) sees old or new, never half."""
-    text = dumps_model_config(entries)
-    path = Path(path)
+    write_atomically(Path(path), dumps_model_config(entries))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

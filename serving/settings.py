@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from serving.traffic.policy import TrafficPolicy, check_policies
 
 ENV_PREFIX = "ENSEMBLE_"
 
@@ -84,6 +86,13 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="How often the manifest source (file or registry alias) is checked for a change.",
     )
+    last_good_manifest: Path | None = Field(
+        default=None,
+        description=(
+            "A local file where the gateway keeps the last manifests it served from the registry; a "
+            "gateway that cannot reach the registry at start serves them (None: not kept)."
+        ),
+    )
 
     # --- where the members live ----------------------------------------------------------------
     backends: Annotated[list[str], NoDecode] = Field(
@@ -142,6 +151,14 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="Largest REST body or gRPC message accepted; larger gets 413 / RESOURCE_EXHAUSTED.",
     )
+    max_decoded_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Most bytes the input tensors of one request may decode to (elements x dtype size), checked "
+            "on the declared shapes before decoding; larger gets 400 / INVALID_ARGUMENT."
+        ),
+    )
     auth_token: SecretStr | None = Field(
         default=None,
         description=(
@@ -155,6 +172,19 @@ class GatewaySettings(BaseSettings):
         description="On SIGTERM, how long in-flight requests get to finish before the process exits.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the gateway process.")
+
+    # --- champion vs challenger ------------------------------------------------------------------
+    traffic: dict[str, TrafficPolicy] = Field(
+        default_factory=dict,
+        description=(
+            "Traffic policy per served ensemble (name -> shadow, sticky canary, comparison window);"
+            " re-read from the config file while the gateway runs."
+        ),
+    )
+
+    # Where these settings came from, so that the config file can be read again (``reload``).
+    _config_file: Path | None = PrivateAttr(default=None)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("aliases", "backends", mode="before")
     @classmethod
@@ -195,6 +225,16 @@ class GatewaySettings(BaseSettings):
             raise ValueError("serving from the registry needs at least one alias")
         return self
 
+    @model_validator(mode="after")
+    def _traffic_pairs(self) -> GatewaySettings:
+        check_policies(
+            self.traffic,
+            ensemble=self.ensemble,
+            aliases=self.aliases,
+            from_registry=self.tracking_uri is not None,
+        )
+        return self
+
     def addresses_for(self, member: str) -> list[str]:
         """The backend addresses of ``member``: its override, else the shared backends."""
         return self.member_backends.get(member) or self.backends
@@ -215,13 +255,29 @@ class GatewaySettings(BaseSettings):
         """Build the settings from flags (``overrides``, None values ignored), env and a YAML file."""
         given = {key: value for key, value in overrides.items() if value is not None}
         if config_file is None:
-            return cls(**given)
-        if not config_file.is_file():
-            raise ValueError(f"config file {config_file} does not exist")
-        # A subclass bound to this file keeps the class itself free of any global file path.
-        bound = type(
-            cls.__name__,
-            (cls,),
-            {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
-        )
-        return bound(**given)  # type: ignore[no-any-return]
+            settings = cls(**given)
+        else:
+            if not config_file.is_file():
+                raise ValueError(f"config file {config_file} does not exist")
+            # A subclass bound to this file keeps the class itself free of any global file path.
+            bound = type(
+                cls.__name__,
+                (cls,),
+                {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": config_file})},
+            )
+            settings = bound(**given)
+        settings._config_file = config_file
+        settings._overrides = given
+        return settings
+
+    @property
+    def config_file(self) -> Path | None:
+        """The YAML file these settings were read from, if any."""
+        return self._config_file
+
+    def reload(self) -> GatewaySettings:
+        """The settings as they read now: the same flags and environment, the config file read again.
+
+        Raises what :meth:`load` raises (ValidationError, ValueError) for a file that became invalid.
+        """
+        return GatewaySettings.load(self._config_file, **self._overrides)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,7 +23,7 @@ import numpy as np
 import orjson
 
 from serving.core import TensorInfo
-from serving.errors import InvalidArgument, Unimplemented
+from serving.errors import InvalidArgument, ServingError, Unimplemented
 from serving.protos import DataType, TensorProto, TensorShapeProto
 
 STRING_DTYPE: Final = np.dtype(object)
@@ -51,6 +52,10 @@ _NUMPY_BY_DTYPE: Final[dict[int, np.dtype[Any]]] = {
     DataType.DT_STRING: STRING_DTYPE,
 }
 _DTYPE_BY_NUMPY: Final[dict[np.dtype[Any], int]] = {v: k for k, v in _NUMPY_BY_DTYPE.items()}
+_ITEMSIZE: Final[dict[int, int]] = {
+    **{int(k): v.itemsize for k, v in _NUMPY_BY_DTYPE.items()},
+    _DT_BFLOAT16: 4,  # decoded as float32
+}
 
 # TensorFlow's DataTypeString(): the names its error messages use.
 _TF_TYPE_NAME: Final[dict[int, str]] = {
@@ -150,24 +155,76 @@ def _as_bytes(value: Any) -> bytes:
     raise InvalidArgument(f"A string tensor holds a {type(value).__name__}, expected bytes or str")
 
 
+MAX_RANK: Final = 64
+"""The most dimensions a decoded tensor may have: numpy's limit (TensorFlow's is 254)."""
+
+_INT64_MAX: Final = 2**63 - 1
+_OBJECT_REF_BYTES: Final = np.dtype(object).itemsize
+
+
 def tensor_shape(proto: TensorProto) -> tuple[int, ...]:
-    """The fully defined shape of a TensorProto; an unknown rank or dimension is an error."""
-    if proto.tensor_shape.unknown_rank:
+    """The fully defined shape of a TensorProto; an unknown rank or dimension is an error.
+
+    Only the shape message is read, so this is cheap whatever the shape claims.
+    """
+    shape_message = proto.tensor_shape
+    if shape_message.unknown_rank:
         raise InvalidArgument("Tensor has an unknown rank")
-    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    shape = tuple([dim.size for dim in shape_message.dim])
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"Tensor has {len(shape)} dimensions, at most {MAX_RANK} are supported")
     if shape and min(shape) < 0:
         raise InvalidArgument(f"Tensor shape {list(shape)} is not fully defined")
     return shape
+
+
+def _check_extent(shape: tuple[int, ...], count: int, itemsize: int, dtype_enum: int) -> None:
+    """TensorFlow's "more than 2**63 - 1 elements", and numpy's limit on bytes, which applies even
+    when a zero dimension leaves no elements at all."""
+    extent = count or math.prod([size or 1 for size in shape])
+    if extent > _INT64_MAX:
+        raise InvalidArgument(f"Shape {list(shape)} would have more than 2**63 - 1 elements")
+    if extent * itemsize > _INT64_MAX:
+        raise InvalidArgument(
+            f"Shape {list(shape)} of {data_type_name(dtype_enum)} is more than 2**63 - 1 bytes"
+        )
+
+
+def decoded_nbytes(proto: TensorProto, shape: tuple[int, ...]) -> int:
+    """What decoding ``proto`` (of ``shape``, from :func:`tensor_shape`) would allocate, in bytes.
+
+    Arithmetic on the declared shape only: a 42-byte message can declare a shape of gigabytes and
+    fill it by broadcasting one value, so this is asked before anything is decoded. Strings count
+    one object reference per element plus their bytes: the given values at most the tensor's own
+    size on the wire, the last one again for every element it fills.
+    """
+    count = math.prod(shape)
+    dtype_enum = proto.dtype
+    if dtype_enum != _DT_STRING:
+        return count * (_ITEMSIZE.get(dtype_enum) or numpy_dtype(dtype_enum).itemsize)
+    values = proto.string_val
+    given = len(values)
+    text = int(proto.ByteSize())  # cheaper than reading every value, which copies it
+    if count > given and given:
+        text += (count - given) * len(values[given - 1])
+    return count * _OBJECT_REF_BYTES + text
 
 
 def from_tensor_proto(proto: TensorProto) -> np.ndarray:
     """Decode a TensorProto: ``tensor_content`` or the typed ``*_val`` field for its dtype.
 
     As in TensorFlow, a typed field shorter than the shape repeats its last value (so a single
-    value fills the whole tensor) and an empty one means zeros.
+    value fills the whole tensor) and an empty one means zeros. Requests from clients go through
+    :func:`decode_inputs`, which bounds the size first.
     """
     shape = tensor_shape(proto)
     count = math.prod(shape)
+    _check_extent(shape, count, _ITEMSIZE.get(proto.dtype, 1), proto.dtype)
+    return _decode(proto, shape, count)
+
+
+def _decode(proto: TensorProto, shape: tuple[int, ...], count: int) -> np.ndarray:
+    """The ``count`` values of ``proto``, whose ``shape`` has passed :func:`_check_extent`."""
     dtype_enum = proto.dtype
     if dtype_enum == _DT_STRING:
         values = np.empty(len(proto.string_val), dtype=STRING_DTYPE)
@@ -176,19 +233,80 @@ def from_tensor_proto(proto: TensorProto) -> np.ndarray:
     dtype = numpy_dtype(dtype_enum)
     content = proto.tensor_content  # read once: every read of a bytes field makes a new object
     if content:
+        wire = np.dtype("<u2") if dtype_enum == _DT_BFLOAT16 else dtype.newbyteorder("<")
+        if len(content) != count * wire.itemsize:
+            raise InvalidArgument(
+                f"tensor_content has {len(content)} bytes, "
+                f"shape {list(shape)} of {data_type_name(dtype_enum)} needs {count * wire.itemsize}"
+            )
         if dtype_enum == _DT_BFLOAT16:
-            bits = np.frombuffer(content, dtype="<u2").astype(np.uint32) << 16
-            flat = bits.view(np.float32)
-        else:
-            wire = dtype.newbyteorder("<")
-            if len(content) != count * wire.itemsize:
-                raise InvalidArgument(
-                    f"tensor_content has {len(content)} bytes, "
-                    f"shape {list(shape)} of {data_type_name(dtype_enum)} needs {count * wire.itemsize}"
-                )
-            flat = np.frombuffer(content, dtype=wire).astype(dtype, copy=False)
-        return flat.reshape(shape)
+            bits = np.frombuffer(content, dtype=wire).astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(shape)
+        return np.frombuffer(content, dtype=wire).astype(dtype, copy=False).reshape(shape)
     return _fill(_typed_values(proto, dtype_enum, dtype), shape, count, np.zeros(1, dtype=dtype))
+
+
+@dataclass(slots=True)
+class _Budget:
+    """The bytes one request's inputs may still decode to; None for no bound."""
+
+    limit: int | None
+    used: int = 0
+
+    def take(self, name: str, shape: Sequence[int], dtype_enum: int, size: int) -> None:
+        self.used += size
+        if self.limit is not None and self.used > self.limit:
+            so_far = "" if size == self.used else f"; with the inputs before it, {self.used} bytes"
+            raise InvalidArgument(
+                f"tensor parsing error: {name}: shape {list(shape)} of {data_type_name(dtype_enum)} "
+                f"decodes to {size} bytes{so_far}, more than the {self.limit} bytes one request may decode to"
+            )
+
+
+def decode_inputs(
+    protos: Mapping[str, TensorProto], signature: Mapping[str, TensorInfo], max_bytes: int | None
+) -> dict[str, np.ndarray]:
+    """A predict request's input tensors as arrays, each checked before it is allocated.
+
+    Each tensor's dtype must be the signature's (TF Serving's "Expects arg[...]" error), its shape
+    must be addressable, and all of them together may decode to at most ``max_bytes`` (None: no
+    bound). Errors are InvalidArgument with TF Serving's "tensor parsing error: NAME" first. Names
+    the signature lacks are decoded for the core to report alongside the missing ones.
+    """
+    # One pass: each tensor is decoded right after its check, so what is allocated never exceeds
+    # the bound, whichever input is the one that would cross it.
+    budget = _Budget(max_bytes)
+    arrays: dict[str, np.ndarray] = {}
+    for name, proto in protos.items():
+        dtype_enum = proto.dtype
+        info = signature.get(name)
+        if info is not None:
+            want = _DTYPE_BY_NUMPY.get(info.dtype)
+            if want is None:
+                want = data_type(info.dtype)
+            if dtype_enum != want:
+                raise InvalidArgument(
+                    f"Expects arg[{name}] to be {data_type_name(want)} "
+                    f"but {data_type_name(dtype_enum)} is provided"
+                )
+        itemsize = _ITEMSIZE.get(dtype_enum)
+        if itemsize is None:
+            raise InvalidArgument(
+                f"tensor parsing error: {name}: Tensor type {data_type_name(dtype_enum)} is not supported"
+            )
+        try:
+            shape = tensor_shape(proto)
+            count = math.prod(shape)
+            if not count or count * itemsize > _INT64_MAX:  # empty or enormous: the rare case
+                _check_extent(shape, count, itemsize, dtype_enum)
+            size = decoded_nbytes(proto, shape) if dtype_enum == _DT_STRING else count * itemsize
+            budget.take(name, shape, dtype_enum, size)
+            arrays[name] = _decode(proto, shape, count)
+        except InvalidArgument as exc:
+            message = exc.message
+            prefix = f"tensor parsing error: {name}: "
+            raise InvalidArgument(message if message.startswith(prefix) else prefix + message) from None
+    return arrays
 
 
 def _typed_values(proto: TensorProto, dtype_enum: int, dtype: np.dtype[Any]) -> np.ndarray:
@@ -249,34 +367,117 @@ _PREVIEW_CHARS: Final = 256
 
 def _preview(value: Any) -> str:
     """A JSON rendering of a request value for error messages, cut short for big values."""
-    text = json.dumps(value, separators=(",", ":"), allow_nan=True, default=str)
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=True, default=str)
+    except (RecursionError, ValueError):
+        text = "[...]" if isinstance(value, list) else "{...}"
     return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
 
 
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_NON_FINITE_TOKEN: Final = re.compile(rb"NaN|Infinity")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def load_json(body: bytes | str) -> Any:
-    """Parse a JSON body as TF Serving does: bare ``NaN``/``Infinity``/``-Infinity`` accepted."""
-    if not body or not body.strip():
+    """Parse a JSON body as TF Serving's parser (RapidJSON) does, or refuse it with a 400.
+
+    UTF-8 only; a leading UTF-8 byte order mark is skipped, as RapidJSON's UTF-8 stream skips it;
+    bare ``NaN``/``Infinity``/``-Infinity`` are accepted. Other encodings, numbers too large for a
+    double (``1e309``) and lone UTF-16 surrogates (``"\\ud800"``) are parse errors. orjson does
+    all of this except the bare tokens; only bodies holding one take the standard parser.
+    """
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM) :]
+    if not raw or raw.isspace():
         raise InvalidArgument("JSON Parse error: The document is empty")
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # orjson rejects NaN and Infinity; the standard parser takes them (and says where it fails)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if _NON_FINITE_TOKEN.search(raw) is None:
+            raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+    return _load_with_non_finite(raw)
+
+
+def _load_with_non_finite(raw: bytes) -> Any:
     try:
-        return json.loads(body)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}"
+        ) from None
+    offset = _lone_surrogate_at(text)
+    if offset is not None:
+        raise InvalidArgument(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}"
+        )
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidArgument(f"JSON Parse error: {exc.__class__.__name__}") from None
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: the document is nested too deeply") from None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidArgument(f"JSON Parse error: Number too big to be stored in double: {text[:40]}")
+    return value
+
+
+def _json_int(text: str) -> int | float:
+    # Beyond 64 bits RapidJSON (and orjson) read an integer as a double; Python's int() would
+    # also refuse more than 4300 digits with a ValueError.
+    return int(text) if len(text) <= 20 else _finite_float(text)
+
+
+def _lone_surrogate_at(text: str) -> int | None:
+    """Where a ``\\uD800``-style escape has no partner, or None (only the slow path asks)."""
+    if "\\u" not in text:
+        return None
+    expect_low_at: int | None = None  # where a high surrogate's partner must start
+    high_at = 0
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        start = match.start()
+        if _backslashes_before(text, start) % 2:
+            continue  # an escaped backslash followed by "u...": text, not an escape
+        is_high = match.group()[3] in "89abAB"
+        if expect_low_at is not None and (is_high or start != expect_low_at):
+            return high_at
+        if is_high:
+            expect_low_at, high_at = match.end(), start
+        elif expect_low_at is None:
+            return start
+        else:
+            expect_low_at = None
+    return high_at if expect_low_at is not None else None
+
+
+def _backslashes_before(text: str | bytes, at: int) -> int:
+    """How many backslashes come right before position ``at``: odd means ``text[at]`` is escaped."""
+    backslash: str | int = "\\" if isinstance(text, str) else 0x5C
+    first = at
+    while first and text[first - 1] == backslash:
+        first -= 1
+    return at - first
 
 
 def parse_predict_request(
-    body: bytes | str | Mapping[str, Any], signature: SignatureLookup
+    body: bytes | str | Mapping[str, Any], signature: SignatureLookup, max_bytes: int | None = None
 ) -> PredictRequestJson:
     """Turn a TF Serving predict body into named numpy inputs, typed by the signature's dtypes.
 
     Raises InvalidArgument with TF Serving's messages for malformed bodies; ``signature`` may raise
-    (e.g. NotFound for an unknown model), which propagates unchanged.
+    (e.g. NotFound for an unknown model), which propagates unchanged. ``max_bytes`` bounds what the
+    inputs together may decode to: a body holding too many values is refused before it is parsed
+    (parsing makes a Python object of every value), then each input is checked on the shape of its
+    lists before it is converted.
     """
+    if isinstance(body, bytes | str):
+        raw_body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        _refuse_too_many_values(raw_body, signature, max_bytes)
     doc = load_json(body) if isinstance(body, bytes | str) else body
     if not isinstance(doc, dict):
         raise InvalidArgument(f"JSON Value: {_preview(doc)} Is not object")
@@ -297,20 +498,70 @@ def parse_predict_request(
         )
     # Lists holding true/false are the one case numpy silently coerces (True -> 1); such bodies
     # take the checked path. Byte search on the body is cheap compared to scanning the values.
-    raw = body.encode() if isinstance(body, str) else body
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     may_hold_bools = not isinstance(raw, bytes) or b"true" in raw or b"false" in raw
+    budget = _Budget(max_bytes)
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
             raise InvalidArgument(f"JSON Value: {_preview(doc)} Excepting 'instances' to be an list/array")
         if not instances:
             raise InvalidArgument(f"JSON Value: {_preview(doc)} No values in 'instances' array")
-        inputs = _inputs_from_instances(instances, infos, may_hold_bools)
+        inputs = _inputs_from_instances(instances, infos, may_hold_bools, budget)
         return PredictRequestJson(inputs, signature_name, columnar=False)
     if has_inputs:
-        inputs = _inputs_from_columns(doc["inputs"], infos, may_hold_bools)
+        inputs = _inputs_from_columns(doc["inputs"], infos, may_hold_bools, budget)
         return PredictRequestJson(inputs, signature_name, columnar=True)
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+_LARGEST_ITEMSIZE: Final = 8  # float64, int64, or one object reference per string
+
+
+def _refuse_too_many_values(raw: bytes, signature: SignatureLookup, max_bytes: int | None) -> None:
+    """InvalidArgument when the body's values, at the smallest input's size, exceed ``max_bytes``.
+
+    Every JSON value takes at least two bytes (itself and a separator), so only a body longer than
+    a quarter of the bound can hold too many; only such a body is counted, and only when the
+    default signature is known (otherwise parsing reports the first error, as TF Serving does).
+    """
+    if max_bytes is None or (len(raw) // 2 + 1) * _LARGEST_ITEMSIZE <= max_bytes:
+        return
+    try:
+        infos = signature("")
+    except ServingError:
+        return
+    if not infos:
+        return
+    itemsize = min(info.dtype.itemsize for info in infos.values())
+    values = _json_value_count(raw)
+    if values * itemsize > max_bytes:
+        raise InvalidArgument(
+            f"The request body holds {values} values, {values * itemsize} bytes or more decoded, "
+            f"more than the {max_bytes} bytes one request may decode to"
+        )
+
+
+def _json_value_count(raw: bytes) -> int:
+    """How many values a JSON text holds, counted on its bytes without parsing it.
+
+    A container of k elements has k - 1 commas, so the values are the commas outside strings plus
+    one, less the empty containers. Used only as a bound: on text that is not JSON it is a guess.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    quotes = np.flatnonzero(data == 0x22)
+    if quotes.size and b'\\"' in raw:
+        # A quote after an odd run of backslashes is part of a string, not its end.
+        candidates = quotes[(quotes > 0) & (data[np.maximum(quotes - 1, 0)] == 0x5C)]
+        escaped = [q for q in candidates.tolist() if _backslashes_before(raw, q) % 2]
+        quotes = np.setdiff1d(quotes, np.asarray(escaped, dtype=quotes.dtype), assume_unique=True)
+    commas = np.flatnonzero(data == 0x2C)
+    outside = int(np.count_nonzero(np.searchsorted(quotes, commas) % 2 == 0))
+    empty = sum(1 for _ in _EMPTY_CONTAINER.finditer(raw))
+    return max(outside + 1 - empty, 0)
+
+
+_EMPTY_CONTAINER: Final = re.compile(rb"[\[{][ \t\r\n]*[\]}]")
 
 
 def _is_b64(value: Any) -> bool:
@@ -322,7 +573,7 @@ def _is_named_object(value: Any) -> bool:
 
 
 def _inputs_from_instances(
-    instances: list[Any], infos: Mapping[str, TensorInfo], may_hold_bools: bool
+    instances: list[Any], infos: Mapping[str, TensorInfo], may_hold_bools: bool, budget: _Budget
 ) -> dict[str, np.ndarray]:
     names = sorted(infos)
     if not isinstance(instances[0], dict) and len(infos) > 1:
@@ -335,7 +586,10 @@ def _inputs_from_instances(
         for index, item in enumerate(instances):
             if _is_named_object(item):
                 raise InvalidArgument(f"Expecting value/list but got object at item {index} of input list")
-        return {name: _column(instances, infos[name], None, batched=True, may_hold_bools=may_hold_bools)}
+        column = _column(
+            instances, infos[name], name, None, batched=True, may_hold_bools=may_hold_bools, budget=budget
+        )
+        return {name: column}
     wanted = set(names)
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for index, item in enumerate(instances):
@@ -355,13 +609,15 @@ def _inputs_from_instances(
         for name in names:
             columns[name].append(item[name])
     return {
-        name: _column(columns[name], infos[name], name, batched=True, may_hold_bools=may_hold_bools)
+        name: _column(
+            columns[name], infos[name], name, name, batched=True, may_hold_bools=may_hold_bools, budget=budget
+        )
         for name in names
     }
 
 
 def _inputs_from_columns(
-    value: Any, infos: Mapping[str, TensorInfo], may_hold_bools: bool
+    value: Any, infos: Mapping[str, TensorInfo], may_hold_bools: bool, budget: _Budget
 ) -> dict[str, np.ndarray]:
     if not _is_named_object(value):
         if len(infos) > 1:
@@ -370,20 +626,39 @@ def _inputs_from_columns(
                 "as per tensorinfo_map"
             )
         name, info = next(iter(infos.items()))
-        return {name: _column(value, info, name, batched=False, may_hold_bools=may_hold_bools)}
+        return {
+            name: _column(
+                value, info, name, name, batched=False, may_hold_bools=may_hold_bools, budget=budget
+            )
+        }
     inputs: dict[str, np.ndarray] = {}
     for name in sorted(infos):
         if name not in value:
             raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
-        inputs[name] = _column(value[name], infos[name], name, batched=False, may_hold_bools=may_hold_bools)
+        inputs[name] = _column(
+            value[name], infos[name], name, name, batched=False, may_hold_bools=may_hold_bools, budget=budget
+        )
     return inputs
 
 
 def _column(
-    value: Any, info: TensorInfo, key: str | None, *, batched: bool, may_hold_bools: bool
+    value: Any,
+    info: TensorInfo,
+    name: str,
+    key: str | None,
+    *,
+    batched: bool,
+    may_hold_bools: bool,
+    budget: _Budget,
 ) -> np.ndarray:
-    """One input's values as an array of the signature's dtype: numpy first, the checked walk on doubt."""
+    """One input's values as an array of the signature's dtype: numpy first, the checked walk on doubt.
+
+    ``key`` names the input in TF Serving's messages (None where it names none). What the values
+    would decode to is charged to ``budget`` first, from the shape their first elements give.
+    """
     dtype_enum = data_type(info.dtype)
+    shape = _dense_shape(value)
+    budget.take(name, shape, dtype_enum, math.prod(shape) * info.dtype.itemsize)
     if dtype_enum != DataType.DT_STRING and not (may_hold_bools and dtype_enum != DataType.DT_BOOL):
         fast = _fast_numeric(value, info.dtype)
         if fast is not None:
@@ -435,6 +710,11 @@ def _dense_shape(value: Any) -> list[int]:
     shape: list[int] = []
     while isinstance(value, list):
         shape.append(len(value))
+        if len(shape) > MAX_RANK:
+            raise InvalidArgument(
+                f"JSON Value: lists nested more than {MAX_RANK} levels deep; "
+                f"a tensor has at most {MAX_RANK} dimensions"
+            )
         if not value:
             break
         value = value[0]

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO / "serving" / "protos"
 PACKAGE = "serving.protos"
-TOP_LEVEL = ("tensorflow", "tensorflow_serving")
+TOP_LEVEL = ("tensorflow", "tensorflow_serving", "inference")
 MIN_GRPC_VERSION = "1.66.0"
 
 
@@ -73,6 +73,9 @@ def _rewrite(text: str, *, is_pb2: bool) -> str:
     text = _IMPORT.sub(rf"\1 {PACKAGE}.\2\3", text)
     # Stubs and the builder's module name spell dotted module paths outside import lines too.
     text = re.sub(rf"(?<![\w.])({'|'.join(TOP_LEVEL)})\.(core|apis|config)\.", rf"{PACKAGE}.\1.\2.", text)
+    # The protocol's package is flat: only module paths (``inference.x_pb2``) move, never the
+    # service's wire name (``/inference.GRPCInferenceService/ModelInfer``).
+    text = re.sub(r"(?<![\w./])inference\.(?=\w+_pb2\b)", f"{PACKAGE}.inference.", text)
     if is_pb2:
         if _DEFAULT_POOL not in text:
             raise SystemExit("generated code no longer registers through the default pool: update gen_protos")

@@ -37,7 +37,9 @@ class InputGroup:
 
     @property
     def shape(self) -> list[int]:
-        return [-1, len(self.columns)]
+        """The served shape: one value per instance for a single column (so a record is written
+        ``{"age": 61}``), a list of k values for a group of k columns."""
+        return [-1] if len(self.columns) == 1 else [-1, len(self.columns)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,7 +90,8 @@ class Dataset:
         return f"{safe_name(target.name)}_{target.output_name}"
 
     def features(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
-        """Raw input arrays for ``rows``: float32 with NaN, or strings with '' for missing."""
+        """Raw input arrays for ``rows``, each [n, columns]: float32 with NaN, or strings with '' for
+        missing. (The exported signature takes a single column as [n]; see ``InputGroup.shape``.)"""
         part = self.frame.iloc[rows]
         arrays: dict[str, np.ndarray] = {}
         for group in self.inputs:

@@ -27,9 +27,10 @@ def next_version(model_dir: Path) -> int:
 
 
 def _input_signature(dataset: Dataset) -> dict[str, tf.TensorSpec]:
+    """The served shapes (``InputGroup.shape``): [None] for a single column, [None, k] for a group."""
     return {
         g.name: tf.TensorSpec(
-            [None, len(g.columns)], tf.float32 if g.kind == "numeric" else tf.string, name=g.name
+            [None, *g.shape[1:]], tf.float32 if g.kind == "numeric" else tf.string, name=g.name
         )
         for g in dataset.inputs
     }
@@ -45,13 +46,25 @@ def _to_tensors(features: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return out
 
 
+def _as_signature_takes(fn: Any, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``features`` ([n, k] as the dataset gives them) in the ranks ``fn``'s signature declares:
+    a single column as [n] for members exported with one value per instance, [n, 1] for older ones."""
+    specs = fn.structured_input_signature[1]
+    return {
+        name: values.reshape(-1) if specs[name].shape.rank == 1 and values.ndim == 2 else values
+        for name, values in features.items()
+    }
+
+
 def save_member(model: keras.Model, dataset: Dataset, path: Path) -> None:
     """Write ``path`` (a version folder) with a ``serving_default`` signature of named tensors."""
     output_names = [dataset.output_name(t) for t in dataset.targets]
 
     @tf.function(input_signature=[_input_signature(dataset)])  # type: ignore[misc,untyped-decorator]
     def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        outputs = model(inputs, training=False)
+        # The Keras model takes every input as [n, k]; a one-value-per-instance input becomes [n, 1].
+        columns = {name: tf.expand_dims(t, -1) if t.shape.rank == 1 else t for name, t in inputs.items()}
+        outputs = model(columns, training=False)
         return {name: tf.identity(outputs[name], name=name) for name in output_names}
 
     module = tf.Module()
@@ -68,7 +81,8 @@ def load_signature(path: Path) -> Any:
 
 
 def run_signature(fn: Any, features: dict[str, np.ndarray], batch: int = 4096) -> dict[str, np.ndarray]:
-    """Answers of a loaded signature on raw features, as numpy."""
+    """Answers of a loaded signature on raw features ([n, k], as the dataset gives them), as numpy."""
+    features = _as_signature_takes(fn, features)
     rows = len(next(iter(features.values())))
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, rows, batch):

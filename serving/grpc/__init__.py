@@ -3,25 +3,32 @@
 ``add_tfs_servicers(server, core)`` adds ``tensorflow.serving.PredictionService`` (Predict,
 GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED) and ``ModelService``
 (GetModelStatus; HandleReloadConfigRequest answers UNIMPLEMENTED). ``add_health_and_reflection``
-adds the standard ``grpc.health.v1`` service and server reflection.
+adds the standard ``grpc.health.v1`` service and server reflection. ``DecodeGuard`` answers request
+bytes that are not a valid message with INVALID_ARGUMENT instead of grpc's UNKNOWN.
 """
 
 from __future__ import annotations
 
 from serving.grpc.servicers import (
+    DecodeGuard,
     ModelServicer,
     PredictionServicer,
     add_health_and_reflection,
     add_tfs_servicers,
     model_ref,
     reflection_service_names,
+    refuse_undecodable,
+    tolerant_deserializer,
 )
 
 __all__ = [
+    "DecodeGuard",
     "ModelServicer",
     "PredictionServicer",
     "add_health_and_reflection",
     "add_tfs_servicers",
     "model_ref",
     "reflection_service_names",
+    "refuse_undecodable",
+    "tolerant_deserializer",
 ]

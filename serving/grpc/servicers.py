@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -35,7 +35,7 @@ from serving.protos import (
     add_ModelServiceServicer_to_server,
     add_PredictionServiceServicer_to_server,
 )
-from serving.tensors import from_tensor_proto, to_tensor_proto
+from serving.tensors import decode_inputs, to_tensor_proto
 
 if TYPE_CHECKING:
     from grpc_health.v1._async import HealthServicer
@@ -69,11 +69,65 @@ def _serving_errors(method: _Method[_Request, _Response]) -> _Method[_Request, _
     return wrapper
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so it can be refused properly."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def tolerant_deserializer(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``decode``, answering :class:`Undecodable` instead of raising (grpc would say UNKNOWN)."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:
+            return Undecodable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    return deserialize
+
+
+async def refuse_undecodable(request: Any, context: aio.ServicerContext) -> None:
+    """Abort with INVALID_ARGUMENT when ``request`` came from :func:`tolerant_deserializer` failing."""
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Failed to parse request: {request.error}")
+
+
+class DecodeGuard(aio.ServerInterceptor):  # type: ignore[misc]
+    """Bytes that are not a valid request message are INVALID_ARGUMENT, for every unary method."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def behaviour(request: Any, context: aio.ServicerContext) -> Any:
+            await refuse_undecodable(request, context)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
 def model_ref(spec: ModelSpec) -> ModelRef:
     """TF Serving's ModelSpec as the core's ModelRef."""
     if not spec.name:
         raise InvalidArgument("Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
+    if choice == "version_label" and not spec.version_label:
+        # Set but empty is still a label to look up (TF Serving finds none), not "no version".
+        raise InvalidArgument("Unrecognized servable version label: (empty)")
     return ModelRef(
         name=spec.name,
         version=int(spec.version.value) if choice == "version" else None,
@@ -96,15 +150,20 @@ def _timeout(context: aio.ServicerContext) -> float | None:
 
 
 class PredictionServicer(PredictionServiceServicer):  # type: ignore[misc]
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
+    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
 
-    def __init__(self, core: ServingCore) -> None:
+    ``max_decoded_bytes`` bounds what one request's input tensors may decode to (None: no bound).
+    """
+
+    def __init__(self, core: ServingCore, max_decoded_bytes: int | None = None) -> None:
         self.core = core
+        self.max_decoded_bytes = max_decoded_bytes
 
     @_serving_errors
     async def Predict(self, request: PredictRequest, context: aio.ServicerContext) -> PredictResponse:
         ref = model_ref(request.model_spec)
-        inputs = {name: from_tensor_proto(tensor) for name, tensor in request.inputs.items()}
+        # The signature first, as REST does: dtypes and sizes are checked before decoding.
+        inputs = decode_inputs(request.inputs, self.core.input_signature(ref), self.max_decoded_bytes)
         result = await self.core.predict(
             ref,
             inputs,
@@ -171,9 +230,9 @@ class ModelServicer(ModelServiceServicer):  # type: ignore[misc]
         )
 
 
-def add_tfs_servicers(server: aio.Server, core: ServingCore) -> None:
+def add_tfs_servicers(server: aio.Server, core: ServingCore, *, max_decoded_bytes: int | None = None) -> None:
     """Serve TF Serving's PredictionService and ModelService on ``server`` from ``core``."""
-    add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
+    add_PredictionServiceServicer_to_server(PredictionServicer(core, max_decoded_bytes), server)
     add_ModelServiceServicer_to_server(ModelServicer(core), server)
 
 
@@ -182,11 +241,11 @@ def reflection_service_names() -> tuple[str, ...]:
     return (PREDICTION_SERVICE, MODEL_SERVICE)
 
 
-def add_health_and_reflection(server: aio.Server) -> HealthServicer:
+def add_health_and_reflection(server: aio.Server, extra_services: Sequence[str] = ()) -> HealthServicer:
     """Add ``grpc.health.v1.Health`` (returned, so the caller sets statuses) and server reflection.
 
-    Reflection lists the service names; our descriptors live in a private pool, so clients
-    that need the schemas use TF Serving's published protos.
+    Reflection lists the service names (TF Serving's, then ``extra_services``); our descriptors
+    live in a private pool, so clients that need the schemas use the published protos.
     """
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -194,6 +253,6 @@ def add_health_and_reflection(server: aio.Server) -> HealthServicer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
-        (*reflection_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*reflection_service_names(), *extra_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return servicer

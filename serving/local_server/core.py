@@ -13,6 +13,9 @@ from serving.errors import DeadlineExceeded
 from serving.local_server.faults import FaultInjector
 from serving.local_server.manager import ModelManager
 
+PLATFORM = "tensorflow_savedmodel"
+"""What serves the models, as the Open Inference Protocol's model metadata names it."""
+
 
 class LocalCore:
     """Runs predictions on loaded SavedModels in a thread pool; no lock around model calls."""
@@ -61,3 +64,10 @@ class LocalCore:
 
     async def status(self, ref: ModelRef) -> list[VersionStatus]:
         return self.manager.status(ref)
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether every configured model has a version AVAILABLE, and which have none."""
+        waiting = sorted(name for name, model in self.manager.models.items() if not model.available())
+        if waiting:
+            return False, f"no version AVAILABLE yet for {', '.join(waiting)}"
+        return True, "ready"

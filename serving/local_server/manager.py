@@ -7,6 +7,10 @@ version keeps serving until the versions that replace it have loaded. Versions t
 policy, and models that leave the config, are unloaded. States are TF Serving's:
 START, LOADING, AVAILABLE, UNLOADING, END.
 
+Where TF Serving would serve nothing, a ``latest`` policy falls back: a version whose load has
+failed (and is being retried, or has given up) does not count towards the N latest, so the next
+older version on disk is loaded in its place, and unloaded again once the newer one loads.
+
 The manager's state is changed only on the event loop. Loads run in a thread pool.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +71,19 @@ class VersionSlot:
     error_code: str = "OK"
     error_message: str = ""
     servable: Servable | None = None
+    failures: int = 0
+    """Load attempts that failed so far."""
+    first_try_done: bool = False
+    """The first attempt has ended and what it calls for (a fallback) has been started."""
 
     @property
     def failed(self) -> bool:
         return self.state == "END" and self.error_code != "OK"
+
+    @property
+    def troubled(self) -> bool:
+        """Failing to load: retrying, or given up. It does not count towards a ``latest`` policy."""
+        return self.failures > 0 and self.state in ("LOADING", "END")
 
     def status(self) -> VersionStatus:
         return VersionStatus(self.version, self.state, self.error_code, self.error_message)
@@ -104,13 +117,25 @@ def scan_versions(base_path: Path) -> dict[int, Path]:
     }
 
 
-def wanted_versions(entry: ModelEntry, found: Sequence[int]) -> set[int]:
-    """The versions the entry's policy serves out of those found on disk."""
+def wanted_versions(entry: ModelEntry, found: Sequence[int], troubled: Collection[int] = ()) -> set[int]:
+    """The versions the entry's policy serves out of those found on disk.
+
+    Under a ``latest N`` policy the ``troubled`` versions (failing to load) stay wanted, so they are
+    retried and reported, but do not count towards N: older versions are taken in their place.
+    ``specific`` and ``all`` name their versions, so they have nothing to fall back to.
+    """
     if entry.versions is not None:
         return set(entry.versions) & set(found)
     if entry.all_versions:
         return set(found)
-    return set(sorted(found)[-(entry.num_latest or 1) :])
+    chosen: set[int] = set()
+    healthy = 0
+    for version in sorted(found, reverse=True):
+        if healthy == (entry.num_latest or 1):
+            break
+        chosen.add(version)
+        healthy += version not in troubled
+    return chosen
 
 
 class ModelManager:
@@ -189,7 +214,8 @@ class ModelManager:
                 self._reconcile_model(model, found)
 
     def _reconcile_model(self, model: ModelSlot, found: dict[int, Path]) -> None:
-        wanted = wanted_versions(model.entry, list(found))
+        troubled = [v for v, slot in model.versions.items() if slot.troubled and slot.path == found.get(v)]
+        wanted = wanted_versions(model.entry, list(found), troubled)
         for version in sorted(wanted):
             slot = model.versions.get(version)
             if slot is not None and slot.path == found[version] and (slot.state != "END" or slot.failed):
@@ -199,8 +225,13 @@ class ModelManager:
             self._loads.add(task)
             task.add_done_callback(self._loads.discard)
         # Old versions go only when every wanted version has settled and at least one serves,
-        # so a model never drops to zero available versions during a roll-over.
-        pending = any(model.versions[v].state in ("START", "LOADING") for v in wanted if v in model.versions)
+        # so a model never drops to zero available versions during a roll-over. A version that
+        # keeps failing has settled for this purpose: its retries could take minutes.
+        pending = any(
+            model.versions[v].state in ("START", "LOADING") and not model.versions[v].troubled
+            for v in wanted
+            if v in model.versions
+        )
         serving_wanted = any(model.versions[v].state == "AVAILABLE" for v in wanted if v in model.versions)
         for version, slot in list(model.versions.items()):
             if version in wanted or slot.state == "END":
@@ -240,12 +271,17 @@ class ModelManager:
                 break
             except Exception as exc:
                 error = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
+                slot.failures += 1
                 if attempt == attempts or not self._still_wanted(model, slot):
                     slot.state, slot.error_code, slot.error_message = "END", "UNKNOWN", error
                     log.error("%s", error)
                     break
-                # As TF Serving: the version stays LOADING while its load is retried.
+                # As TF Serving: the version stays LOADING while its load is retried. Unlike TF
+                # Serving, an older version starts loading in its place meanwhile.
                 log.warning("%s (try %d of %d; retrying)", error, attempt, attempts)
+                if not self._closed:
+                    await self.reconcile()
+                slot.first_try_done = True
                 await asyncio.sleep(self._retries.interval_s)
                 if not self._still_wanted(model, slot):
                     return  # unloaded while waiting to retry
@@ -256,6 +292,7 @@ class ModelManager:
             log.info("%s version %d is available", name, slot.version)
         if not self._closed:
             await self.reconcile()
+        slot.first_try_done = True
 
     def _still_wanted(self, model: ModelSlot, slot: VersionSlot) -> bool:
         return slot.state == "LOADING" and self.models.get(model.entry.name) is model and not self._closed
@@ -274,6 +311,29 @@ class ModelManager:
             if slot.state != "END":
                 self._unload(model, slot)
         log.info("model %s is no longer served", name)
+
+    async def wait_for_first_tries(self) -> None:
+        """Wait until every version being loaded has loaded, or failed once and had an older
+        version start in its place; retries go on in the background."""
+        while any(
+            slot.state in ("START", "LOADING") and not slot.first_try_done
+            for model in self.models.values()
+            for slot in model.versions.values()
+        ):
+            await asyncio.sleep(0.05)
+
+    def unservable(self) -> dict[str, str]:
+        """Models of the config with no AVAILABLE version, and why (for health and the log)."""
+        problems: dict[str, str] = {}
+        for name, model in self.models.items():
+            if model.available():
+                continue
+            states = [
+                f"version {v}: {s.state}{' (' + s.error_message + ')' if s.error_message else ''}"
+                for v, s in sorted(model.versions.items())
+            ]
+            problems[name] = "; ".join(states) or f"no version found under {model.base_path}"
+        return problems
 
     async def wait_for_loads(self) -> None:
         """Wait until no load is in progress (including loads that finishing loads start)."""

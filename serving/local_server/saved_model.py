@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.core import TensorInfo
+from serving.core import TensorInfo, check_output_filter
 from serving.errors import FailedPrecondition, Internal, InvalidArgument
 from serving.protos import SignatureDef, SignatureDefMap
 from serving.tensors import STRING_DTYPE, data_type, data_type_name, numpy_dtype
@@ -92,13 +92,7 @@ class SavedModelServable:
         key = self._signature_key(signature_name)
         expected = self._inputs[key]
         _check_names(set(inputs), set(expected))
-        outputs_known = self._outputs[key]
-        for name in output_filter:
-            if name not in outputs_known:
-                raise InvalidArgument(
-                    f"output tensor alias not found in signature: {name} Outputs expected to be in the set "
-                    f"{{{','.join(sorted(outputs_known))}}}."
-                )
+        check_output_filter(output_filter, self._outputs[key])
         for name, array in inputs.items():
             _check_shape(name, np.asarray(array), expected[name])
         tensors = {name: _to_tensor(tf, name, array, expected[name]) for name, array in inputs.items()}

@@ -1,8 +1,10 @@
 """The ``ensemble backend`` process: load the models, then serve gRPC (and REST) until SIGTERM.
 
-As TF Serving does, the ports open once the initial versions have loaded. On SIGTERM or SIGINT
-the health service turns NOT_SERVING, no new calls are accepted, and in-flight requests finish
-(up to ``shutdown_grace_s``) before the process exits.
+The ports open once every initial version has loaded or failed its first try (TF Serving waits
+through every retry, minutes by default, and then exits). gRPC health says SERVING only while
+every model of the config has an AVAILABLE version, so it follows loads, fallbacks and failures.
+On SIGTERM or SIGINT the health service turns NOT_SERVING, no new calls are accepted, and
+in-flight requests finish (up to ``shutdown_grace_s``) before the process exits.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 
 from grpc import aio
 
-from serving.local_server.core import LocalCore
+from serving.grpc.oip import OIP_SERVICE
+from serving.local_server.core import PLATFORM, LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
 from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
 from serving.model_config import ModelConfigError, ModelEntry
+from serving.oip.service import OipService
 
 log = logging.getLogger("serving.local_server")
 
@@ -30,16 +34,26 @@ class StartupError(Exception):
     """The backend cannot start: bad config, a port in use … (a one-line message)."""
 
 
+def _oip_service(core: LocalCore) -> OipService:
+    return OipService(core, server_name="tf-ensemble local backend", platform=PLATFORM, ready=core.ready)
+
+
 def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     from fastapi import FastAPI
 
     from serving.rest import create_tfs_router, install_error_handlers
+    from serving.rest.oip import create_oip_router
     from serving.rest.server import uvicorn_server
 
     app = FastAPI(title="Local model server", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     timeout_s = settings.rest_api_timeout_in_ms / 1000 if settings.rest_api_timeout_in_ms else None
-    app.include_router(create_tfs_router(core, timeout_s=timeout_s))
+    # No request decodes to more than the largest message this server takes (TF Serving has no
+    # such bound; it allocates whatever a shape declares).
+    app.include_router(
+        create_tfs_router(core, timeout_s=timeout_s, max_decoded_bytes=settings.grpc_max_message_bytes)
+    )
+    app.include_router(create_oip_router(_oip_service(core), timeout_s=timeout_s))
 
     return uvicorn_server(
         app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
@@ -64,9 +78,8 @@ def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> Mo
 
 async def serve(settings: BackendSettings) -> None:
     """Run the backend until SIGTERM/SIGINT; StartupError when it cannot start."""
-    from grpc_health.v1 import health_pb2
-
-    from serving.grpc import add_health_and_reflection, add_tfs_servicers
+    from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
+    from serving.grpc.oip import add_oip_servicer
     from serving.local_server.saved_model import configure_devices
 
     faults = None
@@ -87,17 +100,19 @@ async def serve(settings: BackendSettings) -> None:
     except ModelConfigError as exc:
         raise StartupError(str(exc)) from None
     await manager.reconcile()
-    await manager.wait_for_loads()
+    await manager.wait_for_first_tries()
     core = LocalCore(manager, model_executor, faults)
 
     server = aio.server(
+        interceptors=[DecodeGuard()],
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-        ]
+        ],
     )
-    add_tfs_servicers(server, core)
-    health = add_health_and_reflection(server)
+    add_tfs_servicers(server, core, max_decoded_bytes=settings.grpc_max_message_bytes)
+    add_oip_servicer(server, _oip_service(core))
+    health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
     try:
         bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError:
@@ -105,9 +120,7 @@ async def serve(settings: BackendSettings) -> None:
     if not bound:
         raise StartupError(f"cannot listen for gRPC on {settings.host}:{settings.port}")
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    for service in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
-        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_task = asyncio.create_task(_track_health(manager, health), name="health")
 
     rest = _rest_server(core, settings) if settings.rest_api_port else None
     rest_task = asyncio.create_task(rest.serve(), name="rest") if rest is not None else None
@@ -136,6 +149,7 @@ async def serve(settings: BackendSettings) -> None:
     await stop.wait()
 
     log.info("shutting down: finishing in-flight requests")
+    health_task.cancel()
     await health.enter_graceful_shutdown()
     poll_task.cancel()
     if rest is not None and rest_task is not None:
@@ -148,6 +162,38 @@ async def serve(settings: BackendSettings) -> None:
     model_executor.shutdown(wait=True, cancel_futures=True)
     load_executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
+
+
+_HEALTH_SERVICES = (
+    "",
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    OIP_SERVICE,
+)
+
+
+async def _track_health(manager: ModelManager, health: Any, interval_s: float = 0.25) -> None:
+    """Keep gRPC health on what can be served: SERVING while every model has a version available."""
+    from grpc_health.v1 import health_pb2
+
+    serving: bool | None = None
+    while True:
+        problems = manager.unservable()
+        if (not problems) != serving:
+            serving = not problems
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in _HEALTH_SERVICES:
+                await health.set(service, status)
+            if serving:
+                log.info("health: SERVING (every model has a version available)")
+            else:
+                for name, why in sorted(problems.items()):
+                    log.warning("health: NOT_SERVING: %s has no version available: %s", name, why)
+        await asyncio.sleep(interval_s)
 
 
 def run(settings: BackendSettings) -> int:

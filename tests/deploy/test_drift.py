@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import click
+import numpy as np
 import pytest
 import typer
 import yaml
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from registry import sync as registry_sync
+from registry.manifest import OutputKind
 from serving.metrics import GatewayMetrics
 from serving.settings import ENV_PREFIX, GatewaySettings
+from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
+from serving.traffic.metrics import TrafficMetrics
 from tests.deploy.manifests import (
+    INSTALL_HINT,
     K8S,
     ROOT,
     by_kind,
@@ -34,6 +41,7 @@ from tests.deploy.manifests import (
     dockerfile_instructions,
     exec_form,
     expand_defaults,
+    find_tool,
     kubectl_problem,
     load_compose,
     render,
@@ -403,6 +411,114 @@ def test_compose_tf_serving_reads_what_the_sync_writes() -> None:
     assert f"models:{params['model_repo']}" in sync["volumes"]
 
 
+ASSUMED_LOAD_S = 30.0
+"""Model load time the shipped grace must leave room for, on top of the chain of polls."""
+
+
+def check_grace_and_backend(
+    sync_params: dict[str, Any],
+    tf_flags: dict[str, str],
+    gateway: GatewaySettings,
+    backend_host: str,
+    where: str,
+) -> None:
+    """The sync keeps an old version through the whole chain of polls, and asks its own TF Serving."""
+    minimum = registry_sync.minimum_grace_s(
+        sync_interval_s=sync_params["interval"],
+        backend_config_poll_s=float(tf_flags["model_config_file_poll_wait_seconds"]),
+        load_s=ASSUMED_LOAD_S,
+        gateway_poll_s=gateway.poll_interval_s,
+        request_deadline_s=gateway.request_deadline_s,
+    )
+    assert sync_params["grace"] >= minimum, (
+        f"{where}: --grace {sync_params['grace']} < {minimum} (docs/registry.md)"
+    )
+    assert sync_params["backend"] == f"{backend_host}:{tf_flags['port']}", (
+        f"{where}: --backend is not its TF Serving"
+    )
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_k8s_sync_grace_covers_the_chain_of_polls(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = render(overlay)
+    deployments = by_kind(objects, "Deployment")
+    gateway = settings_from(k8s_env(objects, container(deployments["gateway"], "gateway")), monkeypatch)
+    sync = container(deployments["tf-serving"], "sync")
+    _, params = parse_cli(
+        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+    )
+    tf_flags = flags(container(deployments["tf-serving"], "tf-serving")["args"])
+    # The sidecar shares the pod's network: its TF Serving is on localhost.
+    check_grace_and_backend(params, tf_flags, gateway, "localhost", overlay)
+
+
+def test_compose_sync_grace_covers_the_chain_of_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = load_compose()["services"]
+    environment = {k: expand_defaults(str(v)) for k, v in services["gateway"]["environment"].items()}
+    gateway = settings_from(environment, monkeypatch)  # type: ignore[arg-type]
+    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    tf_flags = flags(compose_command_line(services["tf-serving"])[1:])
+    check_grace_and_backend(params, tf_flags, gateway, "tf-serving", "compose")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_k8s_last_good_manifest_is_on_an_empty_dir(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = render(overlay)
+    deployment = by_kind(objects, "Deployment")["gateway"]
+    gateway = container(deployment, "gateway")
+    settings = settings_from(k8s_env(objects, gateway), monkeypatch)
+    assert settings.last_good_manifest is not None
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    volume = mounts.get(str(settings.last_good_manifest.parent))
+    assert volume is not None, (
+        "the last-known-good manifest must be on a volume (the root filesystem is read-only)"
+    )
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[volume], "an emptyDir outlives the container's restarts"
+
+
+def test_compose_last_good_manifest_is_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = load_compose()["services"]["gateway"]
+    settings = settings_from(
+        {k: expand_defaults(str(v)) for k, v in gateway["environment"].items()}, monkeypatch
+    )
+    assert settings.last_good_manifest is not None
+    targets = {volume.split(":")[1] for volume in gateway["volumes"]}
+    assert str(settings.last_good_manifest.parent) in targets
+
+
+@needs_kubectl
+def test_k8s_sync_metrics_are_scraped() -> None:
+    objects = render("overlays/prod")
+    sync = container(by_kind(objects, "Deployment")["tf-serving"], "sync")
+    _, params = parse_cli(
+        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+    )
+    ports = {p["name"]: p["containerPort"] for p in sync["ports"]}
+    assert ports == {"sync-metrics": params["metrics_port"]}
+    service = by_kind(objects, "Service")["tf-serving"]
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}["sync-metrics"] == "sync-metrics"
+    monitor = by_kind(objects, "ServiceMonitor")["tf-serving-sync"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["sync-metrics"]
+    policy = by_kind(objects, "NetworkPolicy")["tf-serving"]
+    open_ports = [
+        p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]
+    ]
+    assert open_ports == [params["metrics_port"]], "only the metrics port is open to every scraper"
+
+
+def test_compose_sync_metrics_are_scraped() -> None:
+    services = load_compose()["services"]
+    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yaml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "sync")
+    assert job["static_configs"][0]["targets"] == [f"sync:{params['metrics_port']}"]
+    assert set(services["sync"]["networks"]) & set(services["prometheus"]["networks"])
+
+
 @needs_kubectl
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
 def test_sync_serves_the_aliases_the_gateway_serves(overlay: str) -> None:
@@ -531,11 +647,38 @@ def test_training_jobs_match_the_training_config(overlay: str) -> None:
 
 
 # --- metrics -------------------------------------------------------------------------------------------
-def metric_labels() -> dict[str, set[str]]:
-    """Every series name the gateway exports, with its label names."""
-    metrics = GatewayMetrics()
+def traffic_metric_labels() -> dict[str, set[str]]:
+    """Every champion vs challenger series, read from a real scrape with each one filled in.
+
+    The window's gauges are computed at scrape time, so they are not attributes to list: one
+    compared request (both output kinds, a member on each side) makes every family appear.
+    """
+    registry = CollectorRegistry()
+    window = ComparisonWindow("digits", "champion", "challenger", max_requests=10, max_age_s=60.0)
+    metrics = TrafficMetrics(registry, lambda: [window])
+    kinds: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
+    outputs = {"probabilities": np.array([[0.6, 0.4]]), "price": np.array([[2.0]])}
+    member = [MemberObservation("digits-m0", 1, 0.01, outputs)]
+    recorded = window.record(
+        SideObservation(1, 0.01, outputs, kinds, members=member),
+        SideObservation(2, 0.02, outputs, kinds, members=member),
+    )
+    metrics.count_route(window, "champion")
+    metrics.count_shadow(window, "answered")
+    metrics.count_compared(window, recorded)
     series: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def metric_labels() -> dict[str, set[str]]:
+    """Every series name the gateway and the sync sidecar export, with its label names."""
+    from registry.sync_metrics import SyncMetrics
+
+    series = traffic_metric_labels()
+    for value in [*vars(GatewayMetrics()).values(), *vars(SyncMetrics()).values()]:
         if not isinstance(value, Counter | Gauge | Histogram):
             continue
         name, labels = value._name, set(value._labelnames)
@@ -575,13 +718,18 @@ def promql_expressions() -> dict[str, str]:
 def test_alerts_and_dashboard_use_only_defined_metrics_and_labels() -> None:
     series = metric_labels()
     assert "ensemble_requests_total" in series
+    assert {"ensemble_comparison_member_latency_seconds", "ensemble_comparison_mean_rel_diff"} <= set(
+        series
+    ), "the scrape filled every champion vs challenger family"
     exprs = promql_expressions()
     assert any(key.startswith("dashboard") for key in exprs)
     for where, expr in exprs.items():
         names = re.findall(r"\b(ensemble_[a-z0-9_]+)\b", expr)
         assert names, f"{where} uses no gateway metric"
         for name in names:
-            assert name in series, f"{where}: {name} is not exported by serving/metrics.py"
+            assert name in series, (
+                f"{where}: {name} is not exported (serving/metrics.py, registry/sync_metrics.py)"
+            )
         for name, matchers in re.findall(r"\b(ensemble_[a-z0-9_]+)\{([^}]*)\}", expr):
             for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
                 assert label in series[name], f"{where}: {name} has no label {label!r}"
@@ -606,3 +754,79 @@ def test_compose_alerts_equal_the_prometheus_rule() -> None:
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     compose_rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
     assert compose_rules["groups"] == rule["spec"]["groups"]
+
+
+# --- the champion vs challenger alert, evaluated by Prometheus's own rule engine ------------------------
+AGREEMENT_ALERT_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # digits: 100 decisions a minute, 98% agreeing, then from minute 90 only 60%.
+      - series: 'ensemble_comparison_decisions_total{{{pair},output="probabilities"}}'
+        values: '0+100x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{pair},output="probabilities"}}'
+        values: '0+98x90 8880+60x60'
+      # iris: steady at 98% all along.
+      - series: 'ensemble_comparison_decisions_total{{{iris},output="probabilities"}}'
+        values: '0+100x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{iris},output="probabilities"}}'
+        values: '0+98x150'
+      # penguins: the same drop, but 5 decisions a minute: too few to alert on.
+      - series: 'ensemble_comparison_decisions_total{{{penguins},output="probabilities"}}'
+        values: '0+5x150'
+      - series: 'ensemble_comparison_agreeing_decisions_total{{{penguins},output="probabilities"}}'
+        values: '0+4.9x90 444+3x60'
+    alert_rule_test:
+      - eval_time: 85m
+        alertname: EnsembleChallengerAgreementDrop
+        exp_alerts: []
+      - eval_time: 120m
+        alertname: EnsembleChallengerAgreementDrop
+        exp_alerts:
+          - exp_labels: {{ensemble: digits, champion: champion, challenger: challenger, severity: warning}}
+            exp_annotations:
+              summary: "digits: the challenger agrees far less with the champion than an hour before."
+              description: "{description}"
+"""
+
+
+def test_agreement_alert_fires_on_a_sudden_drop_only(tmp_path: Path) -> None:
+    """promtool runs the shipped rule on series where agreement drops, stays, or drops on thin traffic."""
+    promtool = find_tool("promtool")
+    if promtool is None:
+        pytest.skip(f"promtool not found: {INSTALL_HINT['promtool']}")
+    rules = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+    rule = next(
+        r
+        for group in yaml.safe_load(rules.read_text())["groups"]
+        for r in group["rules"]
+        if r["alert"] == "EnsembleChallengerAgreementDrop"
+    )
+    # The description as Prometheus renders it: 60% agreement over the last 10 minutes.
+    description = (
+        rule["annotations"]["description"]
+        .replace("{{ $labels.challenger }}", "challenger")
+        .replace("{{ $labels.champion }}", "champion")
+        .replace("{{ $labels.ensemble }}", "digits")
+        .replace("{{ $value | humanizePercentage }}", "60%")
+    )
+    test_file = tmp_path / "agreement_alert_test.yaml"
+    test_file.write_text(
+        AGREEMENT_ALERT_TEST.format(
+            rules=json.dumps(str(rules)),
+            pair='ensemble="digits",champion="champion",challenger="challenger"',
+            iris='ensemble="iris",champion="champion",challenger="challenger"',
+            penguins='ensemble="penguins",champion="champion",challenger="challenger"',
+            description=description.replace('"', '\\"'),
+        )
+    )
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -65,9 +65,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_mlflow_server(backend_store_uri: str, root: Path) -> Iterator[MlflowServer]:
-    """Start ``mlflow server`` (proxied artifacts under ``root``) on a free port; stop it on exit."""
-    port = free_port()
+def run_mlflow_server(backend_store_uri: str, root: Path, port: int | None = None) -> Iterator[MlflowServer]:
+    """Start ``mlflow server`` (proxied artifacts under ``root``) on ``port``; stop it on exit.
+
+    ``port`` defaults to a free one; the same store, root and port again bring back the same
+    server, as after an outage.
+    """
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     log = root / "mlflow-server.log"
     mlflow = Path(sys.executable).with_name("mlflow")

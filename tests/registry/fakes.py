@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from registry.manifest import Manifest
 
@@ -18,10 +19,14 @@ def write_training_output(
     epochs: int = 3,
     payload: str = "",
     dropped: int = 0,
+    weights: list[float] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart.
 
     ``dropped`` more members are trained but left out of the manifest (a search's trials not kept).
+    ``spec`` replaces manifest fields (``inputs``, ``outputs``, ``combiner``) for members that are
+    really served: the fake gateway backend's, or real SavedModels copied over the fake ones.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
@@ -63,7 +68,9 @@ def write_training_output(
         (saved / "variables" / "variables.index").write_bytes(b"index")
         kept = index < members
         if kept:
-            refs.append({"name": model_name, "version": 1, "weight": 1.0 / members})
+            refs.append(
+                {"name": model_name, "version": 1, "weight": weights[index] if weights else 1.0 / members}
+            )
         report_members.append(
             {"name": model_name, "kept": kept, "dropped_reason": None if kept else "not kept by the search"}
         )
@@ -89,6 +96,7 @@ def write_training_output(
                 "test_fingerprint": test_fingerprint,
                 "targets": ["digit"],
             },
+            **(spec or {}),
         }
     )
     manifest.save(out / "ensemble.json")

@@ -216,10 +216,22 @@ def test_sync_round_trip(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     assert "unchanged" in out
     assert (repo / "models.config").stat().st_mtime_ns == before
 
-    # Both aliases on the same manifest: one version folder per member, two labels on it; v1 pruned.
+    # Both aliases on the same manifest: one version folder per member, two labels on it. v1 is
+    # kept (listed and on disk) for the grace, so backends and gateways can move first.
     code, _, _ = _cli("promote", "syn", "--version", str(v2), "--alias", "champion", "--tracking-uri", uri)
     assert code == 0
     code, out, _ = _cli(*sync, "--tracking-uri", uri)
+    assert code == 0
+    assert "kept while the move settles" in out
+    assert "pruned" not in out
+    config = _check_layout_matches_config(repo)
+    for old, new in zip(champion.members, challenger.members, strict=True):
+        assert config[old.name] == (
+            sorted([old.version, new.version]),
+            {"champion": new.version, "challenger": new.version},
+        )
+    # With no grace left, v1 goes.
+    code, out, _ = _cli(*sync, "--grace", "0", "--tracking-uri", uri)
     assert code == 0
     assert "pruned" in out
     config = _check_layout_matches_config(repo)
@@ -293,3 +305,79 @@ def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> Non
     assert code == 3
     assert "unreachable" in err
     assert err.count("\n") == 1
+
+
+def test_online_promotion_refuses_thin_evidence_and_records_both_gates(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """``promote --online`` against a gateway-like server: refused on too little traffic or low
+    agreement, accepted once the window holds enough, each decision recorded on the version."""
+    import json
+
+    from tests.registry.comparison_server import comparison_server, summary_document
+
+    uri = mlflow_server.uri
+    v1 = _train(mlflow_server, tmp_path / "a", "live", "champion", test_nll=0.3)
+    v2 = _train(mlflow_server, tmp_path / "b", "live", "challenger", test_nll=0.25)
+    gate_args = ["--min-requests", "200", "--min-agreement", "0.95", "--max-p99-ratio", "1.2"]
+
+    def promote(url: str) -> tuple[int, str, str]:
+        return _cli(
+            "promote", "live", "--alias", "champion", "--version", str(v2), "--online", url,
+            *gate_args, "--tracking-uri", uri,
+        )  # fmt: skip
+
+    def online_tag() -> dict[str, object]:
+        tags = connect(uri).get_model_version("live", str(v2)).tags
+        return dict(json.loads(tags["gate.champion.online"]))
+
+    with comparison_server() as gateway:
+        path = "/v1/ensembles/live/comparison"
+        gateway.serve(
+            path, summary_document("live", pairs=40, champion=("champion", v1), challenger=("challenger", v2))
+        )
+        code, _, err = promote(gateway.url)
+        assert code == 1
+        assert err.count("\n") == 1
+        assert "online: too little traffic: 40 paired requests" in err
+        assert "need 200" in err
+        assert resolve_version(uri, "live", "champion") == v1
+        refused = online_tag()
+        assert refused["passed"] is False
+        assert refused["gateway"] == gateway.url
+        assert refused["thresholds"] == {
+            "min_requests": 200, "min_agreement": 0.95, "max_rel_diff": 0.05, "max_p99_ratio": 1.2,
+            "max_error_rate_increase": 0.01,
+        }  # fmt: skip
+
+        low = summary_document(
+            "live", pairs=300, agreement=0.9, champion=("champion", v1), challenger=("challenger", v2)
+        )
+        gateway.serve(path, low)
+        code, _, err = promote(gateway.url)
+        assert code == 1
+        assert "agreement 0.9000 < 0.95 over 300 rows" in err
+        assert online_tag()["evidence"] == low
+
+        enough = summary_document(
+            "live", pairs=300, agreement=0.98, champion=("champion", v1), challenger=("challenger", v2)
+        )
+        gateway.serve(path, enough)
+        code, out, err = promote(gateway.url)
+        assert code == 0, err
+        assert "online: 300 paired requests, agreement 0.9800" in out
+    assert resolve_version(uri, "live", "champion") == v2
+    accepted = online_tag()
+    assert accepted["passed"] is True
+    assert accepted["evidence"] == enough
+    offline = json.loads(connect(uri).get_model_version("live", str(v2)).tags["gate.champion.offline"])
+    assert offline["passed"] is True
+    assert "test_nll 0.25 vs 0.3" in offline["reason"]
+
+    code, out, _ = _cli("registry", "show", f"live/{v2}", "--tracking-uri", uri)
+    assert code == 0
+    assert "promotion gates" in out
+    assert "online" in out
+    assert "300 paired requests" in out
+    code, out, _ = _cli("registry", "show", "live", "--tracking-uri", uri)
+    assert "online: 300 paired requests" in out, "the move's reason carries the online evidence"

@@ -115,31 +115,6 @@ def test_read_training_output_names_what_is_missing(tmp_path: Path) -> None:
         read_training_output(tmp_path / "out")
 
 
-def test_watch_reports_failures_and_keeps_going(tmp_path: Path) -> None:
-    from registry.errors import Unreachable
-    from registry.sync import SyncResult, watch
-
-    outcomes: list[SyncResult | Exception] = [
-        Unreachable("MLflow at http://x is unreachable"),
-        SyncResult(config=tmp_path / "models.config", changed=True, versions={}, labels={}),
-        SyncResult(config=tmp_path / "models.config", changed=False, versions={}, labels={}),
-    ]
-    lines: list[str] = []
-
-    def once() -> SyncResult:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    watch(once, interval_s=0.01, report=lines.append, max_passes=3)
-    assert not outcomes
-    assert len(lines) == 2
-    assert lines[0].startswith("sync failed, retrying")
-    assert "unreachable" in lines[0]
-    assert lines[1] == "models.config updated"
-
-
 def test_no_mlflow_import_at_import_time() -> None:
     import subprocess
     import sys

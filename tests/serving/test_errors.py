@@ -50,3 +50,11 @@ def test_an_instance_may_carry_another_code() -> None:
 
 def test_rest_error_body() -> None:
     assert orjson.loads(errors.rest_error_body('bad "value"')) == {"error": 'bad "value"'}
+
+
+def test_a_message_quoting_what_utf8_cannot_carry_is_still_written() -> None:
+    # A lone surrogate from a request must not turn a 400 into a failure to write the error.
+    error = errors.InvalidArgument('Serving signature name: "\ud800" not found')
+    assert error.message == 'Serving signature name: "\\ud800" not found'
+    assert orjson.loads(errors.rest_error_body(error.message)) == {"error": error.message}
+    assert errors.InvalidArgument("plain").message == "plain"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 
 from serving.core import TensorInfo
@@ -14,6 +16,8 @@ from serving.errors import InvalidArgument, NotFound, ServingError
 from serving.protos import DataType, TensorProto
 from serving.tensors import (
     data_type,
+    decode_inputs,
+    decoded_nbytes,
     format_predict_response,
     from_tensor_proto,
     numpy_dtype,
@@ -364,3 +368,214 @@ def test_error_code_is_invalid_argument() -> None:
     with pytest.raises(ServingError) as caught:
         _parse("{")
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --------------------------------------------------------------------------- hostile input
+
+FLOAT_X = {"x": TensorInfo(np.dtype(np.float32), (-1, 64))}
+
+
+def _broadcast(shape: list[int], dtype: int = DataType.DT_FLOAT) -> TensorProto:
+    """TF's fill form: one value that the declared shape repeats, a few dozen bytes on the wire."""
+    proto = TensorProto(dtype=dtype, tensor_shape=shape_proto(shape))  # type: ignore[arg-type]
+    if dtype == DataType.DT_STRING:
+        proto.string_val.append(b"abc")
+    else:
+        proto.float_val.append(1.0)
+    return proto
+
+
+def test_a_small_message_declaring_a_huge_shape_is_refused_before_anything_is_allocated() -> None:
+    proto = _broadcast([2**20, 64])
+    assert proto.ByteSize() < 50
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument) as caught:
+            decode_inputs({"x": proto}, FLOAT_X, max_bytes=64 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # the 256 MiB the shape declares was never allocated
+    assert str(caught.value) == (
+        "tensor parsing error: x: shape [1048576, 64] of float decodes to 268435456 bytes, "
+        "more than the 67108864 bytes one request may decode to"
+    )
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_bound_covers_all_inputs_of_a_request_together() -> None:
+    infos = {"a": TensorInfo(np.dtype(np.float32), (-1,)), "b": TensorInfo(np.dtype(np.float32), (-1,))}
+    half = {"a": _broadcast([100]), "b": _broadcast([100])}
+    assert decode_inputs(half, infos, max_bytes=800)["b"].tolist() == [1.0] * 100
+    with pytest.raises(InvalidArgument, match="with the inputs before it, 800 bytes, more than the 799"):
+        decode_inputs(half, infos, max_bytes=799)
+
+
+def test_strings_are_bounded_by_their_bytes_and_references() -> None:
+    infos = {"s": TensorInfo(np.dtype(object), (-1,))}
+    proto = _broadcast([10], DataType.DT_STRING)
+    # References, the given value (at most the tensor's size on the wire), the repeats of it.
+    size = 10 * 8 + proto.ByteSize() + 9 * 3
+    assert decoded_nbytes(proto, (10,)) == size
+    assert decode_inputs({"s": proto}, infos, max_bytes=size)["s"].tolist() == [b"abc"] * 10
+    with pytest.raises(InvalidArgument, match="tensor parsing error: s"):
+        decode_inputs({"s": proto}, infos, max_bytes=size - 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1, 2**40], "decodes to 4398046511104 bytes"),
+        ([2**31, 2**31], "Shape [2147483648, 2147483648] of float is more than 2**63 - 1 bytes"),
+        ([0, 2**31, 2**31], "of float is more than 2**63 - 1 bytes"),
+        ([2**62, 2**62], "would have more than 2**63 - 1 elements"),
+        ([0, 2**62, 2**62], "would have more than 2**63 - 1 elements"),
+        ([1] * 70, "70 dimensions, at most 64"),
+        ([1] * 300, "300 dimensions, at most 64"),
+    ],
+)
+def test_shapes_tensorflow_cannot_hold_are_invalid_arguments(shape: list[int], message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        decode_inputs({"x": _broadcast(shape)}, FLOAT_X, max_bytes=2**26)
+    assert str(caught.value).startswith("tensor parsing error: x: ")
+    assert message in str(caught.value)
+
+
+def test_bfloat16_is_refused_for_a_float_input_and_checked_for_length() -> None:
+    bf16 = to_tensor_proto(np.array([1.5, -2.0], np.float32), data_type_override=DataType.DT_BFLOAT16)
+    with pytest.raises(InvalidArgument, match=r"Expects arg\[x\] to be float but bfloat16 is provided"):
+        decode_inputs({"x": bf16}, FLOAT_X, max_bytes=None)
+    odd = TensorProto(dtype=DataType.DT_BFLOAT16, tensor_shape=shape_proto([2]), tensor_content=b"\0" * 3)
+    bf16_input = {"x": TensorInfo(np.dtype(np.float32), (-1,))}
+    with pytest.raises(InvalidArgument, match="tensor parsing error: y: tensor_content has 3 bytes"):
+        decode_inputs({"y": odd}, bf16_input, max_bytes=None)
+    with pytest.raises(
+        InvalidArgument, match="tensor_content has 3 bytes, shape \\[2\\] of bfloat16 needs 4"
+    ):
+        from_tensor_proto(odd)
+
+
+def test_an_unknown_dtype_for_an_unknown_input_is_an_invalid_argument() -> None:
+    proto = TensorProto(dtype=12345, tensor_shape=shape_proto([1]))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="tensor parsing error: z: Tensor type"):
+        decode_inputs({"z": proto}, FLOAT_X, max_bytes=None)
+
+
+def test_good_tensors_decode_unchanged_within_the_bound() -> None:
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    decoded = decode_inputs({"x": to_tensor_proto(x)}, FLOAT_X, max_bytes=x.nbytes)
+    np.testing.assert_array_equal(decoded["x"], x)
+
+
+def test_json_bodies_are_bounded_by_the_shape_of_their_lists_before_conversion() -> None:
+    # A bool input makes the count before parsing lenient (1 byte a value); the float64 input's
+    # lists are then charged at their real size before numpy converts them.
+    infos = {"x": TensorInfo(np.dtype(np.float64), (-1, 64)), "flag": TensorInfo(np.dtype(np.bool_), (-1,))}
+    row = b'{"flag": true, "x": [' + b",".join([b"0"] * 64) + b"]}"
+    body = b'{"instances": [' + b",".join([row] * 10) + b"]}"
+    parsed = parse_predict_request(body, lambda _: infos, max_bytes=5130)
+    assert parsed.inputs["x"].shape == (10, 64)
+    with pytest.raises(InvalidArgument, match="tensor parsing error: x: shape \\[10, 64\\] of double"):
+        parse_predict_request(body, lambda _: infos, max_bytes=5129)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"instances": [[1e309, 2]]}', "JSON Parse error: number is infinity when parsed as double"),
+        ('{"instances": [[NaN, 1e309]]}', "JSON Parse error: Number too big to be stored in double"),
+        ('{"instances": [[1, 2]], "signature_name": "\\ud800"}', "JSON Parse error: no low surrogate"),
+        ('{"instances": [[NaN, 2]], "signature_name": "\\ud800"}', "The surrogate pair in string is invalid"),
+        ('{"instances": [["\\udc00", 2]]}', "JSON Parse error: "),
+        (
+            '{"instances": [[NaN, 2]], "s": "\\udc00"}',
+            "The surrogate pair in string is invalid. at offset: 32",
+        ),
+        ('{"instances": [[NaN, 2]], "\\ud800": 1}', "The surrogate pair in string is invalid"),
+        ('{"instances": [[NaN, 2]], "s": "\\ud800\\ud800"}', "The surrogate pair in string is invalid"),
+        ("\ufeff\ufeff{}", "JSON Parse error: "),
+    ],
+)
+def test_json_tf_servings_parser_refuses_is_refused(body: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        _parse(body.encode("utf-8", "surrogatepass"), ONE_INPUT)
+    assert message in str(caught.value)
+    orjson.dumps({"error": str(caught.value)})  # the message itself can always be written
+
+
+def test_json_body_in_another_encoding_is_refused() -> None:
+    for encoding in ("utf-16", "utf-32"):
+        with pytest.raises(InvalidArgument, match="JSON Parse error"):
+            _parse('{"instances": [[1, 2]]}'.encode(encoding), ONE_INPUT)
+
+
+def test_json_edge_cases_tf_servings_parser_accepts_are_accepted() -> None:
+    # RapidJSON's UTF-8 stream skips a byte order mark; a surrogate pair is one character; an
+    # escaped backslash before "ud800" is text; an integer beyond 64 bits is read as a double.
+    parsed, _ = _parse(b'\xef\xbb\xbf{"instances": [[1, 2]]}', ONE_INPUT)
+    assert parsed.inputs["x"].tolist() == [[1.0, 2.0]]
+    for text in ("\\ud83d\\ude00", "\\\\ud800", "\\\\\\ud83d\\ude00"):
+        for nan in ("1", "NaN"):
+            body = f'{{"instances": [[{nan}, 2]], "tag": "{text}"}}'
+            assert _parse(body, ONE_INPUT)[0].inputs["x"].shape == (1, 2)
+    big = "1" + "0" * 5000
+    with pytest.raises(InvalidArgument, match="Number too big"):
+        _parse(f'{{"instances": [[NaN, {big}]]}}', ONE_INPUT)
+    with pytest.raises(InvalidArgument, match="without loss of precision"):
+        _parse(f'{{"instances": [[NaN, {big[:40]}]]}}', ONE_INPUT)
+
+
+@pytest.mark.parametrize("depth", [65, 200, 990, 5000])
+def test_lists_nested_deeper_than_a_tensor_can_be_are_invalid(depth: int) -> None:
+    nested = "[" * depth + "1" + "]" * depth
+    for body in (
+        f'{{"instances": {nested}}}',
+        f'{{"inputs": {nested}}}',
+        f'{{"instances": [{{"age": 1, "tokens": {nested}}}]}}',
+        f'{{"instances": [{{"age": 1, "tokens": [1, 2]}}, {{"age": 1, "tokens": {nested}}}]}}',
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            _parse(body, TWO_INPUTS if "age" in body else ONE_INPUT)
+        assert caught.value.http_status == 400
+
+
+def test_depth_64_is_still_a_tensor() -> None:
+    nested = "[" * 64 + "1" + "]" * 64
+    parsed, _ = _parse(f'{{"inputs": {nested}}}', ONE_INPUT)
+    assert parsed.inputs["x"].ndim == 64
+
+
+def test_a_body_holding_too_many_values_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = b",".join([b"[1.5, 2.5, 3.5, 4.5]"] * 1000)
+    body = b'{"instances": [' + rows + b"]}"
+    infos = {"x": TensorInfo(np.dtype(np.float32), (-1, 4))}
+    assert parse_predict_request(body, lambda _: infos, max_bytes=16_000).inputs["x"].shape == (1000, 4)
+
+    def no_parsing(_: bytes) -> None:
+        raise AssertionError("parsed a body that was already too large")
+
+    monkeypatch.setattr("serving.tensors.load_json", no_parsing)
+    with pytest.raises(InvalidArgument) as caught:
+        parse_predict_request(body, lambda _: infos, max_bytes=15_999)
+    assert str(caught.value) == (
+        "The request body holds 4000 values, 16000 bytes or more decoded, "
+        "more than the 15999 bytes one request may decode to"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        (b'{"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}', 8),
+        (b'{"instances": [{"a": 1, "b": "x, y, z"}], "signature_name": "s"}', 3),
+        (b'{"a": [], "b": [ ], "c": {}, "d": [[1]]}', 1),
+        (b'{"a": "ends in a backslash \\\\", "b": "quoted \\", comma"}', 2),
+        (b"7", 1),
+    ],
+)
+def test_values_are_counted_on_the_bytes_outside_strings(text: bytes, values: int) -> None:
+    from serving.tensors import _json_value_count
+
+    assert _json_value_count(text) == values

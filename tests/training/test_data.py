@@ -76,6 +76,8 @@ def test_csv_with_own_columns_kinds_names_and_missing(tmp_path: Path) -> None:
     ]
     assert dataset.targets[0].classes == ["a", "b", "c"]
     assert [dataset.output_name(t) for t in dataset.targets] == ["label_probabilities", "score_predictions"]
+    # Served one value per instance; the training arrays stay [n, 1] for the Keras model.
+    assert {g.name: g.shape for g in dataset.inputs} == {"height_cm": [-1], "colour": [-1], "constant": [-1]}
     colour = dataset.features(np.arange(len(dataset.frame)))["colour"]
     assert colour.shape == (60, 1)
     assert "" in set(colour[:, 0])

@@ -163,9 +163,10 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
     )
     manifest = Manifest.load(out / "ensemble.json")
     specs = {s.name: (s.dtype, s.shape) for s in manifest.inputs}
-    assert specs["island"] == ("string", [-1, 1])
-    assert specs["sex"] == ("string", [-1, 1])
-    assert specs["bill_length_mm"] == ("float32", [-1, 1])
+    # One value per instance for single columns, so a record is written as a user writes it.
+    assert specs["island"] == ("string", [-1])
+    assert specs["sex"] == ("string", [-1])
+    assert specs["bill_length_mm"] == ("float32", [-1])
     assert manifest.outputs[0].classes == ["Adelie", "Chinstrap", "Gentoo"]
     report = json.loads((out / "report.json").read_text())
     assert len(report["members"]) == 3
@@ -183,9 +184,7 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
         "serving_default"
     ]
     inputs = {
-        name: tf.constant([[""], ["Biscoe"]])
-        if dtype == "string"
-        else tf.constant([[np.nan], [45.0]], tf.float32)
+        name: tf.constant(["", "Biscoe"]) if dtype == "string" else tf.constant([np.nan, 45.0], tf.float32)
         for name, (dtype, _) in specs.items()
     }
     probs = signature(**inputs)["probabilities"].numpy()

@@ -28,6 +28,7 @@ from serving.protos import (
     GetModelStatusRequest,
     GetModelStatusResponse,
     ModelServiceServicer,
+    ModelSpec,
     PredictionServiceServicer,
     PredictRequest,
     PredictResponse,
@@ -82,12 +83,24 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
         async with lock:
             await asyncio.sleep(cost_s)
 
-    async def _check(self, name: str, context: grpc.aio.ServicerContext) -> None:
-        if name not in self.models:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+    async def _check(self, spec: ModelSpec, context: grpc.aio.ServicerContext) -> None:
+        """TF Serving's NOT_FOUND for a model, or a version of it, that is not loaded here."""
+        if spec.name not in self.models:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})"
+            )
+        if spec.HasField("version") and spec.version.value != self.version:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: Specific({spec.name}, {spec.version.value})",
+            )
 
     async def Predict(self, request: PredictRequest, context: grpc.aio.ServicerContext) -> PredictResponse:
-        await self._check(request.model_spec.name, context)
+        await self._check(request.model_spec, context)
+        if "x" not in request.inputs:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: x"
+            )
         if self.delay_s and request.model_spec.name in self.slow:
             await asyncio.sleep(self.delay_s)
         if self.fail_rate and random.random() < self.fail_rate:
@@ -106,7 +119,7 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
     async def GetModelMetadata(
         self, request: GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> GetModelMetadataResponse:
-        await self._check(request.model_spec.name, context)
+        await self._check(request.model_spec, context)
         signatures = SignatureDefMap()
         signature = signatures.signature_def["serving_default"]
         signature.method_name = "tensorflow/serving/predict"
@@ -125,7 +138,7 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
     async def GetModelStatus(
         self, request: GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> GetModelStatusResponse:
-        await self._check(request.model_spec.name, context)
+        await self._check(request.model_spec, context)
         response = GetModelStatusResponse()
         status = response.model_version_status.add()
         status.version = self.version

@@ -75,8 +75,9 @@ def spawn_process(args: list[str], env: dict[str, str] | None = None) -> subproc
     )
 
 
-def wait_ready(proc: subprocess.Popen[str], ready: str = "READY", timeout_s: float = 60.0) -> None:
-    """Read the process's output until its ``ready`` line; stop it and raise if it never comes."""
+def wait_ready(proc: subprocess.Popen[str], ready: str = "READY", timeout_s: float = 60.0) -> list[str]:
+    """Read the process's output until its ``ready`` line (returns the lines so far); stop it and
+    raise if it never comes."""
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
     assert proc.stdout is not None
@@ -88,7 +89,7 @@ def wait_ready(proc: subprocess.Popen[str], ready: str = "READY", timeout_s: flo
         if ready in line:
             # Keep draining output so a chatty process never blocks on a full pipe.
             threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-            return
+            return seen
     stop_process(proc)
     raise RuntimeError(f"{proc.args!r} did not start:\n{''.join(seen)[-3000:]}")
 

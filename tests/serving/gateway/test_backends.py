@@ -10,9 +10,14 @@ import pytest
 
 from registry.manifest import MemberRef
 from serving.backends import BackendPool
-from serving.ensemble import MemberError
+from serving.core import ModelRef
+from serving.ensemble import EnsembleCore, MemberError
+from serving.errors import Unavailable
+from serving.manifest_source import ServedManifests
+from serving.metrics import GatewayMetrics
 from tests.conftest import free_port
-from tests.serving.gateway.helpers import member_answer, start_fake_backend, stop_process
+from tests.serving.gateway.helpers import make_manifest, member_answer, start_fake_backend, stop_process
+from tests.serving.gateway.test_breaker import FakeClock
 
 MEMBERS = ["toy-m0", "toy-m1"]
 
@@ -116,3 +121,131 @@ def test_breaker_opens_after_consecutive_failures() -> None:
         return reasons
 
     assert asyncio.run(scenario()) == ["unavailable", "unavailable", "circuit_open", "circuit_open"]
+
+
+def test_breakers_are_per_member_version(fast_backend: str) -> None:
+    # The backend serves version 1 only: version 2 of the same member answers NOT_FOUND, as an old
+    # version does on a backend that has unloaded it during a promotion.
+    async def scenario() -> list[str]:
+        pool = BackendPool(lambda member: [fast_backend], breaker_failures=3, breaker_cooldown_s=60.0)
+        loaded = MemberRef(name="toy-m0", version=1, weight=1.0)
+        gone = MemberRef(name="toy-m0", version=2, weight=1.0)
+        outcomes = []
+        try:
+            # 4:1 traffic: the loaded version's successes never reset the other's count...
+            for _ in range(4):
+                for _ in range(4):
+                    await pool.predict(loaded, "serving_default", x_rows(1), (), 5.0)
+                    outcomes.append("v1 ok")
+                with pytest.raises(MemberError) as info:
+                    await pool.predict(gone, "serving_default", x_rows(1), (), 5.0)
+                outcomes.append(f"v2 {info.value.reason}")
+            # ...and the failing version's open breaker never refuses the loaded one.
+            assert pool.breakers_open(gone)
+            assert not pool.breakers_open(loaded)
+            outputs = await pool.predict(loaded, "serving_default", x_rows(2), (), 5.0)
+            assert outputs["probabilities"].shape == (2, 3)
+        finally:
+            await pool.close()
+        return [o for o in outcomes if o.startswith("v2")]
+
+    assert asyncio.run(scenario()) == ["v2 not_found"] * 3 + ["v2 circuit_open"]
+
+
+def test_breakers_are_per_backend_address_and_gauges_follow_the_clock(fast_backend: str) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    clock = FakeClock()
+    metrics = GatewayMetrics()
+
+    def gauge(address: str) -> float | None:
+        labels = {"member": "toy-m0", "version": "1", "backend": address}
+        return metrics.registry.get_sample_value("ensemble_member_breaker_open", labels)
+
+    async def scenario() -> None:
+        pool = BackendPool(
+            lambda member: [dead, fast_backend],
+            breaker_failures=2,
+            breaker_cooldown_s=5.0,
+            metrics=metrics,
+            clock=clock,
+        )
+        member = MemberRef(name="toy-m0", version=1, weight=1.0)
+        try:
+            # Every other call starts on the dead replica and is retried on the live one.
+            for _ in range(6):
+                outputs = await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+                assert outputs["probabilities"].shape == (1, 3)
+            assert (gauge(dead), gauge(fast_backend)) == (1.0, 0.0)
+            assert not pool.breakers_open(member)  # the member is still reachable
+            assert await pool.available(member, 5.0)
+            # No call since: the cooldown passing alone turns the gauge back to 0 (half-open).
+            clock.now += 5.0
+            assert gauge(dead) == 0.0
+            # A switch to manifests without this version drops its breakers and their gauges.
+            pool.retain([MemberRef(name="toy-m1", version=1, weight=1.0)])
+            assert gauge(dead) is None
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_errors_the_request_caused_never_open_a_breaker(fast_backend: str) -> None:
+    # A request larger than the backend accepts (its gRPC limit is 4 MiB: RESOURCE_EXHAUSTED) and
+    # one the model refuses (INVALID_ARGUMENT) say nothing about the member.
+    async def scenario() -> list[str]:
+        pool = BackendPool(lambda member: [fast_backend], breaker_failures=2, breaker_cooldown_s=60.0)
+        member = MemberRef(name="toy-m1", version=1, weight=1.0)
+        oversized = {"x": np.zeros((300_000, 4), np.float32)}
+        reasons = []
+        try:
+            for inputs in (oversized, {"y": np.zeros((1, 4), np.float32)}) * 3:
+                with pytest.raises(MemberError) as info:
+                    await pool.predict(member, "serving_default", inputs, (), 5.0)
+                reasons.append(info.value.reason)
+            assert not pool.breakers_open(member)
+            outputs = await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+            np.testing.assert_array_equal(outputs["probabilities"], member_answer("toy-m1", x_rows(1)["x"]))
+        finally:
+            await pool.close()
+        return reasons
+
+    assert asyncio.run(scenario()) == ["resource_exhausted", "invalid_argument"] * 3
+
+
+def test_readiness_fails_while_the_quorum_is_behind_open_breakers() -> None:
+    # Members that report AVAILABLE but fail every call: /readyz must not stay ready while every
+    # request fails on open breakers, and must come back once the cooldown lets a probe through.
+    port = free_port()
+    proc = start_fake_backend(port, ["toy-m0", "toy-m1", "toy-m2"], fail_rate=1.0)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        pool = BackendPool(
+            lambda m: [f"127.0.0.1:{port}"], breaker_failures=2, breaker_cooldown_s=5.0, clock=clock
+        )
+        core = EnsembleCore(ServedManifests(default=make_manifest()), pool)
+        try:
+            assert (await core.ready())[0]
+            # Two failed calls per member open every breaker (called one by one: in a fan-out the
+            # last member's call may be cancelled once the quorum is lost, which is no failure).
+            for member in core.served.default.members:
+                for _ in range(2):
+                    with pytest.raises(MemberError, match="injected failure"):
+                        await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+            with pytest.raises(Unavailable, match="circuit_open"):
+                await core.predict(ModelRef("toy"), {"x": x_rows(1)["x"]})
+            ready, why = await core.ready()
+            assert not ready
+            assert "0/3 members AVAILABLE with a breaker not open" in why
+            statuses = await core.status(ModelRef("toy"))
+            assert [(s.state, s.error_code) for s in statuses] == [("UNKNOWN", "UNAVAILABLE")]
+            clock.now += 5.0  # half-open: a probe may go, so the members count again
+            assert (await core.ready())[0]
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(proc)

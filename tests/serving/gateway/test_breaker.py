@@ -56,5 +56,5 @@ def test_failed_probe_reopens_for_another_cooldown() -> None:
     assert not breaker.allow()
     clock.now += 0.5
     assert breaker.allow()
-    breaker.record_cancelled()
+    breaker.record_inconclusive()
     assert breaker.allow()  # a cancelled probe frees the slot for the next one

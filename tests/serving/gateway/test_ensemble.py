@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef
+from registry.manifest import MemberRef, TensorSpec
 from serving import combine
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.ensemble import (
     DETAIL_HEADER,
     MEMBERS_HEADER,
+    NO_MANIFEST,
     VERSION_HEADER,
     EnsembleCore,
     FanOutPolicy,
     MemberError,
 )
-from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.manifest_source import ServedManifests
 from serving.metrics import GatewayMetrics
 from tests.serving.gateway.helpers import make_manifest, member_answer
@@ -160,8 +162,12 @@ def test_bad_inputs_are_rejected_before_fan_out(inputs, message) -> None:
 
 def test_unknown_output_filter_and_signature_are_invalid() -> None:
     core, _, _ = make_core()
-    with pytest.raises(InvalidArgument, match="unknown output 'nope'"):
+    with pytest.raises(InvalidArgument, match="output tensor alias not found in signature: nope"):
         asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}, output_filter=["nope"]))
+    with pytest.raises(InvalidArgument, match="duplicate output tensor alias: probabilities"):
+        asyncio.run(
+            core.predict(ModelRef("toy"), {"x": rows(1)}, output_filter=["probabilities", "probabilities"])
+        )
     with pytest.raises(InvalidArgument, match="other"):
         asyncio.run(core.predict(ModelRef("toy", signature_name="other"), {"x": rows(1)}))
 
@@ -358,3 +364,188 @@ def test_micro_batching_full_batch_goes_out_despite_the_cap() -> None:
     asyncio.run(scenario())
     # The two 2-row requests fill a 4-row batch, which goes out while the first is still out.
     assert [n for name, n in caller.calls if name == "toy-m0"] == [1, 4]
+
+
+def _single_value_manifest(shape: list[int]):
+    manifest = make_manifest()
+    return manifest.model_copy(
+        update={
+            "inputs": [
+                *manifest.inputs,
+                TensorSpec(name="radius", dtype="float32", shape=shape),
+                TensorSpec(name="color", dtype="string", shape=shape),
+            ]
+        }
+    )
+
+
+@pytest.mark.parametrize("declared", [[-1], [-1, 1]], ids=["exported [-1]", "exported earlier [-1, 1]"])
+@pytest.mark.parametrize("sent", ["scalar per record", "one-element list per record"])
+def test_one_value_inputs_are_taken_in_both_record_forms(declared: list[int], sent: str) -> None:
+    """Members receive the shape their signature declares, whichever form the client wrote."""
+    received: list[dict[str, tuple[int, ...]]] = []
+
+    class Recording(FakeCaller):
+        async def predict(self, member, signature_name, inputs, output_filter, timeout_s, encoded=None):
+            received.append({name: array.shape for name, array in inputs.items()})
+            return await super().predict(member, signature_name, inputs, output_filter, timeout_s, encoded)
+
+    core, _, _ = make_core(_single_value_manifest(declared), Recording())
+    radius = np.array([17.99, 20.57], np.float32)
+    color = np.array([b"red", b"blue"], dtype=object)
+    if sent != "scalar per record":
+        radius, color = radius.reshape(2, 1), color.reshape(2, 1)
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": rows(2), "radius": radius, "color": color}))
+    assert result.outputs["probabilities"].shape == (2, 3)
+    want = {"x": (2, 4), "radius": (2, *declared[1:]), "color": (2, *declared[1:])}
+    assert received == [want] * 3
+
+
+def test_other_shapes_of_a_one_value_input_are_refused() -> None:
+    core, caller, _ = make_core(_single_value_manifest([-1]))
+    bad = {"x": rows(2), "color": np.array([[b"a"], [b"b"]], dtype=object)}
+    for radius in (np.zeros((2, 2), np.float32), np.zeros((2, 1, 1), np.float32), np.float32(1.0)):
+        with pytest.raises(InvalidArgument, match="input 'radius' must have shape \\[batch\\]"):
+            asyncio.run(core.predict(ModelRef("toy"), {**bad, "radius": np.asarray(radius)}))
+    assert caller.calls == []
+
+
+def test_calls_cancelled_once_the_quorum_is_lost_are_not_needed_not_failures() -> None:
+    core, caller, metrics = make_core(policy=FanOutPolicy(member_deadline_s=30.0, request_deadline_s=30.0))
+    caller.fail = {"toy-m0": "down", "toy-m1": "down"}
+    caller.delay_s["toy-m2"] = 20.0  # healthy, but the answer is decided before it is back
+    with pytest.raises(Unavailable) as info:
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    assert "toy-m2: not_needed (cancelled: the quorum could no longer be met)" in str(info.value)
+    assert "deadline" not in str(info.value)
+    sample = metrics.registry.get_sample_value
+    m2 = {"member": "toy-m2", "version": "1"}
+    assert sample("ensemble_member_cancelled_total", {**m2, "reason": "not_needed"}) == 1.0
+    for reason in ("cut_off", "deadline", "not_needed"):
+        assert sample("ensemble_member_failures_total", {**m2, "reason": reason}) is None
+    assert (
+        sample(
+            "ensemble_member_failures_total", {"member": "toy-m0", "version": "1", "reason": "unavailable"}
+        )
+        == 1.0
+    )
+
+
+def test_calls_cut_by_the_request_deadline_are_failures() -> None:
+    core, caller, metrics = make_core(policy=FanOutPolicy(member_deadline_s=30.0, request_deadline_s=0.2))
+    caller.delay_s["toy-m2"] = 20.0
+    result = asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    assert result.headers[MEMBERS_HEADER] == "2/3"
+    m2 = {"member": "toy-m2", "version": "1"}
+    assert (
+        metrics.registry.get_sample_value("ensemble_member_failures_total", {**m2, "reason": "cut_off"})
+        == 1.0
+    )
+    assert (
+        metrics.registry.get_sample_value("ensemble_member_cancelled_total", {**m2, "reason": "not_needed"})
+        is None
+    )
+
+
+def test_no_member_outcome_is_left_unretrieved() -> None:
+    # All three fail in the same event-loop turn: the answer is decided on the second, and the
+    # third's exception arrives after the decision. asyncio reports an exception nobody read as
+    # "Task exception was never retrieved" (at ERROR level, with a traceback).
+    core, caller, _ = make_core()
+    caller.fail = {"toy-m0": "down", "toy-m1": "down", "toy-m2": "down"}
+    reported: list[str] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["message"])
+        )
+        for _ in range(20):
+            with pytest.raises(Unavailable):
+                await core.predict(ModelRef("toy"), {"x": rows(1)})
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert reported == []
+
+
+class RefusingCaller(FakeCaller):
+    """Members that refuse the request itself, as TF Serving does a malformed or oversized one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    async def predict(self, member, signature_name, inputs, output_filter, timeout_s, encoded=None):
+        raise MemberError(self.reason, f"127.0.0.1:8500: {self.reason.upper()} the request is the problem")
+
+
+@pytest.mark.parametrize(
+    ("reason", "error"), [("invalid_argument", InvalidArgument), ("resource_exhausted", ResourceExhausted)]
+)
+def test_a_request_every_member_refuses_is_the_clients_error(reason: str, error: type[Exception]) -> None:
+    core, _, _ = make_core(caller=RefusingCaller(reason))
+    with pytest.raises(error) as info:
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    assert str(info.value).startswith(f"ensemble toy: member toy-m0 refused the request: {reason}")
+
+
+def test_model_status_follows_the_quorum() -> None:
+    champion, challenger = make_manifest(version=3), make_manifest(name="toy", version=4)
+    caller = FakeCaller()
+    core = EnsembleCore(
+        ServedManifests(default=champion, labels={"champion": champion, "challenger": challenger}), caller
+    )
+    assert [(s.version, s.state, s.error_code) for s in asyncio.run(core.status(ModelRef("toy")))] == [
+        (4, "AVAILABLE", "OK"),
+        (3, "AVAILABLE", "OK"),
+    ]
+    caller.fail = {"toy-m0": "down", "toy-m1": "down"}  # every manifest below its quorum
+    statuses = asyncio.run(core.status(ModelRef("toy")))
+    assert [(s.version, s.state, s.error_code) for s in statuses] == [
+        (4, "UNKNOWN", "UNAVAILABLE"),
+        (3, "UNKNOWN", "UNAVAILABLE"),
+    ]
+    assert "quorum not available (1/3 members AVAILABLE" in statuses[0].error_message
+    assert "down: toy-m0, toy-m1" in statuses[0].error_message
+    by_label = asyncio.run(core.status(ModelRef("toy", label="champion")))
+    assert [(s.version, s.state) for s in by_label] == [(3, "UNKNOWN")]
+
+
+def test_readiness_is_the_default_manifests_quorum() -> None:
+    champion = make_manifest(version=3)
+    challenger = make_manifest(name="toy", version=4).model_copy(
+        update={
+            "members": [
+                MemberRef(name=f"new-m{i}", version=2, weight=w) for i, w in enumerate((0.5, 0.3, 0.2))
+            ]
+        }
+    )
+    caller = FakeCaller()
+    core = EnsembleCore(
+        ServedManifests(default=champion, labels={"champion": champion, "challenger": challenger}), caller
+    )
+    caller.fail = {"new-m0": "down", "new-m1": "down"}
+    ready, why = asyncio.run(core.ready())
+    assert ready  # the challenger's trouble is reported, not a reason to stop the default traffic
+    assert "toy v4: quorum not available" in why
+    # A candidate is judged whole: the reload path switches only once all of it is available.
+    ready, _ = asyncio.run(
+        core.ready(served=ServedManifests(default=champion, labels={"challenger": challenger}))
+    )
+    assert not ready
+    caller.fail = {"toy-m0": "down", "toy-m1": "down"}
+    ready, why = asyncio.run(core.ready())
+    assert not ready
+    assert "toy v3: quorum not available" in why
+
+
+def test_without_a_manifest_every_request_is_unavailable() -> None:
+    core = EnsembleCore(None, FakeCaller())
+    with pytest.raises(Unavailable, match="no ensemble manifest loaded yet"):
+        asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)}))
+    with pytest.raises(Unavailable):
+        asyncio.run(core.status(ModelRef("toy")))
+    assert asyncio.run(core.ready()) == (False, NO_MANIFEST)
+    core.swap(ServedManifests(default=make_manifest()))
+    assert asyncio.run(core.predict(ModelRef("toy"), {"x": rows(1)})).headers[MEMBERS_HEADER] == "3/3"

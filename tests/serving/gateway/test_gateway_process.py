@@ -331,6 +331,19 @@ def test_killed_members_degrade_then_fail_clearly_then_recover(tmp_path: Path) -
             failure = next(text for code, _, text in below if code == 503)
             assert "toy-m1" in orjson.loads(failure)["error"]
             assert "quorum" in orjson.loads(failure)["error"]
+            # Model status, readiness and health all say what predict says: not servable.
+            async with httpx.AsyncClient(timeout=10) as client:
+                status = (await client.get(f"{deploy.url}/v1/models/toy")).json()["model_version_status"]
+                assert [(s["version"], s["state"], s["status"]["error_code"]) for s in status] == [
+                    ("1", "UNKNOWN", "UNAVAILABLE")
+                ]
+                assert "down: toy-m1, toy-m2" in status[0]["status"]["error_message"]
+                assert (await client.get(f"{deploy.url}/readyz")).status_code == 503
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{deploy.grpc_port}") as channel:
+                request = GetModelStatusRequest()
+                request.model_spec.name = "toy"
+                answer = await ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+                assert [(v.version, v.state) for v in answer.model_version_status] == [(1, 0)]  # UNKNOWN
             # both come back: service recovers to full answers
             deploy.start_member("toy-m1")
             deploy.start_member("toy-m2")
@@ -341,6 +354,16 @@ def test_killed_members_degrade_then_fail_clearly_then_recover(tmp_path: Path) -
                     break
             assert recovered[-1][0] == 200
             assert recovered[-1][1] == "3/3"
+            # The breaker gauges follow the clock: none reads open once the members are back.
+            async with httpx.AsyncClient(timeout=10) as client:
+                metrics = (await client.get(f"{deploy.url}/metrics")).text
+                status = (await client.get(f"{deploy.url}/v1/models/toy")).json()["model_version_status"]
+            open_breakers = [
+                line for line in metrics.splitlines() if line.startswith("ensemble_member_breaker_open{")
+            ]
+            assert open_breakers
+            assert all(line.endswith(" 0.0") for line in open_breakers), open_breakers
+            assert status[0]["state"] == "AVAILABLE"
 
         asyncio.run(scenario())
         with httpx.Client(timeout=10) as client:

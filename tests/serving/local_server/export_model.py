@@ -1,8 +1,8 @@
 """Export a tiny Keras member as a SavedModel in TF Serving's layout (run as a script or imported).
 
-Two named inputs (``features``: float32 [None, 3]; ``color``: string [None, 1], looked up inside
-the graph) and one output named ``probabilities`` (3 classes). ``scale`` changes the weights, so
-two versions give different answers.
+Two named inputs (``features``: float32 [None, 3]; ``color``: string [None], one value per
+instance as training exports a single column, looked up inside the graph) and one output named
+``probabilities`` (3 classes). ``scale`` changes the weights, so two versions give different answers.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ def export(path: Path, scale: float = 1.0) -> None:
 
     signature = {
         "features": tf.TensorSpec([None, 3], tf.float32, name="features"),
-        "color": tf.TensorSpec([None, 1], tf.string, name="color"),
+        "color": tf.TensorSpec([None], tf.string, name="color"),
     }
 
     @tf.function(input_signature=[signature])  # type: ignore[misc, untyped-decorator]
     def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {"probabilities": model(inputs, training=False)["probabilities"]}
+        columns = {"features": inputs["features"], "color": tf.expand_dims(inputs["color"], -1)}
+        return {"probabilities": model(columns, training=False)["probabilities"]}
 
     module = tf.Module()
     module.model = model

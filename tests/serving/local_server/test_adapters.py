@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serving.core import ModelMetadata, ModelRef, PredictResult, TensorInfo, VersionStatus
 from serving.errors import NotFound, ResourceExhausted
-from serving.grpc import add_health_and_reflection, add_tfs_servicers
+from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
 from serving.protos import (
     DataType,
     GetModelMetadataRequest,
@@ -25,10 +27,11 @@ from serving.protos import (
     PredictRequest,
     ReloadConfigRequest,
     SignatureDefMap,
+    TensorProto,
 )
 from serving.rest import create_tfs_router, install_error_handlers
-from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.conftest import free_port
+from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto
+from tests.conftest import free_port, raw_http
 
 
 class RecordingCore:
@@ -144,6 +147,30 @@ def test_rest_status_and_metadata(rest: tuple[TestClient, RecordingCore]) -> Non
         ),
         ("POST", "/v1/models/m:explode", b"{}", 400, "Malformed request: POST /v1/models/m:explode"),
         ("POST", "/v1/models/m/versions/x:predict", b"{}", 400, "Malformed request"),
+        # An Arabic-Indic one is a digit to Python, not to TF Serving's pattern: never version 1.
+        ("POST", "/v1/models/m/versions/%D9%A1:predict", b"{}", 400, "Malformed request"),
+        (
+            "POST",
+            "/v1/models/m:predict",
+            b'{"instances": [[1, 2]], "signature_name": "\\ud800"}',
+            400,
+            "JSON Parse error: no low surrogate in string",
+        ),
+        (
+            "POST",
+            "/v1/models/m:predict",
+            b'{"instances": [[NaN, 2]], "signature_name": "\\ud800"}',
+            400,
+            "The surrogate pair in string is invalid",
+        ),
+        (
+            "POST",
+            "/v1/models/m:predict",
+            b'{"instances": ' + b"[" * 990 + b"1" + b"]" * 990 + b"}",
+            400,
+            "a tensor has at most 64 dimensions",
+        ),
+        ("POST", "/v1/models/m:predict", b'{"instances": [[1e309, 2]]}', 400, "JSON Parse error"),
         ("POST", "/v1/models/m", b"{}", 400, "Malformed request"),
         ("GET", "/v1/models/m:predict", None, 400, "Malformed request"),
         ("GET", "/v1/models", None, 400, "Malformed request: GET /v1/models"),
@@ -169,81 +196,180 @@ def test_other_routes_still_work(rest: tuple[TestClient, RecordingCore]) -> None
     assert client.get("/healthz").json() == {"status": "alive"}
 
 
+@contextlib.asynccontextmanager
+async def _grpc_channel(core: RecordingCore, **options: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """The shared servicers (with health and reflection) on a free port, and a channel to them."""
+    server = grpc.aio.server(interceptors=[DecodeGuard()])
+    add_tfs_servicers(server, core, **options)
+    add_health_and_reflection(server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
 def test_grpc_servicers() -> None:
     async def scenario() -> None:
         core = RecordingCore()
-        server = grpc.aio.server()
-        add_tfs_servicers(server, core)
-        add_health_and_reflection(server)
+        async with _grpc_channel(core) as channel:
+            predict = PredictionServiceStub(channel)
+            request = PredictRequest()
+            request.model_spec.name = "m"
+            request.model_spec.version.value = 5
+            request.inputs["x"].CopyFrom(to_tensor_proto(np.array([[1.0, 2.0]], np.float32)))
+            request.output_filter.append("y")
+            call = predict.Predict(request, timeout=5, metadata=(("x-trace", "abc"),))
+            response = await call
+            assert from_tensor_proto(response.outputs["y"]).tolist() == [[2.0, 4.0]]
+            assert (response.model_spec.name, response.model_spec.version.value) == ("m", 7)
+            assert ("x-members-answered", "3") in tuple(await call.trailing_metadata())
+            recorded = core.calls[-1]
+            assert recorded["ref"] == ModelRef("m", 5, None, "")
+            assert recorded["filter"] == ["y"]
+            assert recorded["headers"]["x-trace"] == "abc"
+            assert 0 < recorded["timeout"] <= 5
+
+            request.model_spec.name = "missing"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await predict.Predict(request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            request.model_spec.name = "broken"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await predict.Predict(request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in (caught.value.details() or "")
+
+            metadata_request = GetModelMetadataRequest()
+            metadata_request.model_spec.name = "m"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await predict.GetModelMetadata(metadata_request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            metadata_request.metadata_field.append("signature_def")
+            metadata = await predict.GetModelMetadata(metadata_request, timeout=5)
+            signatures = SignatureDefMap()
+            assert metadata.metadata["signature_def"].Unpack(signatures)
+            assert "serving_default" in signatures.signature_def
+
+            status_request = GetModelStatusRequest()
+            status_request.model_spec.name = "m"
+            status = await ModelServiceStub(channel).GetModelStatus(status_request, timeout=5)
+            assert [s.state for s in status.model_version_status] == [
+                ModelVersionStatus.AVAILABLE,
+                ModelVersionStatus.END,
+            ]
+            assert status.model_version_status[1].status.error_message == "failed to load"
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ModelServiceStub(channel).HandleReloadConfigRequest(ReloadConfigRequest(), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary("/tensorflow.serving.PredictionService/Classify")(b"", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    asyncio.run(scenario())
+
+
+def test_requests_the_http_parser_refuses_get_a_json_error_body() -> None:
+    """Answered by the HTTP server before the app runs, still in TF Serving's error shape."""
+    from serving.rest.server import uvicorn_server
+
+    async def scenario() -> list[bytes]:
+        app = FastAPI()
+        install_error_handlers(app)
+        app.include_router(create_tfs_router(RecordingCore()))
         port = free_port()
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
+        server = uvicorn_server(app, host="127.0.0.1", port=port, grace_s=1)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                predict = PredictionServiceStub(channel)
+            return [
+                await asyncio.to_thread(raw_http, port, request)
+                for request in (
+                    b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+                    b"GET /v1/models/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /v1/models/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                )
+            ]
+        finally:
+            server.should_exit = True
+            await task
+
+    for answer in asyncio.run(scenario()):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"content-type: application/json" in head.lower()
+        assert orjson.loads(body) == {"error": "Malformed request: Invalid HTTP request received."}
+
+
+def test_grpc_bad_tensors_and_specs_are_invalid_arguments() -> None:
+    """Never INTERNAL: every one of these is the request's fault, answered before the core runs."""
+
+    def broadcast(shape: list[int], dtype: int = DataType.DT_FLOAT) -> TensorProto:
+        proto = TensorProto(dtype=dtype, tensor_shape=shape_proto(shape))  # type: ignore[arg-type]
+        proto.float_val.append(1.0)
+        return proto
+
+    bad_length = TensorProto(
+        dtype=DataType.DT_BFLOAT16, tensor_shape=shape_proto([1, 2]), tensor_content=b"\0"
+    )
+    cases: list[tuple[str, TensorProto | None, str]] = [
+        ("huge", broadcast([300_000, 64]), "tensor parsing error: x: shape [300000, 64] of float decodes to"),
+        ("2^40", broadcast([1, 2**40]), "tensor parsing error: x"),
+        ("2^31", broadcast([2**31, 2**31]), "tensor parsing error: x"),
+        ("2^62", broadcast([2**62, 2**62]), "more than 2**63 - 1 elements"),
+        ("70 dims", broadcast([1] * 70), "70 dimensions"),
+        ("300 dims", broadcast([1] * 300), "300 dimensions"),
+        ("bfloat16", broadcast([1, 2], DataType.DT_BFLOAT16), "Expects arg[x] to be float but bfloat16"),
+        ("bfloat16 length", bad_length, "Expects arg[x] to be float but bfloat16"),
+        ("empty label", None, "Unrecognized servable version label"),
+    ]
+
+    async def scenario() -> None:
+        core = RecordingCore()
+        async with _grpc_channel(core, max_decoded_bytes=1024 * 1024) as channel:
+            predict = PredictionServiceStub(channel)
+            for label, proto, message in cases:
                 request = PredictRequest()
                 request.model_spec.name = "m"
-                request.model_spec.version.value = 5
-                request.inputs["x"].CopyFrom(to_tensor_proto(np.array([[1.0, 2.0]], np.float32)))
-                request.output_filter.append("y")
-                call = predict.Predict(request, timeout=5, metadata=(("x-trace", "abc"),))
-                response = await call
-                assert from_tensor_proto(response.outputs["y"]).tolist() == [[2.0, 4.0]]
-                assert (response.model_spec.name, response.model_spec.version.value) == ("m", 7)
-                assert ("x-members-answered", "3") in tuple(await call.trailing_metadata())
-                recorded = core.calls[-1]
-                assert recorded["ref"] == ModelRef("m", 5, None, "")
-                assert recorded["filter"] == ["y"]
-                assert recorded["headers"]["x-trace"] == "abc"
-                assert 0 < recorded["timeout"] <= 5
+                if proto is None:
+                    request.model_spec.version_label = ""
+                    proto = broadcast([1, 2])
+                request.inputs["x"].CopyFrom(proto)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await predict.Predict(request, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, label
+                assert message in (caught.value.details() or ""), label
+            assert core.calls == []
+            good = PredictRequest()
+            good.model_spec.name = "m"
+            good.inputs["x"].CopyFrom(broadcast([2, 2]))
+            answer = await predict.Predict(good, timeout=10)
+            assert from_tensor_proto(answer.outputs["y"]).tolist() == [[2.0, 2.0], [2.0, 2.0]]
 
-                request.model_spec.name = "missing"
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await predict.Predict(request, timeout=5)
-                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-                request.model_spec.name = "broken"
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await predict.Predict(request, timeout=5)
-                assert caught.value.code() == grpc.StatusCode.INTERNAL
-                assert "secret" not in (caught.value.details() or "")
+    asyncio.run(scenario())
 
-                metadata_request = GetModelMetadataRequest()
-                metadata_request.model_spec.name = "m"
+
+def test_bytes_that_are_no_message_are_an_invalid_argument_not_unknown() -> None:
+    async def scenario() -> None:
+        async with _grpc_channel(RecordingCore()) as channel:
+            raw = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            for data in (b"\xff\xff\xff", b"\x0a\x05\x0a\x03\xff\xfe\xfd", b"\x12\x02"):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await predict.GetModelMetadata(metadata_request, timeout=5)
+                    await raw(data, timeout=10)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                metadata_request.metadata_field.append("signature_def")
-                metadata = await predict.GetModelMetadata(metadata_request, timeout=5)
-                signatures = SignatureDefMap()
-                assert metadata.metadata["signature_def"].Unpack(signatures)
-                assert "serving_default" in signatures.signature_def
-
-                status_request = GetModelStatusRequest()
-                status_request.model_spec.name = "m"
-                status = await ModelServiceStub(channel).GetModelStatus(status_request, timeout=5)
-                assert [s.state for s in status.model_version_status] == [
-                    ModelVersionStatus.AVAILABLE,
-                    ModelVersionStatus.END,
-                ]
-                assert status.model_version_status[1].status.error_message == "failed to load"
-
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await ModelServiceStub(channel).HandleReloadConfigRequest(
-                        ReloadConfigRequest(), timeout=5
-                    )
-                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await channel.unary_unary("/tensorflow.serving.PredictionService/Classify")(
-                        b"", timeout=5
-                    )
-                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-                from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-                health = health_pb2_grpc.HealthStub(channel)
-                answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        finally:
-            await server.stop(None)
+                assert (caught.value.details() or "").startswith(
+                    "Failed to parse request: Error parsing message"
+                )
 
     asyncio.run(scenario())

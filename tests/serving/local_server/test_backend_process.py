@@ -29,7 +29,7 @@ from tests.serving.local_server.export_model import export
 pytestmark = pytest.mark.slow
 
 FEATURES = [[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]]
-COLORS = [["red"], ["blue"]]
+COLORS = ["red", "blue"]  # one value per instance, as training exports a single column
 
 
 @dataclass
@@ -74,20 +74,9 @@ def _wait_ready(backend: Backend, timeout_s: float = 240) -> None:
     pytest.fail(f"backend not ready in {timeout_s}s:\n{backend.log_tail()}")
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    root = tmp_path_factory.mktemp("backend")
-    repo, staging = root / "repo", root / "staging"
-    export(repo / "m" / "1", scale=1.0)
-    export(repo / "m" / "2", scale=2.0)
-    export(staging / "3", scale=-1.0)
-    config = repo / "models.config"
-    write_model_config(
-        config,
-        [ModelEntry("m", "m", versions=[1, 2], labels={"champion": 1, "challenger": 2})],
-    )
+def _start_backend(config: Path, repo: Path, staging: Path, log: Path) -> Backend:
+    """``ensemble backend`` on free ports, re-reading ``config`` every second (default retries)."""
     grpc_port, rest_port = free_port(), free_port()
-    log = root / "backend.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [
@@ -100,7 +89,23 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[3],
         )  # fmt: skip
-    handle = Backend(proc, grpc_port, rest_port, repo, staging, log)
+    return Backend(proc, grpc_port, rest_port, repo, staging, log)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    root = tmp_path_factory.mktemp("backend")
+    repo, staging = root / "repo", root / "staging"
+    export(repo / "m" / "1", scale=1.0)
+    export(repo / "m" / "2", scale=2.0)
+    export(staging / "3", scale=-1.0)
+    config = repo / "models.config"
+    write_model_config(
+        config,
+        [ModelEntry("m", "m", versions=[1, 2], labels={"champion": 1, "challenger": 2})],
+    )
+    handle = _start_backend(config, repo, staging, root / "backend.log")
+    proc = handle.proc
     try:
         _wait_ready(handle)
         yield handle
@@ -131,7 +136,7 @@ def test_rest_predict_row_and_columnar_match_the_saved_model(backend: Backend) -
     b64 = json.dumps(
         {
             "signature_name": "serving_default",
-            "instances": [{"features": FEATURES[0], "color": [{"b64": "cmVk"}]}],
+            "instances": [{"features": FEATURES[0], "color": {"b64": "cmVk"}}],
         }
     ).encode()
     decoded = _predict(backend, "/v1/models/m/versions/1:predict", b64)
@@ -141,12 +146,15 @@ def test_rest_predict_row_and_columnar_match_the_saved_model(backend: Backend) -
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/v1/models/m:predict", b'{"instances": [{"features": [1, "x", 3], "color": ["red"]}]}', 400,
+        ("/v1/models/m:predict", b'{"instances": [{"features": [1, "x", 3], "color": "red"}]}', 400,
          'JSON Value: "x" Type: String is not of expected type: float'),
-        ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2], "color": ["red"]}]}', 400,
+        ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2], "color": "red"}]}', 400,
          "input features has shape [1,2] but the signature expects [?,3]"),
-        ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2, 3], "color": ["red"]}, '
-         b'{"features": [1, 2], "color": ["red"]}]}', 400, "Expecting tensor size: 3 but got: 2"),
+        ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2, 3], "color": "red"}, '
+         b'{"features": [1, 2], "color": "red"}]}', 400, "Expecting tensor size: 3 but got: 2"),
+        # As TF Serving: the local backend takes what the signature declares, [-1] here.
+        ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2, 3], "color": ["red"]}]}', 400,
+         "input color has shape [1,1] but the signature expects [?]"),
         ("/v1/models/m:predict", b'{"instances": [{"features": [1, 2, 3]}]}', 400,
          "keys must be equal to: color,features"),
         ("/v1/models/nope:predict", b'{"instances": [1]}', 404,
@@ -235,6 +243,117 @@ def test_official_client_predict_metadata_status(backend: Backend) -> None:
             health_pb2.HealthCheckRequest(service=""), timeout=10
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_fuzz_corpus_never_5xx_or_internal_and_good_requests_still_answered(backend: Backend) -> None:
+    """The gateway's hostile corpus, against the local backend: TF Serving's codes, JSON errors."""
+    import grpc
+
+    from serving.errors import http_status
+    from serving.protos import PredictionServiceStub, PredictRequest
+    from serving.tensors import from_tensor_proto, to_tensor_proto
+    from tests.serving.fuzz_corpus import Input, grpc_cases, rest_cases
+
+    inputs = [Input("features", "float32", (3,)), Input("color", "string", ())]
+    expected = _expected(backend.repo / "m" / "2")
+    good = json.dumps({"inputs": {"features": FEATURES, "color": COLORS}}).encode()
+    problems: list[str] = []
+    with httpx.Client(timeout=30) as client:
+        for case in rest_cases("m", inputs, random_count=120):
+            answer = client.post(f"{backend.url}{case.path}", content=case.body)
+            if answer.status_code >= 500 or answer.headers.get("content-type") != "application/json":
+                problems.append(f"{case.label}: {answer.status_code} {answer.text[:200]}")
+            elif answer.status_code >= 400 and set(answer.json()) != {"error"}:
+                problems.append(f"{case.label}: not TF Serving's error shape: {answer.text[:200]}")
+            after = client.post(f"{backend.url}/v1/models/m:predict", content=good)
+            assert after.status_code == 200, f"after {case.label}: {after.text}"
+            np.testing.assert_allclose(after.json()["outputs"], expected, rtol=1e-6)
+
+    request = PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["features"].CopyFrom(to_tensor_proto(np.array(FEATURES, np.float32)))
+    request.inputs["color"].CopyFrom(to_tensor_proto(np.array([c.encode() for c in COLORS], dtype=object)))
+    with grpc.insecure_channel(f"127.0.0.1:{backend.grpc_port}") as channel:
+        raw = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        stub = PredictionServiceStub(channel)
+        for grpc_case in grpc_cases("m", inputs, random_count=90):
+            try:
+                raw(grpc_case.request, timeout=30)
+            except grpc.RpcError as exc:
+                if http_status(exc.code()) >= 500:
+                    problems.append(f"{grpc_case.label}: {exc.code().name} {exc.details()}")
+            answer = stub.Predict(request, timeout=30)
+            np.testing.assert_allclose(
+                from_tensor_proto(answer.outputs["probabilities"]), expected, rtol=1e-6
+            )
+    assert problems == []
+
+
+def _health(port: int) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def test_a_corrupt_newest_version_at_restart_falls_back_and_health_tells_the_truth(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """TF Serving keeps its ports closed through five one-minute retries and then exits; this
+    backend opens them after the first try, serves the good older version meanwhile, and its
+    health says SERVING only while every model has a version to serve."""
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        shutil.copytree(backend.repo / "m" / str(version), repo / "m" / str(version))
+    (repo / "m" / "3").mkdir()
+    (repo / "m" / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    config = repo / "models.config"
+    write_model_config(config, [ModelEntry("m", "m")])
+    restarted = _start_backend(config, repo, backend.staging, tmp_path / "backend.log")  # default retries
+    grpc_port, proc = restarted.grpc_port, restarted.proc
+    try:
+        _wait_ready(restarted)
+        states = {
+            s["version"]: s["state"]
+            for s in httpx.get(f"{restarted.url}/v1/models/m", timeout=10).json()["model_version_status"]
+        }
+        assert states == {"2": "AVAILABLE", "3": "LOADING"}, restarted.log_tail()  # open before any retry
+        assert _health(grpc_port) == "SERVING"
+        answer = _predict(
+            restarted,
+            "/v1/models/m:predict",
+            json.dumps({"inputs": {"features": FEATURES, "color": COLORS}}).encode(),
+        )
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"], _expected(repo / "m" / "2"), rtol=1e-6)
+
+        # A model with nothing loadable makes the server not ready, and says why.
+        (repo / "bad" / "1").mkdir(parents=True)
+        (repo / "bad" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel either")
+        write_model_config(config, [ModelEntry("m", "m"), ModelEntry("bad", "bad")])
+        _wait_for(lambda: _health(grpc_port) == "NOT_SERVING")
+        assert "health: NOT_SERVING: bad has no version available" in restarted.log_tail()
+        assert _predict(restarted, "/v1/models/m:predict", answer.request.content).status_code == 200
+
+        # A good newer version replaces both the corrupt one and the fallback.
+        write_model_config(config, [ModelEntry("m", "m")])
+        shutil.copytree(backend.staging / "3", repo / "m" / ".4.tmp")
+        (repo / "m" / ".4.tmp").rename(repo / "m" / "4")
+
+        def newest_only() -> bool:
+            doc = httpx.get(f"{restarted.url}/v1/models/m", timeout=5).json()
+            states = {s["version"]: s["state"] for s in doc["model_version_status"]}
+            return states.get("4") == "AVAILABLE" and states.get("2") == "END"
+
+        _wait_for(newest_only)
+        assert _health(grpc_port) == "SERVING"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def _wait_for(condition: Any, timeout_s: float = 60) -> None:

@@ -322,3 +322,100 @@ def test_fault_config_file_errors(tmp_path: Path) -> None:
     assert FaultConfig.from_file(path).default.latency_distribution == "normal"
     with pytest.raises(ValueError, match="cannot read"):
         FaultConfig.from_file(tmp_path / "absent.yaml")
+
+
+# --- a corrupt newest version -------------------------------------------------------------------
+
+
+def test_a_failing_version_does_not_count_towards_latest() -> None:
+    latest = ModelEntry("m", "/m")
+    assert wanted_versions(latest, [1, 2, 3], troubled=[3]) == {2, 3}
+    assert wanted_versions(latest, [1, 2, 3], troubled=[3, 2]) == {1, 2, 3}
+    assert wanted_versions(ModelEntry("m", "/m", latest=2), [1, 2, 3], troubled=[2]) == {1, 2, 3}
+    assert wanted_versions(ModelEntry("m", "/m", versions=[3]), [1, 2, 3], troubled=[3]) == {3}
+
+
+def test_a_corrupt_newest_version_at_start_falls_back_and_waits_for_no_retry(tmp_path: Path) -> None:
+    """TF Serving would keep its ports closed through every retry, then exit, serving nothing."""
+    make_versions(tmp_path / "a", 1, 2, 3)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, [ModelEntry("a", "a")], LoadRetries(max_retries=5, interval_s=60))
+        h.fail.add(3)
+        h.manager.read_config()
+        await h.manager.reconcile()
+        await asyncio.wait_for(h.manager.wait_for_first_tries(), timeout=10)  # not 5 minutes
+        assert h.states("a") == {2: "AVAILABLE", 3: "LOADING"}  # 3 is still being retried
+        assert h.manager.resolve(ModelRef("a"))[0] == 2
+        assert h.manager.unservable() == {}
+        assert (h.tries[3], h.tries[2], h.tries[1]) == (1, 1, 0)
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_fallback_goes_once_the_newest_version_loads_after_all(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1, 2)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, [ModelEntry("a", "a")], LoadRetries(max_retries=3, interval_s=0.1))
+        h.failures_left[2] = 1  # storage flickers once
+        await h.settle()
+        assert h.states("a") == {1: "END", 2: "AVAILABLE"}
+        assert h.manager.resolve(ModelRef("a"))[0] == 2
+        assert (h.tries[2], h.tries[1]) == (2, 1)  # version 1 served while 2 was retried
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_that_gives_up_leaves_the_older_one_serving_and_says_why(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1, 2)
+    make_versions(tmp_path / "b", 4)
+
+    async def scenario() -> None:
+        h = Harness(
+            tmp_path,
+            [ModelEntry("a", "a"), ModelEntry("b", "b", versions=[4])],
+            LoadRetries(max_retries=1, interval_s=0.01),
+        )
+        h.fail.update({2, 4})
+        await h.settle()
+        statuses = {s.version: s for s in h.manager.status(ModelRef("a"))}
+        assert (statuses[1].state, statuses[2].state, statuses[2].error_code) == (
+            "AVAILABLE",
+            "END",
+            "UNKNOWN",
+        )
+        assert h.manager.resolve(ModelRef("a"))[0] == 1
+        # A specific policy names its version: there is nothing to fall back to.
+        assert h.manager.unservable() == {
+            "b": "version 4: END (Failed to load b version 4: corrupt saved_model.pb)"
+        }
+        h.manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_every_version_corrupt_is_reported_not_hidden(tmp_path: Path) -> None:
+    make_versions(tmp_path / "a", 1, 2)
+    (tmp_path / "empty").mkdir()
+
+    async def scenario() -> None:
+        h = Harness(
+            tmp_path,
+            [ModelEntry("a", "a"), ModelEntry("e", "empty")],
+            LoadRetries(max_retries=0, interval_s=0),
+        )
+        h.fail.update({1, 2})
+        await h.settle()
+        problems = h.manager.unservable()
+        assert set(problems) == {"a", "e"}
+        assert "version 1: END" in problems["a"]
+        assert "version 2: END" in problems["a"]
+        assert problems["e"].startswith("no version found under ")
+        with pytest.raises(NotFound):
+            h.manager.resolve(ModelRef("a"))
+        h.manager.close()
+
+    asyncio.run(scenario())
