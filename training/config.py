@@ -29,25 +29,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def default_folds(members: int) -> int:
+    """Cross-fitting folds when ``data.split.folds`` is not set: two members to a fold, and at least
+    three folds (so each member trains on two thirds of the rows or more).
+
+    A row held out by one member only says nothing about how to weight members against each
+    other; a row held out by two does. One fold per member would leave every weighting
+    indistinguishable from uniform out of fold.
+    """
+    return max(2, min(members, max(3, -(-members // 2))))
+
+
 class SplitConfig(_Strict):
     """Which rows are held out, and how each member is validated. Every split is fixed by the seed.
 
     ``cross_fit`` (the default) cuts the non-test rows into folds: member i early-stops on fold
-    ``i % folds`` and never trains on it, so every member leaves predictions on rows it never saw
-    and the weights are learned on those. ``holdout`` is the single validation split every member
+    ``i % folds`` and never trains on it (members share a fold when there are fewer folds than
+    members), so every member leaves predictions on rows it never saw and the weights are learned
+    on those. ``holdout`` is the single validation split every member
     early-stops on and the weights are fitted to.
     """
 
     method: SplitMethod = Field(
         default="cross_fit",
-        description="cross_fit: a fold per member, weights learned out of fold; "
+        description="cross_fit: members validated on folds of their own, weights learned out of fold; "
         "holdout: one validation split shared by every member.",
     )
     folds: int | None = Field(
         default=None,
         ge=2,
         le=100,
-        description="cross_fit: number of folds; None = one per member (members.count, or search.keep).",
+        description="cross_fit: number of folds; None = about two members to a fold, at least 3 "
+        "(members 3-6: 3 folds; 8: 4; 10: 5) and no more than the members.",
     )
     validation: float | None = Field(
         default=None,
@@ -314,8 +327,8 @@ class TrainConfig(_Strict):
 
     @property
     def fold_count(self) -> int:
-        """Cross-fitting folds: data.split.folds, else one per member of the ensemble (at least 2)."""
-        return self.data.split.folds or max(2, self.member_count)
+        """Cross-fitting folds: data.split.folds, else :func:`default_folds` of the ensemble's size."""
+        return self.data.split.folds or default_folds(self.member_count)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -9,7 +9,8 @@ over. A learned weighting is kept only where it beats uniform out of fold:
 2. those rows are cut into :data:`CV_GROUPS` groups; the weights learned without a group are
    scored on it, at every shrinkage toward uniform, and the shrinkage with the lowest held-out
    loss is chosen (``assemble.shrinkage: auto``);
-3. the learned weighting is served only if that held-out loss is below uniform's.
+3. the learned weighting is served only if that held-out loss is below uniform's by more than
+   the noise of the rows (:func:`clearly_better`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MIN_SHRINKAGE = 0.05
 # "Beats uniform" means by more than float rounding: identical members must not pass.
 ROUNDING = 1e-9
+# ... and by more than the noise of the rows: the paired per-row difference must be below zero by
+# this many standard errors (one-sided, about 95%). A gain smaller than that does not carry over to
+# the test rows often enough to be worth giving up uniform's robustness.
+SIGNIFICANCE_Z = 1.645
 
 Served = Literal["learned", "uniform", "given"]
 
@@ -154,19 +159,19 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
 
     grid = _shrinkages(config)
     finish = _finisher(groups, prune)
-    held_out = {s: 0.0 for s in grid}
-    uniform_loss = 0.0
+    held_out = {s: np.zeros(informative.size) for s in grid}
+    uniform_rows = np.zeros(informative.size)
     for train, test in _cv_groups(informative.size, config.seed):
         learned = learn(informative.take(train))
         scored = informative.take(test)
         for s in grid:
-            held_out[s] += float(np.sum(scored.row_losses(finish(learned, s))))
-        uniform_loss += float(np.sum(scored.row_losses(weights.uniform(len(eligible)))))
+            held_out[s][test] = scored.row_losses(finish(learned, s))
+        uniform_rows[test] = scored.row_losses(weights.uniform(len(eligible)))
     # Ties go to the larger shrinkage: nearer uniform unless the rows say otherwise.
-    best = min(sorted(grid, reverse=True), key=lambda s: held_out[s])
+    best = min(sorted(grid, reverse=True), key=lambda s: float(np.sum(held_out[s])))
     decision.shrinkage = best
-    decision.oof_loss_learned = held_out[best] / informative.size
-    decision.oof_loss_uniform = uniform_loss / informative.size
+    decision.oof_loss_learned = float(np.mean(held_out[best]))
+    decision.oof_loss_uniform = float(np.mean(uniform_rows))
     chosen = finish(learn(informative), best)
     learned_full = np.zeros(count)
     learned_full[eligible] = chosen
@@ -179,12 +184,28 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
     if not decision.oof_loss_learned < decision.oof_loss_uniform * (1 - ROUNDING):
         decision.note = f"uniform: {method} weights did not beat uniform out of fold ({compared})"
         return decision
+    if not clearly_better(held_out[best], uniform_rows):
+        decision.note = (
+            f"uniform: {method} weights beat uniform out of fold by less than the rows' noise "
+            f"({compared}; {SIGNIFICANCE_Z:g} standard errors needed)"
+        )
+        return decision
     decision.weights = learned_full
     decision.served = "learned"
     decision.note = f"{method} weights, shrinkage {best:g} ({how}): {compared}"
     if prune:
         _prune(config, own, eligible, decision)
     return decision
+
+
+def clearly_better(candidate: FloatArray, baseline: FloatArray) -> bool:
+    """Whether ``candidate``'s per-row losses beat ``baseline``'s on the same rows by more than
+    :data:`SIGNIFICANCE_Z` standard errors of the paired difference (one-sided)."""
+    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    if difference.size < 2:
+        return False
+    spread = float(np.std(difference, ddof=1)) / np.sqrt(difference.size)
+    return bool(float(np.mean(difference)) < -SIGNIFICANCE_Z * spread - ROUNDING)
 
 
 def _why_alone(config: TrainConfig) -> str:

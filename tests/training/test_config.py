@@ -72,11 +72,13 @@ def test_members_flag_sets_the_count_or_the_search_keep_before_validation(tmp_pa
     assert config.fold_count == 3
 
 
-def test_defaults_cross_fit_with_a_fold_per_member() -> None:
+def test_defaults_cross_fit_with_about_two_members_to_a_fold() -> None:
     config = TrainConfig.model_validate({"members": {"count": 4}})
     assert config.data.split.method == "cross_fit"
     assert config.data.split.validation_fraction == 0.0
-    assert config.fold_count == 4
+    assert config.fold_count == 3
+    folds = {n: TrainConfig.model_validate({"members": {"count": n}}).fold_count for n in (2, 3, 5, 6, 8, 10)}
+    assert folds == {2: 2, 3: 3, 5: 3, 6: 3, 8: 4, 10: 5}
     assert config.assemble.weights == "greedy"
     assert config.assemble.greedy_rounds == 100
     assert TrainConfig.model_validate({"members": {"count": 1}}).fold_count == 2

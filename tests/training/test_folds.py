@@ -18,15 +18,18 @@ def _config(**tree: Any) -> TrainConfig:
     return TrainConfig.model_validate({"data": {"source": "sklearn:digits"}, **tree})
 
 
+FIVE_FOLDS = {"source": "sklearn:digits", "split": {"folds": 5}}
+
+
 def test_folds_partition_the_non_test_rows_stratified_and_fixed_by_the_seed() -> None:
-    config = _config(members={"count": 5})
+    config = _config(members={"count": 5}, data=FIVE_FOLDS)
     dataset = prepare(config.data, config.seed)
     assert len(dataset.val_rows) == 0  # no validation split with cross-fitting
     folds = assign_folds(dataset, config)
     assert folds.shape == dataset.train_rows.shape
     assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4]
     assert np.array_equal(folds, assign_folds(prepare(config.data, config.seed), config))
-    other = _config(members={"count": 5}, seed=1)
+    other = _config(members={"count": 5}, data=FIVE_FOLDS, seed=1)
     assert not np.array_equal(folds, assign_folds(prepare(other.data, other.seed), other))
     labels = dataset.frame["target"].to_numpy()[dataset.train_rows]
     for digit in range(10):
@@ -36,7 +39,7 @@ def test_folds_partition_the_non_test_rows_stratified_and_fixed_by_the_seed() ->
 
 
 def test_each_member_early_stops_on_its_own_fold_and_never_trains_on_it() -> None:
-    config = _config(members={"count": 5})
+    config = _config(members={"count": 5}, data=FIVE_FOLDS)
     dataset = prepare(config.data, config.seed)
     everything: list[np.ndarray] = []
     for index in range(5):
@@ -52,7 +55,7 @@ def test_each_member_early_stops_on_its_own_fold_and_never_trains_on_it() -> Non
 
 
 def test_more_members_than_folds_share_folds() -> None:
-    config = _config(members={"count": 5}, data={"source": "sklearn:digits", "split": {"folds": 3}})
+    config = _config(members={"count": 5})  # the default: 3 folds for 5 members
     assert [fold_of(config, i) for i in range(5)] == [0, 1, 2, 0, 1]
     dataset = prepare(config.data, config.seed)
     first, fourth = (member_rows(config, dataset, i, member_seed(0, i)) for i in (0, 3))

@@ -10,7 +10,7 @@ import pytest
 from training.config import TrainConfig
 from training.errors import TrainingError
 from training.oof import OutOfFold
-from training.selection import MIN_INFORMATIVE_ROWS, MIN_SHRINKAGE, decide
+from training.selection import MIN_INFORMATIVE_ROWS, MIN_SHRINKAGE, clearly_better, decide
 
 
 def _config(members: int = 3, **assemble: Any) -> TrainConfig:
@@ -92,6 +92,17 @@ def test_a_weighting_that_does_not_beat_uniform_out_of_fold_is_not_served() -> N
     np.testing.assert_allclose(decision.weights, [1 / 3] * 3)
     assert decision.learned is not None  # the report still shows what was learned
     assert decision.note.startswith("uniform: greedy weights did not beat uniform out of fold")
+
+
+def test_a_gain_within_the_noise_of_the_rows_is_not_clearly_better() -> None:
+    rng = np.random.default_rng(0)
+    baseline = rng.exponential(0.3, 400)
+    noisy = baseline + rng.normal(-0.005, 0.3, 400)  # better on average, by far less than the noise
+    assert noisy.mean() < baseline.mean()
+    assert not clearly_better(noisy, baseline)
+    assert clearly_better(baseline - 0.05 + rng.normal(0, 0.01, 400), baseline)
+    assert not clearly_better(baseline, baseline)  # equal is never better
+    assert not clearly_better(baseline[:1] - 1, baseline[:1])  # one row says nothing
 
 
 def test_too_few_informative_rows_give_uniform() -> None:
