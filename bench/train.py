@@ -42,6 +42,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def machine() -> dict[str, Any]:
+    """What the results record about the machine a benchmark ran on."""
+    return {
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow"),
+    }
+
+
 def train(out: Path, data: str, members: int, epochs: int, workers: int) -> float:
     config = out.with_suffix(".yaml")
     config.write_text(
@@ -94,13 +105,7 @@ def main() -> None:
     result = {
         "benchmark": "train",
         "date": now.isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": cores(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": version("tensorflow"),
-        },
+        "machine": machine(),
         "data": args.data,
         "members": args.members,
         "epochs": args.epochs,
@@ -110,12 +115,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"train-{now:%Y%m%d-%H%M%S}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    machine = result["machine"]
+    host = result["machine"]
     lines = [
         f"# Training benchmark, {result['date']}",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
-        f"Python {machine['python']}, TensorFlow {machine['tensorflow']}.",
+        f"Machine: {host['cpu']}, {host['cores']} cores, {host['platform']}, "
+        f"Python {host['python']}, TensorFlow {host['tensorflow']}.",
         "",
         f"`ensemble train --data {args.data}`: {args.members} members, {args.epochs} epochs each "
         "(early stopping off), including data checks, export and assemble.",

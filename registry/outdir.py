@@ -65,7 +65,19 @@ class TrainingOutput:
     manifest: Manifest
     dataset: dict[str, Any]
     members: list[MemberOutput]
+    """The manifest's members, in its order: the ones served."""
     report: dict[str, Any] = field(default_factory=dict)
+    trained: list[MemberOutput] = field(default_factory=list)
+    """Every trained member (search trials and dropped members too), by index."""
+
+    def status(self, member: MemberOutput) -> tuple[bool, float, str]:
+        """(served, weight, why not) of a trained member, from the manifest and the report."""
+        weights = {ref.name: ref.weight for ref in self.manifest.members}
+        entries = {str(m.get("name")): m for m in self.report.get("members", []) if isinstance(m, dict)}
+        if member.model_name in weights:
+            return True, weights[member.model_name], ""
+        reason = entries.get(member.model_name, {}).get("dropped_reason")
+        return False, 0.0, str(reason or "not in the manifest")
 
     @property
     def config_file(self) -> Path:
@@ -141,4 +153,7 @@ def read_training_output(root: Path) -> TrainingOutput:
         if ref.name not in by_name:
             raise InvalidArgument(f"manifest member {ref.name!r} has no folder under {root / 'members'}")
         members.append(by_name[ref.name])
-    return TrainingOutput(root=root, manifest=manifest, dataset=dataset, members=members, report=report)
+    trained = sorted(by_name.values(), key=lambda m: m.index)
+    return TrainingOutput(
+        root=root, manifest=manifest, dataset=dataset, members=members, report=report, trained=trained
+    )

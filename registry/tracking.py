@@ -41,7 +41,10 @@ class LoggedTraining:
     experiment_id: str
     parent_run_id: str
     member_run_ids: list[str]
+    """The served members' runs, in the manifest's order."""
     member_versions: dict[str, int] = field(default_factory=dict)
+    dropped_run_ids: list[str] = field(default_factory=list)
+    """Runs of members trained but not served (search trials not kept, pruned members)."""
     ensemble_version: int | None = None
     alias: str | None = None
 
@@ -116,22 +119,25 @@ def _dataset_tags(dataset: dict[str, Any]) -> dict[str, str]:
 def _log_member(
     client: MlflowClient, experiment_id: str, parent_run_id: str, output: TrainingOutput, member: MemberOutput
 ) -> str:
-    run = client.create_run(
-        experiment_id,
-        run_name=member.model_name,
-        tags={
-            "mlflow.parentRunId": parent_run_id,
-            "ensemble.name": output.manifest.name,
-            "ensemble.member": member.model_name,
-            **_dataset_tags(output.dataset),
-        },
-    )
+    served, weight, reason = output.status(member)
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "ensemble.name": output.manifest.name,
+        "ensemble.member": member.model_name,
+        "ensemble.served": "true" if served else "false",
+        "ensemble.weight": f"{weight:.6f}",
+        **_dataset_tags(output.dataset),
+    }
+    if reason:
+        tags["ensemble.dropped_reason"] = reason
+    run = client.create_run(experiment_id, run_name=member.model_name, tags=tags)
     run_id = str(run.info.run_id)
     params = flatten(member.hyperparameters)
     params.update(
         {
             "member.index": str(member.index),
             "member.seed": str(member.info.get("seed", "")),
+            "member.fold": str(member.info.get("fold", "")),
             "member.epochs_trained": str(member.info.get("epochs_trained", "")),
             "dataset.fingerprint": str(output.dataset.get("fingerprint", "")),
         }
@@ -140,6 +146,7 @@ def _log_member(
     final = member.metrics
     if "train_seconds" in member.info:
         final["train_seconds"] = float(member.info["train_seconds"])
+    final["ensemble_weight"] = weight
     _log_metrics(client, run_id, [*member.history(), (0, final)])
     client.log_artifacts(run_id, str(member.saved_model), SAVED_MODEL_ARTIFACT)
     for name in ("member.json", "history.csv", "checkpoint.keras", "predictions.npz", "tensorboard"):
@@ -172,11 +179,15 @@ def record_training(
         )
         parent_id = str(parent.info.run_id)
         try:
-            member_ids = [
-                _log_member(client, experiment_id, parent_id, output, member) for member in output.members
-            ]
+            # Every trained member gets a run, served or not: a search's trials and pruned members too.
+            run_ids = {
+                member.model_name: _log_member(client, experiment_id, parent_id, output, member)
+                for member in output.trained or output.members
+            }
             _log_parent(client, parent_id, output)
-            logged = LoggedTraining(uri, experiment_id, parent_id, member_ids)
+            served = [run_ids[member.model_name] for member in output.members]
+            logged = LoggedTraining(uri, experiment_id, parent_id, served)
+            logged.dropped_run_ids = [run_id for run_id in run_ids.values() if run_id not in served]
             if register:
                 register_training(client, output, logged, alias=alias)
         except BaseException:
@@ -196,6 +207,7 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
         "dataset.test_fingerprint": str(output.dataset.get("test_fingerprint", "")),
     }
     params.update({f"weight.{member.name}": f"{member.weight:.6f}" for member in manifest.members})
+    params.update({f"weight.{m.model_name}": "0.000000" for m in output.trained if not output.status(m)[0]})
     if output.config_file.is_file():
         import yaml
 
@@ -203,6 +215,11 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
         if isinstance(config, dict):
             params.update({f"config.{key}": value for key, value in flatten(config).items()})
     _log_params(client, run_id, params)
+    tags = {f"dropped.{m.model_name}": output.status(m)[2] for m in output.trained if not output.status(m)[0]}
+    note = (output.report.get("weights") or {}).get("note")
+    if note:
+        tags["ensemble.weights"] = str(note)
+    _log_tags(client, run_id, tags)
     metrics = dict(manifest.metrics)
     metrics.update(_report_metrics(output.report))
     _log_metrics(client, run_id, [(0, metrics)])
@@ -237,7 +254,11 @@ def ui_hint(uri: str) -> str:
 def log_training(out_dir: Path, tracking_uri: str | None, *, register: bool, alias: str | None) -> None:
     """Log a training output directory to MLflow (and register it), then print a short summary."""
     logged = record_training(out_dir, tracking_uri, register=register, alias=alias)
-    typer.echo(f"MLflow: parent run {logged.parent_run_id} ({len(logged.member_run_ids)} member runs)")
+    dropped = f", {len(logged.dropped_run_ids)} not served" if logged.dropped_run_ids else ""
+    typer.echo(
+        f"MLflow: parent run {logged.parent_run_id} "
+        f"({len(logged.member_run_ids) + len(logged.dropped_run_ids)} member runs{dropped})"
+    )
     if logged.ensemble_version is not None:
         members = ", ".join(f"{name} v{version}" for name, version in logged.member_versions.items())
         typer.echo(f"registered ensemble version {logged.ensemble_version} (members: {members})")

@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import numpy.typing as npt
 
 from training.config import ModelConfig
 from training.data import Dataset, InputGroup
@@ -95,10 +96,14 @@ def _residual(cfg: ModelConfig, encoded: list[Any]) -> Any:
     return x
 
 
-def build_model(cfg: ModelConfig, dataset: Dataset) -> keras.Model:
-    """The member model: dict of raw inputs in, dict of named outputs out (not compiled)."""
-    train = dataset.features(dataset.train_rows)
-    labels = dataset.labels(dataset.train_rows)
+def build_model(cfg: ModelConfig, dataset: Dataset, rows: npt.NDArray[np.int64]) -> keras.Model:
+    """The member model: dict of raw inputs in, dict of named outputs out (not compiled).
+
+    Preprocessing statistics come from ``rows``, the rows the member fits: never from rows it
+    holds out, whose predictions must stay out of fold.
+    """
+    train = dataset.features(rows)
+    labels = dataset.labels(rows)
     inputs: dict[str, Any] = {}
     encoded: list[Any] = []
     for group in dataset.inputs:
@@ -133,10 +138,13 @@ def build_model(cfg: ModelConfig, dataset: Dataset) -> keras.Model:
     return keras.Model(inputs=inputs, outputs=outputs, name="member")
 
 
-def losses(dataset: Dataset, loss_weights: dict[str, float]) -> tuple[dict[str, str], dict[str, float]]:
-    """Loss and loss weight per output. A regression loss is divided by the target's variance so
-    several targets on different scales weigh what the config says, not what their units say."""
-    labels = dataset.labels(dataset.train_rows)
+def losses(
+    dataset: Dataset, loss_weights: dict[str, float], rows: npt.NDArray[np.int64]
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Loss and loss weight per output. A regression loss is divided by the target's variance (on
+    the fitted ``rows``) so several targets on different scales weigh what the config says, not
+    what their units say."""
+    labels = dataset.labels(rows)
     loss: dict[str, str] = {}
     weights: dict[str, float] = {}
     for target in dataset.targets:

@@ -1,8 +1,9 @@
-"""Assemble a run: weights from validation predictions, the test report, manifest, models.config, plots.
+"""Assemble a run: weights learned out of fold, the test report, manifest, models.config, plots.
 
 This is the whole of ``ensemble assemble``, run once after every member has finished. It needs
-no TensorFlow: it reads each member's SavedModel predictions and combines them with
-:mod:`serving.combine`, so the reported numbers are the ones the gateway will serve.
+no TensorFlow: it reads each member's SavedModel answers (on the rows it never trained on, and on
+the test split) and combines them with :mod:`serving.combine`, so the reported numbers are the
+ones the gateway will serve.
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from typing import Any
 import numpy as np
 
 from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, Provenance, TensorSpec
-from serving.combine import combine_outputs, method_weights
-from training import search, weights
+from serving.combine import combine_outputs
 from training.config import TrainConfig, ensemble_name
-from training.data import Dataset, prepare
+from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
-from training.layout import Layout
+from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
 from training.metrics import evaluate
+from training.oof import OutOfFold
+from training.plots import Entry
+from training.report import ensemble_rows
+from training.selection import Decision, decide
 
 
 @dataclass
 class MemberResult:
-    """A finished member: its record and its SavedModel's validation and test answers."""
+    """A finished member: its record, the rows it never trained on and its answers there and on test."""
 
     record: dict[str, Any]
-    val: dict[str, np.ndarray]
+    oof_rows: np.ndarray
+    oof: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
 
     @property
@@ -39,49 +44,31 @@ class MemberResult:
 
 
 def load_members(layout: Layout, count: int) -> list[MemberResult]:
-    """Every member's results; a missing one is an error naming the member."""
+    """Every member's results; a missing or outdated one is an error naming the member."""
     results = []
     for index in range(count):
         member_file = layout.member_file(index)
-        predictions = layout.member_dir(index) / "predictions.npz"
+        predictions = layout.member_predictions(index)
         if not member_file.is_file() or not predictions.is_file():
             raise TrainingError(f"member m{index} has not finished ({member_file} is missing)")
         record = json.loads(member_file.read_text())
         with np.load(predictions) as npz:
-            val = {k.removeprefix("val/"): npz[k] for k in npz.files if k.startswith("val/")}
-            test = {k.removeprefix("test/"): npz[k] for k in npz.files if k.startswith("test/")}
-        results.append(MemberResult(record, val, test))
+            if OOF_ROWS not in npz.files:
+                raise TrainingError(
+                    f"member m{index} was trained by an older version (no out-of-fold rows in "
+                    f"{predictions}): train it again"
+                )
+            rows = np.asarray(npz[OOF_ROWS], dtype=np.int64)
+            oof = {k.removeprefix(OOF_PREFIX): npz[k] for k in npz.files if k.startswith(OOF_PREFIX)}
+            test = {k.removeprefix(TEST_PREFIX): npz[k] for k in npz.files if k.startswith(TEST_PREFIX)}
+        results.append(MemberResult(record, rows, oof, test))
     return results
 
 
-def choose_weights(
-    config: TrainConfig, members: list[MemberResult], truth: dict[str, np.ndarray], kinds: dict[str, str]
-) -> tuple[np.ndarray, list[int]]:
-    """Weights over all members (zeros for members left out) and the eligible members' indices."""
-    eligible = list(range(len(members)))
-    if config.search.trials:
-        losses = [
-            float(m.record.get("best_val_loss") or weights.validation_loss([m.val], [1.0], truth, kinds))
-            for m in members
-        ]
-        eligible = search.top_candidates(config, losses)
-    outputs = [members[i].val for i in eligible]
-    method = config.assemble.weights
-    if method == "given":
-        assert config.assemble.given is not None
-        chosen = weights.given([config.assemble.given[i] for i in eligible])
-    elif method in ("optimized", "greedy"):
-        learned = (
-            weights.optimized(outputs, truth, kinds)
-            if method == "optimized"
-            else weights.greedy(outputs, truth, kinds, config.assemble.greedy_rounds)
-        )
-        chosen = weights.shrink(learned, config.assemble.shrinkage)
-    else:
-        chosen = weights.uniform(len(eligible))
-    full = np.zeros(len(members))
-    full[eligible] = chosen
-    return full, eligible
+def out_of_fold(members: list[MemberResult], dataset: Dataset) -> OutOfFold:
+    """The members' answers on the rows each never trained on, aligned row by row."""
+    kinds = {dataset.output_name(t): t.output_name for t in dataset.targets}
+    return OutOfFold.build([m.oof_rows for m in members], [m.oof for m in members], dataset.labels, kinds)
 
 
 def _output_specs(dataset: Dataset, sample: dict[str, np.ndarray]) -> list[OutputSpec]:
@@ -116,9 +103,7 @@ def write_models_config(layout: Layout, refs: list[MemberRef]) -> None:
 def assemble(out_dir: Path) -> dict[str, Any]:
     """Weights, evaluation, manifest, report and plots for the run in ``out_dir``; returns the report."""
     layout = Layout(out_dir)
-    if not layout.config.is_file():
-        raise TrainingError(f"{layout.config} not found: is {out_dir} a training output directory?")
-    config = TrainConfig.model_validate(layout.read_config())
+    config = layout.load_config()
     name = ensemble_name(config)
     dataset = prepare(config.data, config.seed)
     if layout.dataset.is_file():
@@ -126,46 +111,43 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         if recorded.get("test_fingerprint") != dataset.test_fingerprint:
             raise TrainingError("the data changed since the members were trained (test fingerprint differs)")
     members = load_members(layout, config.candidate_count)
-
-    kinds = {dataset.output_name(t): t.output_name for t in dataset.targets}
     kind_list = [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
-    val_truth = dataset.labels(dataset.val_rows)
     test_truth = dataset.labels(dataset.test_rows)
 
-    full_weights, eligible = choose_weights(config, members, val_truth, kinds)
-    uniform_weights = np.zeros(len(members))
-    uniform_weights[eligible] = method_weights("mean", [1.0] * len(eligible))
+    decision = decide(config, out_of_fold(members, dataset))
 
-    def ensemble_metrics(w: np.ndarray, split: str) -> dict[str, float]:
+    def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]
-        parts = [members[i].val if split == "val" else members[i].test for i in used]
-        combined = combine_outputs(parts, w[used])
-        return evaluate(combined, val_truth if split == "val" else test_truth, kind_list, split)
+        combined = combine_outputs([members[i].test for i in used], w[used])
+        return evaluate(combined, test_truth, kind_list, "test")
 
-    weighted_test = ensemble_metrics(full_weights, "test")
-    uniform_test = ensemble_metrics(uniform_weights, "test")
-    weighted_val = ensemble_metrics(full_weights, "val")
+    served_test = test_metrics(decision.weights)
+    ensembles: dict[str, dict[str, float]] = {"ensemble_served": served_test}
+    uniform = decision.served == "uniform"
+    ensembles["ensemble_uniform"] = served_test if uniform else test_metrics(decision.uniform)
+    if decision.learned is not None:
+        ensembles["ensemble_learned"] = (
+            served_test if decision.served == "learned" else test_metrics(decision.learned)
+        )
 
     refs = [
-        MemberRef(name=m.name, version=int(m.record["version"]), weight=float(full_weights[i]))
+        MemberRef(name=m.name, version=int(m.record["version"]), weight=float(decision.weights[i]))
         for i, m in enumerate(members)
-        if full_weights[i] > 0
+        if decision.weights[i] > 0
     ]
-    total = sum(r.weight for r in refs)
-    refs = [r.model_copy(update={"weight": r.weight / total}) for r in refs]
     manifest = Manifest(
         name=name,
         members=refs,
         combiner=Combiner(
-            method="mean" if config.assemble.weights == "uniform" else "weighted_mean",
-            min_members=min(config.assemble.min_members, len(refs)),
+            method="mean" if decision.served == "uniform" else "weighted_mean",
+            min_members=config.assemble.min_members,
         ),
         inputs=[
             TensorSpec(name=g.name, dtype="float32" if g.kind == "numeric" else "string", shape=g.shape)
             for g in dataset.inputs
         ],
         outputs=_output_specs(dataset, members[0].test),
-        metrics=weighted_test,
+        metrics=served_test,
         provenance=Provenance(
             dataset=config.data.source,
             dataset_fingerprint=dataset.fingerprint,
@@ -182,74 +164,111 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         "ensemble": name,
         "weights_method": config.assemble.weights,
         "searched": bool(config.search.trials),
-        "members": [
-            {
-                "name": m.name,
-                "version": int(m.record["version"]),
-                "weight": float(full_weights[i]),
-                "selected": i in eligible,
-                "hyperparameters": m.record.get("hyperparameters", {}),
-                "epochs_trained": m.record.get("epochs_trained"),
-                "metrics": {k: v for k, v in m.record["metrics"].items()},
-            }
-            for i, m in enumerate(members)
-        ],
-        "ensemble_uniform": uniform_test,
-        "ensemble_weighted": {**weighted_test, **weighted_val},
+        "split": {"method": config.data.split.method, "folds": _folds(config)},
+        "weights": decision.summary(),
+        "members": [_member_entry(i, m, decision) for i, m in enumerate(members)],
+        **ensembles,
         "outputs": kind_list,
         "models_config": str(layout.models_config),
     }
     layout.write_json(layout.report, report)
-    _plots(layout, members, full_weights, dataset, test_truth, report)
+    _plots(layout, members, decision, dataset, test_truth, report)
     return report
+
+
+def _folds(config: TrainConfig) -> int | None:
+    return config.fold_count if config.data.split.method == "cross_fit" else None
+
+
+def _member_entry(index: int, member: MemberResult, decision: Decision) -> dict[str, Any]:
+    return {
+        "index": index,
+        "name": member.name,
+        "version": int(member.record["version"]),
+        "fold": member.record.get("fold"),
+        "weight": float(decision.weights[index]),
+        "kept": index not in decision.dropped,
+        "dropped_reason": decision.dropped.get(index),
+        "hyperparameters": member.record.get("hyperparameters", {}),
+        "epochs_trained": member.record.get("epochs_trained"),
+        "metrics": dict(member.record["metrics"]),
+    }
 
 
 def _plots(
     layout: Layout,
     members: list[MemberResult],
-    full_weights: np.ndarray,
+    decision: Decision,
     dataset: Dataset,
     test_truth: dict[str, np.ndarray],
     report: dict[str, Any],
 ) -> None:
+    """Learning curves, and per target a calibration (or predicted-vs-actual) and a comparison plot."""
     from training import plots
 
     layout.plots.mkdir(parents=True, exist_ok=True)
     plots.learning_curves(
         {m.name: layout.member_dir(int(m.record["index"])) / "history.csv" for m in members},
         layout.plots / "learning_curves.png",
+        dropped={members[i].name for i in decision.dropped},
+        validated_on="its own fold" if report["split"]["method"] == "cross_fit" else "validation split",
     )
-    used = [i for i in range(len(members)) if full_weights[i] > 0]
-    combined = combine_outputs([members[i].test for i in used], full_weights[used])
-    first = dataset.targets[0]
-    output = dataset.output_name(first)
-    if first.task == "classification":
-        labels = test_truth[output].reshape(-1)
-        best = min(range(len(members)), key=lambda i: _primary(members[i].record["metrics"], report))
-        plots.reliability_diagram(
-            {
-                "ensemble (weighted)": (combined[output], labels),
-                f"best member ({members[best].name})": (members[best].test[output], labels),
-            },
-            layout.plots / "reliability.png",
+    used = [i for i in range(len(members)) if decision.weights[i] > 0]
+    combined = combine_outputs([members[i].test for i in used], decision.weights[used])
+    several = len(dataset.targets) > 1
+    for target in dataset.targets:
+        output = dataset.output_name(target)
+        suffix = f"_{safe_name(target.name)}" if several else ""
+        metric = target_metric(report, target.name)
+        about = f" of {target.name}" if several else ""
+        if target.task == "classification":
+            labels = test_truth[output].reshape(-1)
+            best = min(range(len(members)), key=lambda i: float(members[i].record["metrics"][metric]))
+            plots.reliability_diagram(
+                {
+                    f"ensemble ({_served_label(decision)})": (combined[output], labels),
+                    f"best member ({members[best].name})": (members[best].test[output], labels),
+                },
+                layout.plots / f"reliability{suffix}.png",
+                title=f"Reliability{about} (test split)",
+            )
+        else:
+            plots.predicted_vs_actual(
+                combined[output],
+                test_truth[output],
+                layout.plots / f"predicted_vs_actual{suffix}.png",
+                title=f"Predicted vs actual{about} (test split)",
+            )
+        plots.member_vs_ensemble(
+            _comparison(report, metric), metric, layout.plots / f"members_vs_ensemble{suffix}.png"
         )
-    else:
-        plots.predicted_vs_actual(
-            combined[output], test_truth[output], layout.plots / "predicted_vs_actual.png"
-        )
-    metric = primary_metric(report)
-    names = [m.name for m in members] + ["ensemble (uniform)", "ensemble (weighted)"]
-    values = [m.record["metrics"][metric] for m in members]
-    values += [report["ensemble_uniform"][metric], report["ensemble_weighted"][metric]]
-    plots.member_vs_ensemble(names, values, metric, layout.plots / "members_vs_ensemble.png")
+
+
+def _served_label(decision: Decision) -> str:
+    return {"learned": "learned weights", "uniform": "uniform", "given": "given weights"}[decision.served]
+
+
+def _comparison(report: dict[str, Any], metric: str) -> list[Entry]:
+    """(label, value, role) per member and per ensemble, for the members-vs-ensemble plot."""
+    rows: list[Entry] = []
+    for member in report["members"]:
+        role = "member" if member["kept"] else "dropped"
+        rows.append((member["name"], float(member["metrics"][metric]), role))
+    for key, label, served in ensemble_rows(report):
+        rows.append((label, float(report[key][metric]), "served" if served else "ensemble"))
+    return rows
+
+
+def target_metric(report: dict[str, Any], target: str) -> str:
+    """A target's headline test metric key: NLL for a classifier, RMSE for a regressor."""
+    several = len(report["outputs"]) > 1
+    for _output, name, kind in report["outputs"]:
+        if name == target:
+            metric = "nll" if kind == "probabilities" else "rmse"
+            return f"test_{name}_{metric}" if several else f"test_{metric}"
+    raise KeyError(target)
 
 
 def primary_metric(report: dict[str, Any]) -> str:
-    """The first target's headline metric: test NLL for a classifier, test RMSE for a regressor."""
-    _output, target, kind = report["outputs"][0]
-    metric = "nll" if kind == "probabilities" else "rmse"
-    return f"test_{metric}" if len(report["outputs"]) == 1 else f"test_{target}_{metric}"
-
-
-def _primary(metrics: dict[str, float], report: dict[str, Any]) -> float:
-    return float(metrics[primary_metric(report)])
+    """The first target's headline test metric."""
+    return target_metric(report, report["outputs"][0][1])

@@ -42,37 +42,66 @@ def _resolve(config_path: Path | None, overrides: dict[str, Any], members: int |
     """Config file + flags, validated, with the ensemble name filled in."""
     from training.config import ensemble_name, load_config
 
-    config = load_config(config_path, overrides)
-    if members is not None:
-        # With a search, N members means: keep the best N candidates.
-        key = "search.keep" if config.search.trials else "members.count"
-        config = load_config(config_path, {**overrides, key: members})
+    config = load_config(config_path, overrides, members=members)
     return config.model_copy(update={"name": ensemble_name(config)})
 
 
 def _check(config: TrainConfig) -> Any:
-    """Everything that can be checked before training: the data, and names that refer to it."""
+    """Everything that can be checked before training: the data, the folds, names that refer to them."""
     from training.data import prepare
     from training.errors import ConfigError
+    from training.folds import assign_folds
 
     dataset = prepare(config.data, config.seed)
     targets = {t.name for t in dataset.targets}
-    unknown = set(config.members.defaults.fit.loss_weights) - targets
-    if unknown:
-        raise ConfigError(
-            f"fit.loss_weights names columns that are not targets: {', '.join(sorted(unknown))}"
-        )
+    for where, named in _loss_weight_keys(config):
+        unknown = set(named) - targets
+        if unknown:
+            raise ConfigError(
+                f"{where} names columns that are not targets: {', '.join(sorted(unknown))} "
+                f"(targets: {', '.join(sorted(targets))})"
+            )
+    if config.data.split.method == "cross_fit":
+        assign_folds(dataset, config)
     return dataset
+
+
+def _loss_weight_keys(config: TrainConfig) -> list[tuple[str, list[str]]]:
+    """Every place a config names loss-weight targets: the defaults, each variant, searched choices."""
+    places = [("members.defaults.fit.loss_weights", list(config.members.defaults.fit.loss_weights))]
+    for i, variant in enumerate(config.members.variants):
+        named = (variant.get("fit") or {}).get("loss_weights")
+        if isinstance(named, dict):
+            places.append((f"members.variants[{i}].fit.loss_weights", list(named)))
+    space = config.search.space.get("fit.loss_weights")
+    for choice in (space.choices or []) if space is not None else []:
+        if isinstance(choice, dict):
+            places.append(("search.space.fit.loss_weights", list(choice)))
+    return places
 
 
 def prepare_run(config: TrainConfig, out_dir: Path) -> None:
     """Validate the data and write ``config.yaml`` and ``dataset.json`` (what every worker reads)."""
+    from training.folds import fold_sizes
     from training.layout import Layout
 
     dataset = _check(config)
     layout = Layout(out_dir)
     layout.write_text(layout.config, config.to_yaml())
-    layout.write_json(layout.dataset, dataset.summary())
+    split = {"method": config.data.split.method, "fold_rows": fold_sizes(dataset, config)}
+    layout.write_json(layout.dataset, {**dataset.summary(), "split": split})
+
+
+def split_line(config: TrainConfig) -> str:
+    """How members are validated, in one line for the console."""
+    if config.data.split.method == "holdout":
+        return "every member early-stops on the validation split; weights are fitted on it (holdout)"
+    folds = config.fold_count
+    extra = ", plus their out-of-bag rows" if config.members.bootstrap else ""
+    return (
+        f"cross-fitting: {folds} folds, member i early-stops on fold i % {folds} and never trains on it; "
+        f"weights are learned on the rows members never trained on{extra}"
+    )
 
 
 def _track(
@@ -179,6 +208,7 @@ def train(
         prepare_run(resolved, out)
         count = resolved.candidate_count
         console.print(f"Training {count} members of [bold]{resolved.name}[/] into {out}")
+        console.print(f"  {split_line(resolved)}", highlight=False)
         run_members(out, list(range(count)), workers or available_cores(), console)
         _assemble_and_report(out, console)
     except TrainingError as exc:
@@ -220,14 +250,7 @@ def train_member(
             raise TrainingError(
                 f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first"
             )
-        from pydantic import ValidationError
-
-        from training.config import TrainConfig, format_validation_error
-
-        try:
-            count = TrainConfig.model_validate(Layout(out).read_config()).candidate_count
-        except ValidationError as exc:
-            raise TrainingError(f"invalid {out / 'config.yaml'}: {format_validation_error(exc)}") from None
+        count = Layout(out).load_config().candidate_count
         bad = [i for i in index if not 0 <= i < count]
         if bad:
             raise TrainingError(f"--index {bad[0]} is out of range: members are 0 to {count - 1}")

@@ -6,6 +6,7 @@ data is read or any model is built, and reported as one line by :func:`format_va
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,23 +20,75 @@ Architecture = Literal["mlp", "branches", "residual"]
 Optimizer = Literal["adam", "rmsprop", "sgd"]
 Schedule = Literal["none", "step", "exponential", "cosine", "plateau"]
 WeightMethod = Literal["uniform", "given", "optimized", "greedy"]
+SplitMethod = Literal["cross_fit", "holdout"]
+
+HOLDOUT_VALIDATION = 0.15
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SplitConfig(_Strict):
-    """Fractions of the rows held out; the rest trains. The split is fixed by the run's seed."""
+def default_folds(members: int) -> int:
+    """Cross-fitting folds when ``data.split.folds`` is not set: two members to a fold, and at least
+    three folds (so each member trains on two thirds of the rows or more).
 
-    validation: float = Field(default=0.15, gt=0.0, lt=1.0, description="Early stopping and weights.")
+    A row held out by one member only says nothing about how to weight members against each
+    other; a row held out by two does. One fold per member would leave every weighting
+    indistinguishable from uniform out of fold.
+    """
+    return max(2, min(members, max(3, -(-members // 2))))
+
+
+class SplitConfig(_Strict):
+    """Which rows are held out, and how each member is validated. Every split is fixed by the seed.
+
+    ``cross_fit`` (the default) cuts the non-test rows into folds: member i early-stops on fold
+    ``i % folds`` and never trains on it (members share a fold when there are fewer folds than
+    members), so every member leaves predictions on rows it never saw and the weights are learned
+    on those. ``holdout`` is the single validation split every member
+    early-stops on and the weights are fitted to.
+    """
+
+    method: SplitMethod = Field(
+        default="cross_fit",
+        description="cross_fit: members validated on folds of their own, weights learned out of fold; "
+        "holdout: one validation split shared by every member.",
+    )
+    folds: int | None = Field(
+        default=None,
+        ge=2,
+        le=100,
+        description="cross_fit: number of folds; None = about two members to a fold, at least 3 "
+        "(members 3-6: 3 folds; 8: 4; 10: 5) and no more than the members.",
+    )
+    validation: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description=f"holdout: fraction of the rows in the validation split; None = {HOLDOUT_VALIDATION}.",
+    )
     test: float = Field(default=0.15, gt=0.0, lt=1.0, description="The held-out report.")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
-        if self.validation + self.test >= 0.9:
+        if self.method == "cross_fit" and self.validation is not None:
+            raise ValueError(
+                "validation applies to method: holdout; cross-fitting validates each member on its "
+                "own fold (set folds, or method: holdout)"
+            )
+        if self.method == "holdout" and self.folds is not None:
+            raise ValueError("folds applies to method: cross_fit")
+        if self.validation_fraction + self.test >= 0.9:
             raise ValueError("validation + test must leave at least 10% of the rows for training")
         return self
+
+    @property
+    def validation_fraction(self) -> float:
+        """The single validation split's share of the rows: 0 with cross-fitting."""
+        if self.method == "cross_fit":
+            return 0.0
+        return HOLDOUT_VALIDATION if self.validation is None else self.validation
 
 
 class DataConfig(_Strict):
@@ -102,6 +155,14 @@ class FitConfig(_Strict):
         default_factory=dict, description="Per target loss weight (several targets); default 1."
     )
 
+    @field_validator("loss_weights")
+    @classmethod
+    def _non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        for target, value in weights.items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"loss weight of {target!r} must be finite and not negative, got {value}")
+        return weights
+
 
 class MemberConfig(_Strict):
     """A member's hyperparameters: architecture and fitting."""
@@ -167,26 +228,55 @@ class SearchConfig(_Strict):
 
 
 class AssembleConfig(_Strict):
-    """How member weights are chosen."""
+    """How member weights are chosen, and which members are served."""
 
-    weights: WeightMethod = "optimized"
-    given: list[float] | None = Field(default=None, description="Weights for `given`, one per member.")
-    greedy_rounds: int = Field(default=50, ge=1, description="Selection rounds of greedy selection.")
-    shrinkage: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Blend learned (optimized or greedy) weights toward uniform, (1 - s) * w + s / n: on a small "
-            "validation split the learned weights tend to pile onto one or two members."
-        ),
+    weights: WeightMethod = Field(
+        default="greedy",
+        description="greedy: ensemble selection with replacement (Caruana et al. 2004) on the "
+        "out-of-fold predictions; optimized: the simplex minimum of the same loss (SLSQP); "
+        "uniform; given.",
     )
-    min_members: int = Field(default=1, ge=1, description="Serving quorum written to the manifest.")
+    given: list[float] | None = Field(default=None, description="Weights for `given`, one per member.")
+    greedy_rounds: int = Field(default=100, ge=1, le=10_000, description="Selection rounds of greedy.")
+    shrinkage: Literal["auto"] | float = Field(
+        default="auto",
+        description="Blend learned weights toward uniform, (1 - s) * w + s / n; auto = the s that "
+        "scores best on held-out out-of-fold rows.",
+    )
+    prune: bool = Field(
+        default=False,
+        description="Drop members the weight learner gives no weight (never below min_members); "
+        "otherwise every member is served with at least a small weight.",
+    )
+    min_members: int = Field(
+        default=1, ge=1, description="Serving quorum in the manifest; pruning keeps at least this many."
+    )
+
+    @field_validator("shrinkage")
+    @classmethod
+    def _shrinkage_range(cls, value: str | float) -> str | float:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError("shrinkage must be 'auto' or a number from 0 to 1")
+        return value
+
+    @field_validator("given")
+    @classmethod
+    def _usable_weights(cls, given: list[float] | None) -> list[float] | None:
+        if given is None:
+            return given
+        for i, value in enumerate(given):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"weights must be finite and not negative (given[{i}] is {value})")
+        if given and not any(value > 0 for value in given):
+            raise ValueError("at least one weight must be positive")
+        return given
 
     @model_validator(mode="after")
     def _given_needs_weights(self) -> AssembleConfig:
         if self.weights == "given" and not self.given:
             raise ValueError("weights: given needs a `given` list")
+        if self.weights != "given" and self.given is not None:
+            raise ValueError(f"given applies to weights: given (weights is {self.weights})")
         return self
 
 
@@ -205,6 +295,16 @@ class TrainConfig(_Strict):
         given = self.assemble.given
         if self.assemble.weights == "given" and given is not None and len(given) != self.candidate_count:
             raise ValueError(f"assemble.given has {len(given)} weights for {self.candidate_count} members")
+        if self.assemble.min_members > self.member_count:
+            raise ValueError(
+                f"assemble.min_members ({self.assemble.min_members}) exceeds the {self.member_count} "
+                "members of the ensemble"
+            )
+        if given is not None and sum(1 for g in given if g > 0) < self.assemble.min_members:
+            raise ValueError(
+                f"assemble.given gives {sum(1 for g in given if g > 0)} members a weight, fewer than "
+                f"assemble.min_members ({self.assemble.min_members})"
+            )
         if self.search.trials and self.search.keep > self.search.trials:
             raise ValueError("search.keep exceeds search.trials")
         for i, variant in enumerate(self.members.variants):
@@ -219,6 +319,16 @@ class TrainConfig(_Strict):
     def candidate_count(self) -> int:
         """Members trained: the search's trials when searching, else members.count."""
         return self.search.trials if self.search.trials else self.members.count
+
+    @property
+    def member_count(self) -> int:
+        """Members of the ensemble: the search's keep when searching, else members.count."""
+        return self.search.keep if self.search.trials else self.members.count
+
+    @property
+    def fold_count(self) -> int:
+        """Cross-fitting folds: data.split.folds, else :func:`default_folds` of the ensemble's size."""
+        return self.data.split.folds or default_folds(self.member_count)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -261,10 +371,14 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: Path | None, overrides: dict[str, Any] | None = None, *, members: int | None = None
+) -> TrainConfig:
     """Read a YAML config (or the defaults), apply dotted overrides, validate.
 
-    Raises ConfigError with a one-line message for an unreadable file, bad YAML or a bad value.
+    ``members`` is the ``--members`` flag: the members of the ensemble, which with a search means
+    the candidates kept (``search.keep``), else ``members.count``. Raises ConfigError with a
+    one-line message for an unreadable file, bad YAML or a bad value.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -286,6 +400,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(raw, dotted, value)
+    if members is not None:
+        search = raw.get("search")
+        searching = isinstance(search, dict) and bool(search.get("trials"))
+        set_dotted(raw, "search.keep" if searching else "members.count", members)
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:

@@ -66,7 +66,11 @@ class Target:
 
 @dataclass
 class Dataset:
-    """A checked table with its inputs, targets and a fixed train/validation/test split."""
+    """A checked table with its inputs, targets and a fixed train/validation/test split.
+
+    With cross-fitting there is no validation split: ``train_rows`` are every row outside the test
+    split, and :mod:`training.folds` cuts them into the members' folds.
+    """
 
     source: str
     frame: pd.DataFrame
@@ -333,6 +337,11 @@ def _input_groups(
 def _split(
     n_rows: int, strata: list[str] | None, fractions: tuple[float, float], seed: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Train, validation and test rows; a validation fraction of 0 (cross-fitting) leaves it empty.
+
+    The test rows depend on the seed and the test fraction only, so both ways of validating
+    report on the same rows.
+    """
     from sklearn.model_selection import train_test_split
 
     val_fraction, test_fraction = fractions
@@ -348,13 +357,16 @@ def _split(
                 f"too few rows for a stratified split: class {counts.idxmin()!r} has {counts.min()} row(s), "
                 "need at least 3"
             )
-        if min(n_test, n_val) < len(counts):
+        if min(n_test, n_val if n_val else n_test) < len(counts):
+            held = "each of validation and test" if n_val else "the test split"
             raise DataError(
                 f"too few rows for the split: {len(counts)} classes need at least {len(counts)} rows "
-                "in each of validation and test"
+                f"in {held}"
             )
     strata_arr = np.asarray(strata) if strata is not None else None
     rest, test = train_test_split(rows, test_size=n_test, random_state=seed, stratify=strata_arr)
+    if not n_val:
+        return np.sort(rest), np.zeros(0, dtype=np.int64), np.sort(test)
     rest_strata = strata_arr[rest] if strata_arr is not None else None
     train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1, stratify=rest_strata)
     return np.sort(train), np.sort(val), np.sort(test)
@@ -387,7 +399,7 @@ def prepare(config: DataConfig, seed: int) -> Dataset:
     groups = _input_groups(frame, config, columns, default_inputs)
     first_class = next((t for t in target_infos if t.task == "classification"), None)
     strata = _as_strings(frame[first_class.name]) if first_class is not None else None
-    train, val, test = _split(len(frame), strata, (config.split.validation, config.split.test), seed)
+    train, val, test = _split(len(frame), strata, (config.split.validation_fraction, config.split.test), seed)
     test_fingerprint = _sha256(frame.iloc[test])
     return Dataset(
         source=config.source,

@@ -8,9 +8,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+# Keys of a member's predictions.npz: the rows it never trained on (indices into the dataset's
+# frame), its answers there per output, and its answers on the test split per output.
+OOF_ROWS = "oof_rows"
+OOF_PREFIX = "oof/"
+TEST_PREFIX = "test/"
 
 
 class Layout:
@@ -60,9 +69,21 @@ class Layout:
     def model_dir(self, model_name: str) -> Path:
         return self.models / model_name
 
+    def member_predictions(self, index: int) -> Path:
+        return self.member_dir(index) / "predictions.npz"
+
     def read_config(self) -> dict[str, Any]:
         data: dict[str, Any] = yaml.safe_load(self.config.read_text()) or {}
         return data
+
+    def load_config(self) -> TrainConfig:
+        """The run's resolved config; a missing or invalid one is a one-line TrainingError."""
+        from training.config import load_config
+        from training.errors import TrainingError
+
+        if not self.config.is_file():
+            raise TrainingError(f"{self.config} not found: is {self.root} a training output directory?")
+        return load_config(self.config)
 
     def write_text(self, path: Path, text: str) -> None:
         """Atomic write: parallel workers and pods may write the same file."""

@@ -1,5 +1,8 @@
 """Train one member end to end: fit, checkpoint, export, verify the export, record its predictions.
 
+It fits its rows, early-stops on its fold (or the validation split) and records its answers on
+every row it never trained on, with their indices, and on the test split.
+
 This is the whole of ``ensemble train-member --index I``: a local worker process and a Kubernetes
 pod run exactly this, each reading the resolved config from ``<out>/config.yaml``.
 """
@@ -14,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from training.config import TrainConfig, ensemble_name
+from training.config import ensemble_name
 from training.data import Dataset, prepare
-from training.layout import Layout
+from training.folds import member_rows
+from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
 from training.progress import MemberProgress, write_progress
 
 
@@ -82,7 +86,7 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     layout = Layout(out_dir)
-    config = TrainConfig.model_validate(layout.read_config())
+    config = layout.load_config()
     name = ensemble_name(config)
     member_dir = layout.member_dir(index)
     member_dir.mkdir(parents=True, exist_ok=True)
@@ -95,23 +99,21 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         seed = member_seed(config.seed, index)
         keras.utils.set_random_seed(seed)
 
-        train_rows = dataset.train_rows
-        if config.members.bootstrap:
-            rng = np.random.default_rng(seed)
-            train_rows = np.sort(rng.choice(train_rows, size=len(train_rows), replace=True))
-        x_train, y_train = dataset.features(train_rows), dataset.labels(train_rows)
-        x_val, y_val = dataset.features(dataset.val_rows), dataset.labels(dataset.val_rows)
+        rows = member_rows(config, dataset, index, seed)
+        x_fit, y_fit = dataset.features(rows.fit), dataset.labels(rows.fit)
+        x_stop, y_stop = dataset.features(rows.early_stopping), dataset.labels(rows.early_stopping)
+        x_held, y_held = dataset.features(rows.held_out), dataset.labels(rows.held_out)
         x_test, y_test = dataset.features(dataset.test_rows), dataset.labels(dataset.test_rows)
 
         fit = hparams.fit
-        steps = int(np.ceil(len(train_rows) / fit.batch_size))
-        model = build_model(hparams.model, dataset)
-        loss, loss_weights = losses(dataset, fit.loss_weights)
+        steps = int(np.ceil(len(rows.fit) / fit.batch_size))
+        model = build_model(hparams.model, dataset, rows.fit)
+        loss, loss_weights = losses(dataset, fit.loss_weights, rows.fit)
         model.compile(optimizer=optimizer(fit, steps), loss=loss, loss_weights=loss_weights)
         progress.epochs = fit.epochs
         history = model.fit(
-            _dataset(x_train, y_train, fit.batch_size, seed),
-            validation_data=_dataset(x_val, y_val, 1024, None),
+            _dataset(x_fit, y_fit, fit.batch_size, seed),
+            validation_data=_dataset(x_stop, y_stop, 1024, None),
             epochs=fit.epochs,
             callbacks=fit_callbacks(fit, member_dir, progress),
             shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
@@ -126,14 +128,23 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         export_path = layout.model_dir(model_name) / str(version)
         save_member(model, dataset, export_path)
         signature = load_signature(export_path)
-        val_pred = run_signature(signature, x_val)
+        held_pred = run_signature(signature, x_held)
         test_pred = run_signature(signature, x_test)
-        max_diff = verify_round_trip(model, export_path, val_pred, x_val)
-        arrays: dict[str, Any] = {f"val/{k}": v for k, v in val_pred.items()}
-        arrays.update({f"test/{k}": v for k, v in test_pred.items()})
-        np.savez_compressed(member_dir / "predictions.npz", **arrays)
+        max_diff = verify_round_trip(model, export_path, held_pred, x_held)
+        # The rows it never trained on and its answers there (the weights are learned on these),
+        # and its test answers for the report.
+        arrays: dict[str, Any] = {OOF_ROWS: rows.held_out}
+        arrays.update({f"{OOF_PREFIX}{k}": v for k, v in held_pred.items()})
+        arrays.update({f"{TEST_PREFIX}{k}": v for k, v in test_pred.items()})
+        np.savez_compressed(layout.member_predictions(index), **arrays)
         kinds = output_kinds(dataset)
-        metrics = {**evaluate(val_pred, y_val, kinds, "val"), **evaluate(test_pred, y_test, kinds, "test")}
+        stopping = np.isin(rows.held_out, rows.early_stopping)
+        stop_pred = {k: v[stopping] for k, v in held_pred.items()}
+        metrics = {
+            **evaluate(stop_pred, y_stop, kinds, "val"),
+            **evaluate(held_pred, y_held, kinds, "oof"),
+            **evaluate(test_pred, y_test, kinds, "test"),
+        }
         val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
         record: dict[str, Any] = {
             "index": index,
@@ -142,6 +153,12 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
             "seed": seed,
             "hyperparameters": hparams.model_dump(mode="json"),
             "bootstrap": config.members.bootstrap,
+            "fold": rows.fold,
+            "rows": {
+                "fit": len(rows.fit),
+                "early_stopping": len(rows.early_stopping),
+                "out_of_fold": len(rows.held_out),
+            },
             "metrics": metrics,
             "best_val_loss": float(min(val_losses)) if val_losses else None,
             "epochs_trained": len(history.epoch),

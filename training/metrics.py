@@ -45,6 +45,27 @@ def reliability(
         return conf_sum / counts, acc_sum / counts, counts
 
 
+def reliability_equal_count(
+    probabilities: np.ndarray, labels: np.ndarray, min_rows: int = 15, max_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin of (nearly) equal row count, by confidence: mean confidence, accuracy and row count.
+
+    As many bins as give each at least ``min_rows`` rows (at most ``max_bins``, at least one), so no
+    bin's accuracy rests on a handful of rows.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    bins = int(np.clip(len(confidence) // min_rows, 1, max_bins))
+    order = np.argsort(confidence, kind="stable")
+    parts = [part for part in np.array_split(order, bins) if len(part)]
+    return (
+        np.array([confidence[part].mean() for part in parts]),
+        np.array([correct[part].mean() for part in parts]),
+        np.array([len(part) for part in parts], dtype=np.float64),
+    )
+
+
 def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: count-weighted |accuracy - confidence| over confidence bins."""
     conf, acc, counts = reliability(probabilities, labels, bins)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.metrics import reliability
+from training.metrics import reliability_equal_count
 
 
 def _pyplot() -> Any:
@@ -20,8 +20,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
-    """Training and validation loss per epoch, one colour per member."""
+def learning_curves(
+    histories: Mapping[str, Path],
+    path: Path,
+    *,
+    dropped: Collection[str] = (),
+    validated_on: str = "validation",
+) -> None:
+    """Training and validation loss per epoch, one colour per member; dropped members say so."""
     import pandas as pd
 
     plt = _pyplot()
@@ -34,9 +40,10 @@ def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
         if "loss" in history:
             ax.plot(history["epoch"] + 1, history["loss"], color=color, alpha=0.45, linestyle="--")
         if "val_loss" in history:
-            ax.plot(history["epoch"] + 1, history["val_loss"], color=color, label=name)
+            label = f"{name} (dropped)" if name in dropped else name
+            ax.plot(history["epoch"] + 1, history["val_loss"], color=color, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (dashed: training, solid: validation)")
+    ax.set_ylabel(f"loss (dashed: training, solid: {validated_on})")
     ax.set_yscale("log")
     ax.set_title("Learning curves")
     ax.legend(fontsize="small")
@@ -45,27 +52,49 @@ def learning_curves(histories: Mapping[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def reliability_diagram(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """Accuracy against confidence per bin, for each (probabilities, labels) pair."""
+def reliability_diagram(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "Reliability (test split)"
+) -> None:
+    """Accuracy against confidence in bins of equal row count, with the rows per confidence below.
+
+    Equal-count bins keep every point on enough rows to mean something; the histogram under it
+    shows where the rows are (most sit near confidence 1 for a good classifier).
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for name, (probabilities, labels) in curves.items():
-        conf, acc, counts = reliability(probabilities, labels)
-        filled = counts > 0
-        ax.plot(conf[filled], acc[filled], marker="o", label=name)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("Reliability (test split)")
-    ax.legend(fontsize="small")
+    edges = np.linspace(0.0, 1.0, 21)
+    for i, (name, (probabilities, labels)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        conf, acc, counts = reliability_equal_count(probabilities, labels)
+        error = np.sqrt(np.clip(acc * (1 - acc), 0.0, None) / counts)
+        ax.errorbar(
+            conf,
+            acc,
+            yerr=error,
+            marker="o",
+            color=color,
+            capsize=3,
+            label=f"{name}: {len(counts)} bins of ~{int(np.median(counts))} rows",
+        )
+        hist.hist(
+            np.asarray(probabilities).max(axis=1), bins=edges, histtype="step", color=color, linewidth=1.5
+        )
+    ax.set_ylabel("accuracy (±1 s.e.)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left")
+    hist.set_xlabel("confidence (highest class probability)")
+    hist.set_ylabel("test rows")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def predicted_vs_actual(predictions: np.ndarray, actual: np.ndarray, path: Path) -> None:
+def predicted_vs_actual(
+    predictions: np.ndarray, actual: np.ndarray, path: Path, title: str = "Predicted vs actual (test split)"
+) -> None:
     """The regression counterpart of a reliability diagram."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -75,21 +104,51 @@ def predicted_vs_actual(predictions: np.ndarray, actual: np.ndarray, path: Path)
     ax.plot([low, high], [low, high], color="grey", linestyle=":")
     ax.set_xlabel("actual")
     ax.set_ylabel("ensemble prediction")
-    ax.set_title("Predicted vs actual (test split)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def member_vs_ensemble(names: Sequence[str], values: Sequence[float], metric: str, path: Path) -> None:
-    """One bar per member and per ensemble for one test metric."""
+Entry = tuple[str, float, str]
+"""(label, value, role): role is 'member', 'dropped', 'ensemble' or 'served'."""
+
+_STYLE = {
+    "member": {"marker": "o", "color": "C0", "s": 45},
+    "dropped": {"marker": "o", "facecolors": "none", "edgecolors": "grey", "s": 45},
+    "ensemble": {"marker": "D", "color": "C3", "s": 50},
+    "served": {"marker": "*", "color": "C2", "s": 160},
+}
+
+
+def member_vs_ensemble(entries: Sequence[Entry], metric: str, path: Path) -> None:
+    """One dot per member and per ensemble, the y-axis zoomed to the values so differences show."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), 4.5))
-    colors = ["C0" if not n.startswith("ensemble") else "C3" for n in names]
-    ax.bar(range(len(names)), values, color=colors)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize="small")
-    ax.set_ylabel(metric)
+    labels = [
+        {"dropped": f"{name}\n(dropped)", "served": f"{name}\n(served)"}.get(role, name)
+        for name, _, role in entries
+    ]
+    values = np.array([value for _, value, _ in entries], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(entries) + 1.5), 5))
+    positions = np.arange(len(entries))
+    for role, style in _STYLE.items():
+        chosen = [i for i, (_, _, r) in enumerate(entries) if r == role]
+        if chosen:
+            ax.scatter(positions[chosen], values[chosen], zorder=3, **style)
+    for value, x in zip(values, positions, strict=True):
+        ax.annotate(f"{value:.4f}", (x, value), xytext=(0, 8), textcoords="offset points", ha="center")
+    served = [value for (_, value, role) in entries if role == "served"]
+    if served:
+        ax.axhline(served[0], color="C2", linestyle=":", linewidth=1, label="served ensemble")
+        ax.legend(fontsize="small", loc="upper right")
+    low, high = float(values.min()), float(values.max())
+    pad = (high - low) * 0.15 or abs(high) * 0.05 or 0.05
+    ax.set_ylim(low - pad, high + 1.5 * pad)  # room above for the value labels
+    ax.set_xticks(positions)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize="small")
+    ax.set_xlim(-0.6, len(entries) - 0.4)
+    ax.set_ylabel(f"{metric} (lower is better; axis not from 0)")
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Members vs ensemble: {metric} (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

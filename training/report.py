@@ -10,14 +10,27 @@ from rich.table import Table
 
 def metric_columns(report: dict[str, Any]) -> list[str]:
     """Test metric keys in a stable order (per target when there are several)."""
-    keys = [k for k in report["ensemble_uniform"] if k.startswith("test_")]
-    return keys
+    return [k for k in report["ensemble_served"] if k.startswith("test_")]
+
+
+def ensemble_rows(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(report key, label, served) of each ensemble weighting evaluated on test, each once."""
+    served = report["weights"]["served"]
+    rows = [("ensemble_uniform", "ensemble, uniform", served == "uniform")]
+    if served == "given":
+        rows.append(("ensemble_served", "ensemble, given weights", True))
+    elif "ensemble_learned" in report:
+        label = f"ensemble, {report['weights_method']} weights"
+        rows.append(("ensemble_learned", label, served == "learned"))
+    return rows
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
+    """The table (members kept or dropped, with weights; each ensemble once), then why, in words."""
     columns = metric_columns(report)
     table = Table(title=f"Ensemble {report['ensemble']}: test split", title_justify="left")
     table.add_column("model")
+    table.add_column("served")
     table.add_column("weight", justify="right")
     for key in columns:
         table.add_column(key.removeprefix("test_"), justify="right")
@@ -26,9 +39,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         return [f"{metrics[k]:.4f}" if k in metrics else "-" for k in columns]
 
     for member in report["members"]:
-        weight = f"{member['weight']:.3f}" if member["selected"] else "not kept"
-        table.add_row(f"{member['name']} (v{member['version']})", weight, *cells(member["metrics"]))
+        status = "kept" if member["kept"] else "[yellow]dropped[/]"
+        weight = f"{member['weight']:.3f}" if member["kept"] else "-"
+        table.add_row(f"{member['name']} (v{member['version']})", status, weight, *cells(member["metrics"]))
     table.add_section()
-    table.add_row("ensemble, uniform", "", *cells(report["ensemble_uniform"]))
-    table.add_row(f"ensemble, {report['weights_method']}", "", *cells(report["ensemble_weighted"]))
+    for key, label, served in ensemble_rows(report):
+        table.add_row(label, "[green]served[/]" if served else "", "", *cells(report[key]))
     console.print(table)
+    kept = sum(1 for m in report["members"] if m["kept"])
+    console.print(f"Serving {kept} of {len(report['members'])} members. Weights: {report['weights']['note']}")
+    for member in report["members"]:
+        if not member["kept"]:
+            console.print(f"  dropped {member['name']}: {member['dropped_reason']}", highlight=False)

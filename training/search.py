@@ -2,7 +2,7 @@
 
 Candidates are drawn by Optuna's seeded random sampler through its ask/tell interface, so every
 worker (a local process or a pod) re-derives candidate i's hyperparameters from the seed alone,
-and assemble reports the validation losses back to the same study to rank them.
+and assemble reports each candidate's out-of-fold loss back to the same study to rank them.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def candidate(config: TrainConfig, index: int) -> MemberConfig:
     return MemberConfig.model_validate(tree)
 
 
-def top_candidates(config: TrainConfig, val_losses: Sequence[float]) -> list[int]:
-    """Indices of the ``search.keep`` candidates with the lowest validation loss, best first."""
-    study, asked = _study(config, len(val_losses))
-    for trial, loss in zip(asked, val_losses, strict=True):
+def top_candidates(config: TrainConfig, losses: Sequence[float]) -> list[int]:
+    """Indices of the ``search.keep`` candidates with the lowest out-of-fold loss, best first."""
+    study, asked = _study(config, len(losses))
+    for trial, loss in zip(asked, losses, strict=True):
         study.tell(trial, float(loss))
     ranked = sorted(study.trials, key=lambda t: (t.value, t.number))
     return [t.number for t in ranked[: config.search.keep]]

@@ -1,76 +1,83 @@
-"""Member weights on the probability simplex: uniform, given, optimised, or greedy selection.
+"""Member weights on the probability simplex: uniform, given, or learned on out-of-fold answers.
 
-Every candidate weighting is scored by combining the members with :mod:`serving.combine`, the
-same code the gateway serves with, on the validation split.
+The learners (greedy selection and the SLSQP optimum) score a weighting by the loss of the
+out-of-fold ensemble (:class:`training.oof.OutOfFold`), whose rows are combined over the members
+that held them out, as the gateway renormalises over the members that answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
-from serving.combine import combine_outputs, normalized
+from serving.combine import FloatArray, normalized
+from training.oof import OutOfFold
 
-# Weights below this after optimisation are noise from the solver: drop them so the ensemble does
-# not fan out to members that barely count.
+# Weights below this after optimisation are noise from the solver: dropping them lets greedy and
+# optimized agree on which members the data gives nothing.
 PRUNE_BELOW = 1e-3
 
 
-def validation_loss(
-    member_outputs: Sequence[Mapping[str, np.ndarray]],
-    weights: Sequence[float] | np.ndarray,
-    truth: Mapping[str, np.ndarray],
-    kinds: Mapping[str, str],
-) -> float:
-    """The objective: NLL per classification output plus MSE / variance per regression output."""
-    combined = combine_outputs(member_outputs, weights)
-    total = 0.0
-    for name, kind in kinds.items():
-        pred = np.asarray(combined[name], dtype=np.float64)
-        if kind == "probabilities":
-            labels = np.asarray(truth[name], dtype=np.int64).reshape(-1)
-            picked = pred[np.arange(len(labels)), labels]
-            total += float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
-        else:
-            values = np.asarray(truth[name], dtype=np.float64).reshape(pred.shape)
-            total += float(np.mean((pred - values) ** 2) / max(float(np.var(values)), 1e-12))
-    return total
-
-
-def uniform(count: int) -> np.ndarray:
+def uniform(count: int) -> FloatArray:
     return np.full(count, 1.0 / count)
 
 
-def given(weights: Sequence[float]) -> np.ndarray:
+def given(weights: Sequence[float] | FloatArray) -> FloatArray:
     return normalized(weights)
 
 
-def shrink(weights: Sequence[float] | np.ndarray, shrinkage: float) -> np.ndarray:
-    """``(1 - shrinkage) * weights + shrinkage * uniform``: learned weights pulled toward equal ones."""
+def shrink(
+    weights: Sequence[float] | FloatArray,
+    shrinkage: float,
+    among: Sequence[bool] | npt.NDArray[np.bool_] | None = None,
+) -> FloatArray:
+    """``(1 - shrinkage) * weights + shrinkage * uniform``: learned weights pulled toward equal ones.
+
+    ``among`` limits the uniform part to some members (the others keep weight 0).
+    """
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
     w = normalized(weights)
-    return normalized((1.0 - shrinkage) * w + shrinkage * uniform(len(w)))
+    mask = np.ones(len(w), dtype=bool) if among is None else np.asarray(among, dtype=bool)
+    even = mask / mask.sum()
+    return normalized((1.0 - shrinkage) * w + shrinkage * even)
 
 
-def optimized(
-    member_outputs: Sequence[Mapping[str, np.ndarray]],
-    truth: Mapping[str, np.ndarray],
-    kinds: Mapping[str, str],
-) -> np.ndarray:
-    """Weights minimising the validation loss over the simplex (SLSQP from the uniform start)."""
+def greedy(table: OutOfFold, rounds: int = 100) -> FloatArray:
+    """Ensemble selection with replacement (Caruana et al., 2004): weights are selection counts.
+
+    Each round adds the member that lowers the out-of-fold loss most; the counts of the best
+    round are the weights.
+    """
+    counts = np.zeros(table.members)
+    best_score = np.inf
+    best_counts = np.ones(table.members)
+    for _ in range(rounds):
+        scores = []
+        for i in range(table.members):
+            counts[i] += 1
+            scores.append(table.loss(counts))
+            counts[i] -= 1
+        choice = int(np.argmin(scores))
+        counts[choice] += 1
+        if scores[choice] < best_score - 1e-12:
+            best_score = scores[choice]
+            best_counts = counts.copy()
+    return normalized(best_counts)
+
+
+def optimized(table: OutOfFold) -> FloatArray:
+    """Weights minimising the out-of-fold loss over the simplex (SLSQP from the uniform start)."""
     from scipy.optimize import minimize
 
-    count = len(member_outputs)
+    count = table.members
     if count == 1:
         return np.ones(1)
-    # float64 answers: combining float32 ones rounds the objective to float32, and the solver's
-    # finite-difference gradient would then see a flat surface and stop at the start.
-    member_outputs = [{k: np.asarray(v, dtype=np.float64) for k, v in m.items()} for m in member_outputs]
 
     def objective(w: np.ndarray) -> float:
-        return validation_loss(member_outputs, np.clip(w, 0.0, None) + 1e-15, truth, kinds)
+        return table.loss(np.clip(w, 0.0, None) + 1e-15)
 
     start = uniform(count)
     result = minimize(
@@ -88,26 +95,17 @@ def optimized(
     return normalized(weights)
 
 
-def greedy(
-    member_outputs: Sequence[Mapping[str, np.ndarray]],
-    truth: Mapping[str, np.ndarray],
-    kinds: Mapping[str, str],
-    rounds: int = 50,
-) -> np.ndarray:
-    """Ensemble selection with replacement (Caruana et al., 2004): weights are selection counts."""
-    count = len(member_outputs)
-    counts = np.zeros(count)
-    best_score = np.inf
-    best_counts = counts.copy()
-    for _ in range(rounds):
-        scores = []
-        for i in range(count):
-            trial = counts.copy()
-            trial[i] += 1
-            scores.append(validation_loss(member_outputs, trial, truth, kinds))
-        choice = int(np.argmin(scores))
-        counts[choice] += 1
-        if scores[choice] < best_score - 1e-12:
-            best_score = scores[choice]
-            best_counts = counts.copy()
-    return normalized(best_counts)
+def balanced(weights: Sequence[float] | FloatArray, components: Sequence[Sequence[int]]) -> FloatArray:
+    """Each group of members scaled to its uniform share; the ratios inside a group are kept.
+
+    Out-of-fold rows only compare members that held the same rows out, so how much one group
+    weighs against another is not learned from them: it stays what uniform gives.
+    """
+    w = normalized(weights)
+    out = np.zeros_like(w)
+    for group in components:
+        index = np.asarray(group, dtype=np.int64)
+        share = len(index) / len(w)
+        inner = w[index].sum()
+        out[index] = share * (w[index] / inner if inner > 0 else np.full(len(index), 1.0 / len(index)))
+    return normalized(out)

@@ -18,11 +18,13 @@ def write_training_output(
     test_fingerprint: str = "t" * 64,
     epochs: int = 3,
     payload: str = "",
+    dropped: int = 0,
     weights: list[float] | None = None,
     spec: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart.
 
+    ``dropped`` more members are trained but left out of the manifest (a search's trials not kept).
     ``spec`` replaces manifest fields (``inputs``, ``outputs``, ``combiner``) for members that are
     really served: the fake gateway backend's, or real SavedModels copied over the fake ones.
     """
@@ -39,7 +41,8 @@ def write_training_output(
     }
     (out / "dataset.json").write_text(json.dumps(dataset))
     refs = []
-    for index in range(members):
+    report_members = []
+    for index in range(members + dropped):
         model_name = f"{name}-m{index}"
         folder = out / "members" / f"m{index}"
         (folder / "tensorboard" / "train").mkdir(parents=True, exist_ok=True)
@@ -63,8 +66,13 @@ def write_training_output(
         (saved / "variables").mkdir(parents=True, exist_ok=True)
         (saved / "saved_model.pb").write_bytes(f"{model_name}:{payload}".encode())
         (saved / "variables" / "variables.index").write_bytes(b"index")
-        refs.append(
-            {"name": model_name, "version": 1, "weight": weights[index] if weights else 1.0 / members}
+        kept = index < members
+        if kept:
+            refs.append(
+                {"name": model_name, "version": 1, "weight": weights[index] if weights else 1.0 / members}
+            )
+        report_members.append(
+            {"name": model_name, "kept": kept, "dropped_reason": None if kept else "not kept by the search"}
         )
     manifest = Manifest.model_validate(
         {
@@ -92,7 +100,12 @@ def write_training_output(
         }
     )
     manifest.save(out / "ensemble.json")
-    (out / "report.json").write_text(json.dumps({"ensemble": {"test_nll": test_nll}, "members": []}))
+    report = {
+        "ensemble": {"test_nll": test_nll},
+        "members": report_members,
+        "weights": {"served": "uniform", "note": "uniform: assemble.weights is uniform"},
+    }
+    (out / "report.json").write_text(json.dumps(report))
     (out / "plots").mkdir(exist_ok=True)
     (out / "plots" / "calibration.png").write_bytes(b"\x89PNG")
     return manifest

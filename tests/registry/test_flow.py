@@ -76,6 +76,31 @@ def test_training_is_logged_and_registered(mlflow_server: MlflowServer, tmp_path
     assert float(registered.tags["metric.test_nll"]) == pytest.approx(0.25)
 
 
+def test_every_trained_member_is_recorded_and_only_the_served_ones_registered(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    write_training_output(tmp_path / "out", "trials", members=2, dropped=1)
+    logged = record_training(tmp_path / "out", mlflow_server.uri, register=True, alias=None)
+    client = connect(mlflow_server.uri)
+    assert len(logged.member_run_ids) == 2
+    assert len(logged.dropped_run_ids) == 1
+    dropped = client.get_run(logged.dropped_run_ids[0])
+    assert dropped.data.tags["ensemble.member"] == "trials-m2"
+    assert dropped.data.tags["ensemble.served"] == "false"
+    assert dropped.data.tags["ensemble.dropped_reason"] == "not kept by the search"
+    assert dropped.data.metrics["ensemble_weight"] == 0.0
+    assert {f.path for f in client.list_artifacts(dropped.info.run_id)} >= {"saved_model", "member.json"}
+    served = client.get_run(logged.member_run_ids[0])
+    assert served.data.tags["ensemble.served"] == "true"
+    assert served.data.metrics["ensemble_weight"] == pytest.approx(0.5)
+    parent = client.get_run(logged.parent_run_id)
+    assert parent.data.tags["dropped.trials-m2"] == "not kept by the search"
+    assert parent.data.tags["ensemble.weights"] == "uniform: assemble.weights is uniform"
+    assert parent.data.params["weight.trials-m2"] == "0.000000"
+    assert set(logged.member_versions) == {"trials-m0", "trials-m1"}
+    assert not client.search_model_versions("name = 'trials-m2'")
+
+
 def test_promotion_gate_rollback_and_history(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     uri = mlflow_server.uri
     v1 = _train(mlflow_server, tmp_path / "a", "promo", "champion", members=2, test_nll=0.3)

@@ -33,7 +33,7 @@ def _csv(tmp_path: Path, frame: pd.DataFrame) -> str:
 
 
 def test_split_is_deterministic_per_seed_and_partitions_the_rows() -> None:
-    config = DataConfig(source="sklearn:digits")
+    config = DataConfig.model_validate({"source": "sklearn:digits", "split": {"method": "holdout"}})
     first, again, other = prepare(config, 3), prepare(config, 3), prepare(config, 4)
     for name in ("train_rows", "val_rows", "test_rows"):
         assert np.array_equal(getattr(first, name), getattr(again, name))
@@ -45,7 +45,8 @@ def test_split_is_deterministic_per_seed_and_partitions_the_rows() -> None:
 
 
 def test_split_is_stratified() -> None:
-    dataset = prepare(DataConfig(source="sklearn:digits"), 0)
+    config = DataConfig.model_validate({"source": "sklearn:digits", "split": {"method": "holdout"}})
+    dataset = prepare(config, 0)
     labels = dataset.frame["target"].to_numpy()
     overall = np.bincount(labels, minlength=10) / len(labels)
     for rows in (dataset.val_rows, dataset.test_rows):

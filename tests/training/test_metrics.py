@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import accuracy, brier, ece, evaluate, mae, nll, rmse
+from training.metrics import accuracy, brier, ece, evaluate, mae, nll, reliability_equal_count, rmse
 
 
 def test_perfect_classifier() -> None:
@@ -62,3 +62,18 @@ def test_metric_names_for_one_and_several_targets() -> None:
     assert several["val_a_accuracy"] == 1.0
     assert several["val_b_rmse"] == pytest.approx(1.0)
     assert "val_accuracy" not in several
+
+
+def test_reliability_bins_hold_equal_row_counts_never_a_handful() -> None:
+    rng = np.random.default_rng(0)
+    confidence = np.concatenate([np.full(95, 0.99), rng.uniform(0.5, 0.9, 5)])  # 5 rows far from the rest
+    probs = np.stack([confidence, 1 - confidence], axis=1)
+    labels = np.zeros(100, dtype=np.int64)
+    conf, acc, counts = reliability_equal_count(probs, labels, min_rows=15)
+    assert counts.tolist() == [17.0, 17.0, 17.0, 17.0, 16.0, 16.0]  # 100 rows // 15 = 6 bins
+    assert counts.sum() == 100
+    assert np.all(np.diff(conf) >= 0)
+    np.testing.assert_allclose(acc, 1.0)
+    # Too few rows for two bins of 15: one bin of all of them.
+    _, _, few = reliability_equal_count(probs[:20], labels[:20], min_rows=15)
+    assert few.tolist() == [20.0]

@@ -60,7 +60,9 @@ def test_digits_layout_manifest_and_models_config(tiny_digits: Path) -> None:
         record = json.loads((member_dir / "member.json").read_text())
         assert record["model_name"] == f"digits-m{i}"
         assert record["version"] == 1
-        assert {"val_nll", "test_nll", "val_accuracy"} <= set(record["metrics"])
+        assert record["fold"] == i
+        assert record["rows"]["out_of_fold"] == record["rows"]["early_stopping"] > 0
+        assert {"val_nll", "oof_nll", "test_nll", "val_accuracy"} <= set(record["metrics"])
         assert (member_dir / "checkpoint.keras").is_file()
         assert any((member_dir / "tensorboard").rglob("events.out.tfevents.*"))
         history = pd.read_csv(member_dir / "history.csv")
@@ -72,9 +74,31 @@ def test_ensemble_nll_is_below_the_mean_member_nll(tiny_digits: Path) -> None:
     report = json.loads((tiny_digits / "report.json").read_text())
     member_nll = [m["metrics"]["test_nll"] for m in report["members"]]
     assert report["ensemble_uniform"]["test_nll"] < np.mean(member_nll)
-    assert report["ensemble_weighted"]["test_nll"] < np.mean(member_nll)
+    assert report["ensemble_served"]["test_nll"] < np.mean(member_nll)
     manifest = Manifest.load(tiny_digits / "ensemble.json")
-    assert manifest.metrics["test_nll"] == pytest.approx(report["ensemble_weighted"]["test_nll"])
+    assert manifest.metrics["test_nll"] == pytest.approx(report["ensemble_served"]["test_nll"])
+
+
+def test_every_member_is_served_and_the_report_says_why_the_weights_are_uniform(tiny_digits: Path) -> None:
+    """Three members, three folds: every row has one holder, so no weighting can be learned."""
+    report = json.loads((tiny_digits / "report.json").read_text())
+    assert report["split"] == {"method": "cross_fit", "folds": 3}
+    assert [m["kept"] for m in report["members"]] == [True] * 3
+    assert [m["fold"] for m in report["members"]] == [0, 1, 2]
+    assert report["weights"]["served"] == "uniform"
+    assert report["weights"]["informative_rows"] == 0
+    assert report["weights"]["note"].startswith("uniform: every row was held out by one member only")
+    assert "ensemble_learned" not in report
+    manifest = Manifest.load(tiny_digits / "ensemble.json")
+    assert len(manifest.members) == 3
+    assert manifest.combiner.method == "mean"
+    dataset = json.loads((tiny_digits / "dataset.json").read_text())
+    assert dataset["split"]["method"] == "cross_fit"
+    assert sum(dataset["split"]["fold_rows"]) == dataset["rows"]["train"]
+    # Every non-test row is out of fold for exactly one member.
+    held = [_npz(tiny_digits / "members" / f"m{i}" / "predictions.npz")["oof_rows"] for i in range(3)]
+    joined = np.concatenate(held)
+    assert len(np.unique(joined)) == len(joined) == dataset["rows"]["train"]
 
 
 def test_export_round_trip_and_offline_numbers_match_the_saved_models(tiny_digits: Path) -> None:
@@ -97,7 +121,7 @@ def test_export_round_trip_and_offline_numbers_match_the_saved_models(tiny_digit
         assert list(signature.structured_outputs) == ["probabilities"]
         answer = signature(pixels=tf.constant(pixels))["probabilities"].numpy()
         saved = _npz(tiny_digits / "members" / f"m{index}" / "predictions.npz")
-        assert set(saved) == {"val/probabilities", "test/probabilities"}
+        assert set(saved) == {"oof_rows", "oof/probabilities", "test/probabilities"}
         np.testing.assert_allclose(answer, saved["test/probabilities"], atol=1e-5)
         answers.append({"probabilities": answer})
     combined = combine_outputs(answers, manifest.weights)["probabilities"]
@@ -146,8 +170,12 @@ def test_penguins_categorical_missing_values_and_search(tmp_path: Path) -> None:
     assert manifest.outputs[0].classes == ["Adelie", "Chinstrap", "Gentoo"]
     report = json.loads((out / "report.json").read_text())
     assert len(report["members"]) == 3
-    assert sum(m["selected"] for m in report["members"]) == 2
-    assert 1 <= len(manifest.members) <= 2
+    assert sum(m["kept"] for m in report["members"]) == 2
+    (dropped,) = [m for m in report["members"] if not m["kept"]]
+    assert dropped["dropped_reason"].startswith("not kept by the search: rank 3 of 3 by out-of-fold loss")
+    assert dropped["weight"] == 0.0
+    assert len(manifest.members) == 2  # every member the search kept is served
+    assert [m["fold"] for m in report["members"]] == [0, 1, 0]  # trials share the kept members' 2 folds
     widths = {m["hyperparameters"]["model"]["width"] for m in report["members"]}
     assert widths <= {8, 16, 32}
 
@@ -247,8 +275,19 @@ def test_csv_with_own_columns_and_two_targets_through_the_cli(tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ensemble, optimized" in result.stdout
+    assert "ensemble, uniform" in result.stdout
+    assert "Serving 2 of 2 members. Weights: uniform: every row was held out by one member only" in (
+        " ".join(result.stdout.split())
+    )
     assert "member 2/2: done" in result.stdout
+    plots = {p.name for p in (tmp_path / "run" / "plots").iterdir()}
+    assert {
+        "learning_curves.png",
+        "reliability_kind.png",
+        "members_vs_ensemble_kind.png",
+        "predicted_vs_actual_price.png",
+        "members_vs_ensemble_price.png",
+    } <= plots
     manifest = Manifest.load(tmp_path / "run" / "ensemble.json")
     assert manifest.name == "shop"
     assert [(o.name, o.kind, o.target) for o in manifest.outputs] == [
@@ -290,6 +329,17 @@ def test_bad_input_exits_with_one_line_in_a_real_process(tmp_path: Path) -> None
         ),
         (["--data", "words.csv", "--target", "y", "--task", "guess"], "data.task"),
         (["--data", "sklearn:digits", "--workers", "0"], "--workers must be at least 1"),
+        (
+            ["--config", "typo.yaml"],
+            "members.defaults.fit.loss_weights names columns that are not targets: kidn",
+        ),
+        (
+            ["--config", "variant.yaml"],
+            "members.variants[1].fit.loss_weights names columns that are not targets",
+        ),
+        (["--config", "given.yaml"], "assemble.given: weights must be finite and not negative"),
+        (["--config", "two.yaml", "--members", "3"], "assemble.given has 2 weights for 3 members"),
+        (["--data", "penguins", "--members", "70"], "too few rows for 70 folds"),
     ],
 )
 def test_bad_input_exits_with_one_line_before_training(
@@ -303,6 +353,15 @@ def test_bad_input_exits_with_one_line_before_training(
     (tmp_path / "bad.yaml").write_text("members: [1,\n")
     pd.DataFrame({"x": range(5), "y": range(5)}).to_csv(tmp_path / "tiny.csv", index=False)
     pd.DataFrame({"x": range(40), "y": ["a", "b"] * 20}).to_csv(tmp_path / "words.csv", index=False)
+    frame = pd.DataFrame({"x": range(60), "kind": ["a", "b"] * 30, "price": np.arange(60) * 1.5})
+    frame.to_csv(tmp_path / "shop.csv", index=False)
+    shop = "data: {source: shop.csv, targets: [kind, price]}\n"
+    (tmp_path / "typo.yaml").write_text(shop + "members:\n  defaults:\n    fit: {loss_weights: {kidn: 2}}\n")
+    (tmp_path / "variant.yaml").write_text(
+        shop + "members:\n  variants:\n    - {}\n    - fit: {loss_weights: {kind: 1, prise: 2}}\n"
+    )
+    (tmp_path / "given.yaml").write_text("members: {count: 2}\nassemble: {weights: given, given: [1, -1]}\n")
+    (tmp_path / "two.yaml").write_text("assemble: {weights: given, given: [1, 2]}\n")
     result = CliRunner().invoke(build_app(), ["train", *args, "--out", "run", "--no-track"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

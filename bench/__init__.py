@@ -1,0 +1,1 @@
+"""Benchmark scripts; each writes its results, with the machine and the date, to bench/results/."""
