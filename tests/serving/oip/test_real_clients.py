@@ -356,10 +356,12 @@ def test_bad_requests_are_4xx_or_invalid_argument_with_one_line(demo: Stack, run
         ("triton_http", http, rows_too_many, {}, "400", "values, the data has"),
         ("kserve_rest", http, rows_too_many, {}, "400", "values, the data has"),
         ("triton_grpc", grpc, raw_rows_too_many, {}, "StatusCode.INVALID_ARGUMENT", "bytes, got"),
-        ("triton_http", http, _tensors(columns), {"outputs": ["nope"]}, "400", "alias not found in signature: nope"),
+        ("triton_http", http, _tensors(columns), {"outputs": ["nope"]}, "400",
+         "alias not found in signature: nope"),
         ("triton_grpc", grpc, _tensors(columns), {"outputs": ["nope"]}, "StatusCode.INVALID_ARGUMENT",
          "alias not found in signature: nope"),
-        ("kserve_grpc", grpc, _tensors(columns), {"outputs": ["nope"]}, "INVALID_ARGUMENT", "alias not found in signature"),
+        ("kserve_grpc", grpc, _tensors(columns), {"outputs": ["nope"]}, "INVALID_ARGUMENT",
+         "alias not found in signature"),
     ]  # fmt: skip
     results = run_clients(
         [_infer(client, url, model, inputs, **extra) for client, url, inputs, extra, *_ in cases]
