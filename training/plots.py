@@ -20,6 +20,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def _ticker() -> Any:
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
 def learning_curves(
     histories: Mapping[str, Path],
     path: Path,
@@ -58,12 +64,18 @@ def reliability_diagram(
     """Accuracy against confidence in bins of equal row count, with the rows per confidence below.
 
     Equal-count bins keep every point on enough rows to mean something; the histogram under it
-    shows where the rows are (most sit near confidence 1 for a good classifier).
+    shows where the rows are (most sit near confidence 1 for a good classifier, hence its log
+    scale). The confidence axis starts at 1/k for k classes, the lowest a top probability can be.
     """
     plt = _pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    edges = np.linspace(0.0, 1.0, 21)
+    # The highest of k class probabilities is never below 1/k: the axis starts there (0.5 for a
+    # binary target), so the bins are spread over the plot instead of packed into its right half.
+    classes = max(np.asarray(p).shape[1] for p, _ in curves.values())
+    low = np.floor(10.0 / classes) / 10.0
+    ax.plot([low, 1], [low, 1], color="grey", linestyle=":", label="perfect calibration")
+    edges = np.linspace(low, 1.0, 21)
+    lowest = low
     for i, (name, (probabilities, labels)) in enumerate(curves.items()):
         color = f"C{i % 10}"
         conf, acc, counts = reliability_equal_count(probabilities, labels)
@@ -77,16 +89,20 @@ def reliability_diagram(
             capsize=3,
             label=f"{name}: {len(counts)} bins of ~{int(np.median(counts))} rows",
         )
+        lowest = min(lowest, float(np.min(acc - error)))
         hist.hist(
             np.asarray(probabilities).max(axis=1), bins=edges, histtype="step", color=color, linewidth=1.5
         )
     ax.set_ylabel("accuracy (±1 s.e.)")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
+    ax.set_xlim(low - 0.01, 1.01)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.02)
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper left")
+    hist.set_yscale("log")  # most rows sit near confidence 1; the few elsewhere stay visible
+    hist.yaxis.set_major_formatter(_ticker().FuncFormatter(lambda value, _: f"{value:g}"))
+    hist.yaxis.set_minor_formatter(_ticker().NullFormatter())
     hist.set_xlabel("confidence (highest class probability)")
-    hist.set_ylabel("test rows")
+    hist.set_ylabel("test rows (log)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
