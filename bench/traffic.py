@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from gateway import machine  # noqa: E402  (bench/gateway.py, beside this script)
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from registry.manifest import OutputKind  # noqa: E402
+from contracts.manifest import OutputKind  # noqa: E402
 from serving.traffic.comparison import MemberObservation, SideObservation  # noqa: E402
 from serving.traffic.controller import TrafficController  # noqa: E402
 from serving.traffic.policy import TrafficPolicy  # noqa: E402

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from contracts.manifest import Manifest
 from registry.client import translated
 from registry.errors import InvalidArgument, NotFound, RegistryError
-from registry.manifest import Manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -410,7 +410,12 @@ def sync(
             raise typer.Exit(2)
     with _one_line_errors():
         client = _client(tracking_uri)
-        available = sync_module.backend_availability(backend) if backend is not None else None
+        available = None
+        if backend is not None:
+            # The command line composes the parts: serving asks the backend, the sync only calls it.
+            from serving.availability import backend_availability
+
+            available = backend_availability(backend)
 
         def once() -> sync_module.SyncResult:
             return sync_module.sync_once(

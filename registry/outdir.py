@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contracts.manifest import Manifest
 from registry.errors import InvalidArgument
-from registry.manifest import Manifest
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from contracts.manifest import Manifest
 from registry.aliases import (
     AliasMove,
     check_alias,
@@ -27,7 +28,6 @@ from registry.aliases import (
 )
 from registry.client import translated
 from registry.errors import NotFound, PromotionRefused
-from registry.manifest import Manifest
 from registry.online_gate import Evidence, OnlineThresholds, OnlineVerdict, online_gate
 from registry.resolve import load_manifest
 

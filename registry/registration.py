@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contracts.manifest import Manifest
 from registry.aliases import move_alias
 from registry.client import translated
 from registry.errors import RegistryError
-from registry.manifest import Manifest
 from registry.outdir import TrainingOutput
 from registry.resolve import MANIFEST_ARTIFACT_DIR, MANIFEST_FILE
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from contracts.manifest import Manifest
 from registry.client import connect, translated
 from registry.defaults import tracking_uri as default_tracking_uri
 from registry.errors import InvalidArgument, InvalidManifest, NotFound, RegistryError
-from registry.manifest import Manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from registry.manifest import MemberRef
+from contracts.manifest import MemberRef
 from serving.breaker import CircuitBreaker
 from serving.core import ModelMetadata
 from serving.ensemble import REQUEST_FAULTS, MemberError

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from contracts.manifest import Manifest
 from registry.errors import InvalidArgument as RegistryInvalidArgument
 from registry.errors import InvalidManifest
 from registry.errors import NotFound as RegistryNotFound
-from registry.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
+from contracts.model_config import ModelConfigError, ModelEntry, read_model_config
 from serving.core import ModelRef, TensorInfo, VersionStatus
 from serving.errors import InvalidArgument, NotFound
-from serving.model_config import ModelConfigError, ModelEntry, read_model_config
 from serving.protos import SignatureDefMap
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ import numpy as np
 import orjson
 import pytest
 
+from contracts import combine
 from registry.sync import minimum_grace_s
 from registry.tracking import record_training
-from serving import combine
 from serving.protos import PredictionServiceStub, PredictRequest
 from serving.tensors import from_tensor_proto, to_tensor_proto
 from tests.conftest import free_port

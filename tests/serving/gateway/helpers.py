@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
+from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
 
 N_FEATURES = 4
 N_CLASSES = 3

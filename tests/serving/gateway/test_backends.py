@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef
+from contracts.manifest import MemberRef
 from serving.backends import BackendPool
 from serving.core import ModelRef
 from serving.ensemble import EnsembleCore, MemberError

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 from serving.errors import http_status
 from serving.protos import DataType, PredictionServiceStub, PredictRequest, PredictResponse, TensorProto
 from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef, TensorSpec
-from serving import combine
+from contracts import combine
+from contracts.manifest import MemberRef, TensorSpec
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.ensemble import (

@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving import combine
+from contracts import combine
+from contracts.manifest import Manifest
 from serving.protos import (
     GetModelMetadataRequest,
     GetModelStatusRequest,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from contracts.manifest import Manifest
 from registry.errors import NotFound as RegistryNotFound
 from registry.errors import Unreachable
-from registry.manifest import Manifest
 from serving import manifest_source
 from serving.app import Gateway
 from serving.core import ModelRef

@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving import combine
+from contracts import combine
+from contracts.manifest import Manifest
 from tests.conftest import free_port
 from tests.serving.gateway.helpers import (
     GATEWAY_READY,

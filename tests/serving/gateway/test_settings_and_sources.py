@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from contracts.manifest import Manifest
 from registry.errors import NotFound as RegistryNotFound
-from registry.manifest import Manifest
 from serving.manifest_source import (
     FileManifestSource,
     ManifestLoadError,

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.model_config import ModelEntry, write_model_config
+from contracts.model_config import ModelEntry, write_model_config
 from tests.conftest import free_port
 from tests.serving.local_server.export_model import export
 

@@ -28,8 +28,8 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving.model_config import ModelEntry, write_model_config
+from contracts.manifest import Manifest
+from contracts.model_config import ModelEntry, write_model_config
 from tests.conftest import free_port
 from tests.serving.gateway.helpers import (
     GATEWAY_READY,

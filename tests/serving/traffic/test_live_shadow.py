@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry.manifest import Manifest, OutputKind
+from contracts.manifest import Manifest, OutputKind
 from serving.backends import BackendPool
 from serving.core import ModelRef
 from serving.ensemble import EnsembleCore, FanOutPolicy, MemberError
