@@ -91,7 +91,9 @@ class ShadowCounts(BaseModel):
 class ComparisonSummary(BaseModel):
     """Champion vs challenger of one ensemble over the sliding window."""
 
-    schema_version: int = SUMMARY_SCHEMA_VERSION
+    schema_version: int = Field(
+        description=f"The schema's version ({SUMMARY_SCHEMA_VERSION} now); required: a reader must know it."
+    )
     ensemble: str
     champion: SideSummary
     challenger: SideSummary

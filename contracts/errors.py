@@ -9,12 +9,14 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 
-def one_line(error: BaseException | str, *, limit: int | None = None) -> str:
+def one_line(error: BaseException | str | None, *, limit: int | None = None) -> str:
     """The first non-blank line of ``error``, stripped; an exception's type name when it says nothing.
+
+    A string (or None, as gRPC's ``details()`` may be) that says nothing gives ``""``.
 
     With ``limit``, a longer line is cut to that many characters, ending in ``...``.
     """
-    text = str(error).strip()
+    text = str(error).strip() if error is not None else ""
     if text:
         line = text.splitlines()[0].strip()
     else:

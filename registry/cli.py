@@ -322,9 +322,11 @@ def _online_thresholds(online: str | None, given: dict[str, float | int | None])
     try:
         return OnlineThresholds(**chosen)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
-        typer.echo(f"error: {flag}: {first['msg']}", err=True)
+        from contracts.errors import validation_problem
+
+        where, message = validation_problem(exc)
+        flag = "--" + where.split(".")[0].replace("_", "-")
+        typer.echo(f"error: {flag}: {message}", err=True)
         raise typer.Exit(2) from None
 
 

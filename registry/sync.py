@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from contracts.errors import one_line
 from contracts.files import atomic_write_text
 from contracts.manifest import Manifest
 from contracts.model_config import (
@@ -426,8 +427,7 @@ def watch(
             report(f"sync failed on the filesystem, retrying in {interval_s:g}s: {_os_error(exc)}")
         except Exception as exc:  # a sidecar that dies leaves its backend stale: keep trying, loudly
             outcome = "error"
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            report(f"sync failed, retrying in {interval_s:g}s: {type(exc).__name__}: {first}")
+            report(f"sync failed, retrying in {interval_s:g}s: {type(exc).__name__}: {one_line(exc)}")
         if on_pass is not None:
             on_pass(outcome, result)
         passes += 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contracts.errors import one_line
 from contracts.files import atomic_write_text
 from contracts.manifest import Manifest
 from serving.manifest_source import ManifestLoadError, ServedManifests
@@ -68,8 +69,7 @@ class LastGoodStore:
             default = Manifest.model_validate(document["default"])
             labels = {str(k): Manifest.model_validate(v) for k, v in dict(document["labels"]).items()}
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
-            raise ManifestLoadError(f"{self.path} holds no valid manifest: {first}") from None
+            raise ManifestLoadError(f"{self.path} holds no valid manifest: {one_line(exc)}") from None
         return SavedManifests(
             ServedManifests(default=default, labels=labels), str(document.get("saved_at", ""))
         )

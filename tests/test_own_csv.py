@@ -25,9 +25,9 @@ from contracts import combine
 from contracts.manifest import Manifest, MemberRef
 from serving.protos import PredictionServiceStub, PredictRequest
 from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from serving.testing import (
     GATEWAY_READY,
+    free_port,
     gateway_args,
     gateway_env,
     spawn_process,

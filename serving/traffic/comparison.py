@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.comparison import (
+    SUMMARY_SCHEMA_VERSION,
     ComparisonSummary,
     MemberSummary,
     ShadowCounts,
@@ -254,6 +255,7 @@ class ComparisonWindow:
         self._evict(now)
         pairs = self._sides["challenger"].diffs
         return ComparisonSummary(
+            schema_version=SUMMARY_SCHEMA_VERSION,
             ensemble=self.ensemble,
             champion=self._side_summary("champion"),
             challenger=self._side_summary("challenger"),

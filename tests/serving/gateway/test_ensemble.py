@@ -25,7 +25,7 @@ from serving.ensemble import (
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.manifest_source import ServedManifests
 from serving.metrics import GatewayMetrics
-from tests.serving.gateway.helpers import make_manifest, member_answer
+from serving.testing import make_manifest, member_answer
 
 
 class FakeCaller:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from contracts.model_config import ModelEntry, write_model_config
-from tests.conftest import free_port
+from serving.testing import free_port
 from tests.serving.local_server.export_model import export
 
 pytestmark = pytest.mark.slow

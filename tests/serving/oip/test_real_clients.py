@@ -30,16 +30,16 @@ import pytest
 
 from contracts.manifest import Manifest
 from contracts.model_config import ModelEntry, write_model_config
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from serving.testing import (
     GATEWAY_READY,
-    REPO_ROOT,
+    free_port,
     gateway_args,
     gateway_env,
     spawn_process,
     stop_process,
     wait_ready,
 )
+from tests.conftest import REPO_ROOT
 from tests.serving.oip.conftest import RunClients
 
 pytestmark = pytest.mark.slow
