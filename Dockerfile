@@ -32,9 +32,11 @@ COPY deploy/docker/requirements.py deploy/docker/
 RUN python deploy/docker/requirements.py pyproject.toml serving registry > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY README.md ensemble_cli.py ensemble_demo.py ./
+# The gateway's layers: contracts at the bottom, serving, and registry for the alias source and
+# the sync. No training/: nothing the gateway runs imports it (tests/test_layering.py).
+COPY contracts/ contracts/
 COPY serving/ serving/
 COPY registry/ registry/
-COPY training/ training/
 RUN pip install --no-cache-dir --no-deps .
 
 FROM python-base AS gateway
@@ -62,6 +64,7 @@ COPY deploy/docker/requirements.py deploy/docker/
 RUN python deploy/docker/requirements.py pyproject.toml training registry --gpu > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY README.md ensemble_cli.py ensemble_demo.py ./
+COPY contracts/ contracts/
 COPY serving/ serving/
 COPY registry/ registry/
 COPY training/ training/

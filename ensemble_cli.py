@@ -2,10 +2,12 @@
 
 Each package registers its own commands and imports its heavy dependencies (TensorFlow, mlflow,
 the gateway) only inside the command that needs them, so ``ensemble --help`` starts instantly.
+Training's commands are there only where ``training/`` is installed: the gateway image has none.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,6 @@ import typer
 def build_app() -> typer.Typer:
     from registry import cli as registry_cli
     from serving import cli as serving_cli
-    from training import cli as training_cli
 
     app = typer.Typer(
         name="ensemble",
@@ -24,11 +25,20 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    training_cli.register(app)
+    if training_installed():
+        from training import cli as training_cli
+
+        training_cli.register(app)
     registry_cli.register(app)
     serving_cli.register(app)
-    app.command("demo")(demo)
+    if training_installed():  # the demo trains its ensemble first
+        app.command("demo")(demo)
     return app
+
+
+def training_installed() -> bool:
+    """Whether this installation has ``training/``: the gateway image ships without it."""
+    return importlib.util.find_spec("training") is not None
 
 
 def demo(

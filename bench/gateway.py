@@ -23,31 +23,29 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import grpc
+import httpx
+import numpy as np
+import orjson
 
-import grpc  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-
-from serving.protos import PredictionServiceStub, PredictRequest  # noqa: E402
-from serving.tensors import to_tensor_proto  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.serving.gateway.helpers import (  # noqa: E402
+from serving.protos import PredictionServiceStub, PredictRequest
+from serving.tensors import to_tensor_proto
+from serving.testing import (
+    free_port,
     make_manifest,
     start_fake_backend,
     start_gateway,
     start_process,
     stop_process,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 try:  # the REST load generator's client: aiohttp where installed (the registry extra brings it)
     import aiohttp

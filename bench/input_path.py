@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
+from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
 from serving.ensemble import EnsembleCore, validate_inputs
 from serving.manifest_source import ServedManifests
 from serving.protos import PredictRequest

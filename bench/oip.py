@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import sys
 import tempfile
 import time
 import timeit
@@ -28,31 +27,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import aiohttp  # noqa: E402
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
+import aiohttp
+import grpc
+import numpy as np
+import orjson
 
 # bench/ is this script's folder, so its sibling imports as a top-level module.
-from gateway import MEMBERS, ROWS, Result, _cpu_seconds, _drive, _summarise, ensemble, machine  # noqa: E402
+from gateway import MEMBERS, ROWS, Result, _cpu_seconds, _drive, _summarise, ensemble, machine
 
-from serving.core import TensorInfo  # noqa: E402
-from serving.grpc.oip import infer_request  # noqa: E402
-from serving.oip import codec  # noqa: E402
-from serving.oip.rest_body import format_infer_response, parse_infer_request  # noqa: E402
-from serving.oip.service import InferAnswer, OutputTensor  # noqa: E402
-from serving.protos import PredictionServiceStub, PredictRequest, PredictResponse  # noqa: E402
-from serving.protos.inference.open_inference_grpc_pb2 import ModelInferRequest, ModelInferResponse  # noqa: E402
-from serving.protos.inference.open_inference_grpc_pb2_grpc import GRPCInferenceServiceStub  # noqa: E402
-from serving.tensors import (  # noqa: E402
+from serving.core import TensorInfo
+from serving.grpc.oip import infer_request
+from serving.oip import codec
+from serving.oip.rest_body import format_infer_response, parse_infer_request
+from serving.oip.service import InferAnswer, OutputTensor
+from serving.protos import PredictionServiceStub, PredictRequest, PredictResponse
+from serving.protos.inference.open_inference_grpc_pb2 import ModelInferRequest, ModelInferResponse
+from serving.protos.inference.open_inference_grpc_pb2_grpc import GRPCInferenceServiceStub
+from serving.tensors import (
     format_predict_response,
     from_tensor_proto,
     parse_predict_request,
     to_tensor_proto,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODEL = "bench"
 CONCURRENCY = (1, 16)

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from serving.fake_backend import serve_until_signalled
 from serving.protos import PredictRequest
-from tests.serving.gateway.fake_backend import serve_until_signalled
 
 _SERVICE = "tensorflow.serving.PredictionService"
 _PREDICT = f"/{_SERVICE}/Predict"

@@ -26,10 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from train import cores, load_average, machine  # bench/train.py, beside this script
 
-from bench.train import cores, load_average, machine  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "bench" / "results"
 DATA = ("sklearn:breast_cancer", "sklearn:digits", "penguins", "sklearn:diabetes")

@@ -16,22 +16,20 @@ import asyncio
 import datetime as dt
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from gateway import machine  # bench/gateway.py, beside this script
+from prometheus_client import CollectorRegistry, generate_latest
+
+from contracts.manifest import OutputKind
+from serving.traffic.comparison import MemberObservation, SideObservation
+from serving.traffic.controller import TrafficController
+from serving.traffic.policy import TrafficPolicy
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-from gateway import machine  # noqa: E402  (bench/gateway.py, beside this script)
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-
-from registry.manifest import OutputKind  # noqa: E402
-from serving.traffic.comparison import MemberObservation, SideObservation  # noqa: E402
-from serving.traffic.controller import TrafficController  # noqa: E402
-from serving.traffic.policy import TrafficPolicy  # noqa: E402
 
 CLASSES = 64
 MEMBERS = 5

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from contracts import tags as tag
+from contracts.manifest import Manifest
 from registry.client import translated
 from registry.errors import InvalidArgument, NotFound, RegistryError
-from registry.manifest import Manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-MOVE_TAG_PREFIX = "alias_move."
 ALIAS_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 """TF Serving version labels match [a-zA-Z0-9_]+; MLflow refuses aliases like 'v3' or 'latest'."""
 
@@ -72,7 +72,7 @@ def history(client: MlflowClient, name: str, alias: str | None = None) -> list[A
         model = client.get_registered_model(name)
     moves = []
     for key, value in (model.tags or {}).items():
-        if not key.startswith(MOVE_TAG_PREFIX):
+        if not key.startswith(tag.ALIAS_MOVE_PREFIX):
             continue
         try:
             move = AliasMove.model_validate_json(value)
@@ -138,7 +138,7 @@ def move_alias(
         for stale in _members_left_behind(client, manifest, alias, previous):
             client.delete_registered_model_alias(stale, alias)
         client.set_registered_model_alias(name, alias, str(manifest.version))
-        key = f"{MOVE_TAG_PREFIX}{alias}.{seq:05d}.{uuid.uuid4().hex[:8]}"
+        key = f"{tag.ALIAS_MOVE_PREFIX}{alias}.{seq:05d}.{uuid.uuid4().hex[:8]}"
         client.set_registered_model_tag(name, key, move.model_dump_json())
     return move
 

@@ -322,9 +322,11 @@ def _online_thresholds(online: str | None, given: dict[str, float | int | None])
     try:
         return OnlineThresholds(**chosen)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
-        typer.echo(f"error: {flag}: {first['msg']}", err=True)
+        from contracts.errors import validation_problem
+
+        where, message = validation_problem(exc)
+        flag = "--" + where.split(".")[0].replace("_", "-")
+        typer.echo(f"error: {flag}: {message}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -410,7 +412,12 @@ def sync(
             raise typer.Exit(2)
     with _one_line_errors():
         client = _client(tracking_uri)
-        available = sync_module.backend_availability(backend) if backend is not None else None
+        available = None
+        if backend is not None:
+            # The command line composes the parts: serving asks the backend, the sync only calls it.
+            from serving.availability import backend_availability
+
+            available = backend_availability(backend)
 
         def once() -> sync_module.SyncResult:
             return sync_module.sync_once(

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contracts.errors import one_line
 from registry.defaults import is_local_store, local_artifact_root, tracking_uri
 from registry.errors import NotFound, RegistryError, Unreachable
 
@@ -99,9 +100,21 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return str(client.create_experiment(name, artifact_location=location))
 
 
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    return line if len(line) <= 300 else line[:297] + "..."
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+"""MLflow's error codes for a model, version or alias that does not exist (a bad version number too)."""
+
+
+@contextmanager
+def missing_as_not_found(message: str, codes: frozenset[str] = MISSING_CODES) -> Iterator[None]:
+    """Inside the block, MLflow's "does not exist" (``codes``) becomes NotFound(``message``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code in codes:
+            raise NotFound(message) from None
+        raise
 
 
 @contextmanager
@@ -118,7 +131,7 @@ def translated(what: str) -> Iterator[None]:
 def _translate(exc: Exception, what: str) -> RegistryError:
     from mlflow.exceptions import MlflowException
 
-    message = _first_line(str(exc))
+    message = one_line(exc, limit=300)
     if isinstance(exc, MlflowException):
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return NotFound(f"{what}: not found")

@@ -11,8 +11,9 @@ the window compares the version being promoted (as the challenger) with the alia
 * the challenger's error rate is at most the champion's plus ``max_error_rate_increase``;
 * the challenger's p99 latency is at most ``max_p99_ratio`` times the champion's.
 
-Only the fields the gate needs are read, so the gateway may add fields without breaking it. The
-module needs no mlflow: the HTTP call uses the standard library.
+The document is read with the gateway's own schema (``contracts.comparison``); a field the gateway
+adds later is ignored, so a newer gateway does not break the gate. The module needs no mlflow: the
+HTTP call uses the standard library.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.comparison import ComparisonSummary
+from contracts.errors import one_line, validation_summary
 from registry.errors import InvalidArgument, NotFound, OnlineEvidenceError, Unreachable
 
 SUMMARY_SCHEMA_VERSIONS = frozenset({1})
@@ -52,56 +55,12 @@ class OnlineThresholds(BaseModel):
     )
 
 
-class _Reader(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _Latency(_Reader):
-    p50: float | None = None
-    p99: float | None = None
-
-
-class _Side(_Reader):
-    alias: str
-    version: int | None
-    requests: int
-    errors: int
-    error_rate: float | None
-    latency_s: _Latency
-
-
-class _Figures(_Reader):
-    rows: int
-    agreement: float | None = None
-    mean_rel_diff: float | None = None
-
-
-class _Window(_Reader):
-    max_requests: int
-    max_age_s: float
-    requests: int
-
-
-class OnlineEvidence(_Reader):
-    """The part of the gateway's comparison summary the gate reads."""
-
-    schema_version: int
-    ensemble: str
-    champion: _Side
-    challenger: _Side
-    window: _Window
-    paired: int
-    compared: int
-    classification: _Figures | None = None
-    regression: _Figures | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What was read from the gateway: where from, the parsed part, and the document as sent."""
 
     gateway: str
-    summary: OnlineEvidence
+    summary: ComparisonSummary
     document: dict[str, Any]
 
 
@@ -155,7 +114,7 @@ def fetch_evidence(
         ) from None
     try:
         document = json.loads(body)
-        summary = OnlineEvidence.model_validate(document)
+        summary = ComparisonSummary.model_validate(document)
     except (ValueError, ValidationError) as exc:
         raise OnlineEvidenceError(
             f"the gateway at {gateway} answered {url} with no comparison summary ({_first_problem(exc)})"
@@ -179,18 +138,20 @@ def _error_message(body: bytes) -> str:
     except ValueError:
         pass
     text = body.decode(errors="replace").strip()
-    return text.splitlines()[0][:200] if text else "no message"
+    return one_line(text, limit=200) or "no message"
 
 
 def _first_problem(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return "not JSON"
+    return validation_summary(exc) if isinstance(exc, ValidationError) else "not JSON"
 
 
 def online_gate(
-    evidence: OnlineEvidence, *, alias: str, candidate: int, holder: int | None, thresholds: OnlineThresholds
+    evidence: ComparisonSummary,
+    *,
+    alias: str,
+    candidate: int,
+    holder: int | None,
+    thresholds: OnlineThresholds,
 ) -> OnlineVerdict:
     """Whether ``candidate`` may take ``alias`` (held by ``holder``) on this evidence."""
     champion, challenger = evidence.champion, evidence.challenger
@@ -219,7 +180,7 @@ def online_gate(
     return OnlineVerdict(True, f"online: {figures}: within bounds")
 
 
-def _problems(evidence: OnlineEvidence, t: OnlineThresholds) -> list[str]:
+def _problems(evidence: ComparisonSummary, t: OnlineThresholds) -> list[str]:
     champion, challenger = evidence.champion, evidence.challenger
     window = f"window of {evidence.window.requests} requests over at most {evidence.window.max_age_s:g}s"
     if evidence.paired < t.min_requests:
@@ -255,7 +216,7 @@ def _problems(evidence: OnlineEvidence, t: OnlineThresholds) -> list[str]:
     return problems
 
 
-def _figures_text(evidence: OnlineEvidence) -> str:
+def _figures_text(evidence: ComparisonSummary) -> str:
     parts = [f"{evidence.paired} paired requests"]
     if evidence.classification is not None and evidence.classification.agreement is not None:
         parts.append(f"agreement {evidence.classification.agreement:.4f}")

@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contracts.errors import validation_summary
+from contracts.manifest import Manifest
 from registry.errors import InvalidArgument
-from registry.manifest import Manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +136,7 @@ def read_training_output(root: Path) -> TrainingOutput:
             f"{root / 'ensemble.json'} is missing: not a training output directory"
         ) from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidArgument(f"{root / 'ensemble.json'}: {first['loc']}: {first['msg']}") from None
+        raise InvalidArgument(f"{root / 'ensemble.json'}: {validation_summary(exc)}") from None
     dataset = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
     report = _read_json(root / "report.json") if (root / "report.json").is_file() else {}
     by_name: dict[str, MemberOutput] = {}

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from contracts import tags as tag
+from contracts.manifest import Manifest
 from registry.aliases import (
     AliasMove,
     check_alias,
@@ -25,9 +27,8 @@ from registry.aliases import (
     move_alias,
     previous_holder,
 )
-from registry.client import translated
-from registry.errors import NotFound, PromotionRefused
-from registry.manifest import Manifest
+from registry.client import missing_as_not_found, translated
+from registry.errors import PromotionRefused
 from registry.online_gate import Evidence, OnlineThresholds, OnlineVerdict, online_gate
 from registry.resolve import load_manifest
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_METRIC = "test_nll"
-GATE_TAG_PREFIX = "gate."
 HIGHER_IS_BETTER = ("accuracy", "r2", "auc")
 
 
@@ -78,19 +78,13 @@ def gate(candidate: Manifest, holder: Manifest, metric: str) -> GateVerdict:
 
 def check_members(client: MlflowClient, manifest: Manifest) -> None:
     """NotFound unless every member version the manifest references is registered."""
-    from mlflow.exceptions import MlflowException
-
     for member in manifest.members:
-        with translated(f"member {member.name} version {member.version}"):
-            try:
-                client.get_model_version(member.name, str(member.version))
-            except MlflowException as exc:
-                if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                    raise NotFound(
-                        f"{manifest.name} version {manifest.version} references {member.name} "
-                        f"version {member.version}, which is not registered"
-                    ) from None
-                raise
+        missing = (
+            f"{manifest.name} version {manifest.version} references {member.name} "
+            f"version {member.version}, which is not registered"
+        )
+        with translated(f"member {member.name} version {member.version}"), missing_as_not_found(missing):
+            client.get_model_version(member.name, str(member.version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +173,7 @@ def record_gates(
         "forced": forced,
     }
     tags = {
-        f"{GATE_TAG_PREFIX}{alias}.offline": {
+        f"{tag.GATE_PREFIX}{alias}.offline": {
             **common,
             "passed": offline.passed,
             "reason": offline.reason,
@@ -187,7 +181,7 @@ def record_gates(
         }
     }
     if online is not None and online_verdict is not None:
-        tags[f"{GATE_TAG_PREFIX}{alias}.online"] = {
+        tags[f"{tag.GATE_PREFIX}{alias}.online"] = {
             **common,
             "passed": online_verdict.passed,
             "reason": online_verdict.reason,
@@ -220,9 +214,9 @@ def gate_records(client: MlflowClient, name: str, version: int) -> list[GateReco
         tags = dict(client.get_model_version(name, str(version)).tags or {})
     records = []
     for key, value in tags.items():
-        if not key.startswith(GATE_TAG_PREFIX):
+        if not key.startswith(tag.GATE_PREFIX):
             continue
-        alias, _, which = key[len(GATE_TAG_PREFIX) :].rpartition(".")
+        alias, _, which = key[len(tag.GATE_PREFIX) :].rpartition(".")
         try:
             data = json.loads(value)
         except ValueError:

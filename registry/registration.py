@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contracts import tags as tag
+from contracts.manifest import Manifest
 from registry.aliases import move_alias
 from registry.client import translated
 from registry.errors import RegistryError
-from registry.manifest import Manifest
 from registry.outdir import TrainingOutput
 from registry.resolve import MANIFEST_ARTIFACT_DIR, MANIFEST_FILE
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
     from registry.tracking import LoggedTraining
 
-KIND_TAG = "ensemble.kind"
 SAVED_MODEL_ARTIFACT = "saved_model"
 """Artifact folder of a member run holding its SavedModel; the member version's source."""
 
@@ -34,7 +34,7 @@ def ensure_registered_model(client: MlflowClient, name: str, kind: str, descript
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, tags={KIND_TAG: kind}, description=description)
+        client.create_registered_model(name, tags={tag.KIND: kind}, description=description)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -45,12 +45,15 @@ def _member_version(
 ) -> int:
     ensure_registered_model(client, name, "member", f"A member of the ensemble {ensemble!r}.")
     run = client.get_run(run_id)
-    tags = {"ensemble.name": ensemble, **{f"metric.{key}": f"{value:.6g}" for key, value in metrics.items()}}
+    version_tags = {
+        tag.ENSEMBLE: ensemble,
+        **{f"{tag.METRIC_PREFIX}{key}": f"{value:.6g}" for key, value in metrics.items()},
+    }
     version = client.create_model_version(
         name,
         source=f"{run.info.artifact_uri}/{SAVED_MODEL_ARTIFACT}",
         run_id=run_id,
-        tags=tags,
+        tags=version_tags,
         await_creation_for=0,  # file sources are READY at once; waiting only adds a request and a log line
     )
     return int(version.version)
@@ -71,14 +74,14 @@ def register_training(
         )
         parent = client.get_run(logged.parent_run_id)
         source = f"{parent.info.artifact_uri}/{MANIFEST_ARTIFACT_DIR}"
-        tags = {
-            **{f"member.{name}": str(version) for name, version in logged.member_versions.items()},
-            **{f"metric.{key}": f"{value:.6g}" for key, value in manifest.metrics.items()},
-            "dataset.fingerprint": manifest.provenance.dataset_fingerprint,
-            "dataset.test_fingerprint": manifest.provenance.test_fingerprint,
+        version_tags = {
+            **{f"{tag.MEMBER_VERSION_PREFIX}{name}": str(v) for name, v in logged.member_versions.items()},
+            **{f"{tag.METRIC_PREFIX}{key}": f"{value:.6g}" for key, value in manifest.metrics.items()},
+            tag.DATASET_FINGERPRINT: manifest.provenance.dataset_fingerprint,
+            tag.DATASET_TEST_FINGERPRINT: manifest.provenance.test_fingerprint,
         }
         created = client.create_model_version(
-            manifest.name, source=source, run_id=logged.parent_run_id, tags=tags, await_creation_for=0
+            manifest.name, source=source, run_id=logged.parent_run_id, tags=version_tags, await_creation_for=0
         )
         version = int(created.version)
         # Validated again: the rewritten manifest must still satisfy every manifest rule.

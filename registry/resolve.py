@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from registry.client import connect, translated
+from contracts.errors import validation_summary
+from contracts.manifest import Manifest
+from registry.client import connect, missing_as_not_found, translated
 from registry.defaults import tracking_uri as default_tracking_uri
-from registry.errors import InvalidArgument, InvalidManifest, NotFound, RegistryError
-from registry.manifest import Manifest
+from registry.errors import InvalidArgument, InvalidManifest, RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,27 +64,19 @@ def parse_ref(text: str) -> EnsembleRef:
 def version_for_alias(client: MlflowClient, name: str, alias: str) -> int:
     """The manifest version ``alias`` points at; NotFound names what is missing."""
     require_ensemble(client, name)
-    with translated(f"ensemble {name!r} alias {alias!r}"):
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return int(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException as exc:
-            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise NotFound(f"ensemble {name!r} has no alias {alias!r}") from None
-            raise
+    with (
+        translated(f"ensemble {name!r} alias {alias!r}"),
+        missing_as_not_found(f"ensemble {name!r} has no alias {alias!r}"),
+    ):
+        return int(client.get_model_version_by_alias(name, alias).version)
 
 
 def require_ensemble(client: MlflowClient, name: str) -> None:
-    with translated(f"ensemble {name!r}"):
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client.get_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise NotFound(f"unknown ensemble {name!r}") from None
-            raise
+    with (
+        translated(f"ensemble {name!r}"),
+        missing_as_not_found(f"unknown ensemble {name!r}", frozenset({"RESOURCE_DOES_NOT_EXIST"})),
+    ):
+        client.get_registered_model(name)
 
 
 def load_manifest(client: MlflowClient, name: str, version: int) -> Manifest:
@@ -104,12 +97,8 @@ def _fetch_manifest(client: MlflowClient, name: str, version: int) -> Manifest:
         from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
 
-        try:
+        with missing_as_not_found(f"ensemble {name!r} has no version {version}"):
             model_version = client.get_model_version(name, str(version))
-        except MlflowException as exc:
-            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise NotFound(f"ensemble {name!r} has no version {version}") from None
-            raise
         source = str(model_version.source).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="manifest-") as tmp:
             try:
@@ -126,9 +115,8 @@ def _fetch_manifest(client: MlflowClient, name: str, version: int) -> Manifest:
     try:
         manifest = Manifest.from_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise InvalidManifest(
-            f"ensemble {name!r} version {version}: invalid manifest ({first['loc']}: {first['msg']})"
+            f"ensemble {name!r} version {version}: invalid manifest ({validation_summary(exc)})"
         ) from None
     if manifest.name != name or manifest.version != version:
         raise InvalidManifest(

@@ -32,11 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from contracts.errors import one_line
+from contracts.files import atomic_write_text
+from contracts.manifest import Manifest
+from contracts.model_config import (
+    ModelConfigError,
+    ModelEntry,
+    dumps_model_config,
+    read_model_config,
+    write_model_config,
+)
 from registry.aliases import check_alias
 from registry.client import translated
 from registry.defaults import DEFAULT_SYNC_GRACE_S
 from registry.errors import InvalidArgument, NotFound, RegistryError
-from registry.manifest import Manifest
 from registry.promotion import check_members
 from registry.resolve import load_manifest, version_for_alias
 
@@ -206,15 +215,13 @@ def _read_state(repo: Path, name: str) -> _State:
 
 
 def _write_state(repo: Path, name: str, state: _State) -> None:
-    from serving.model_config import write_atomically
-
     data = {
         "ensemble": name,
         "models": sorted(state.models),
         "sources": dict(sorted(state.sources.items())),
         "unnamed_since": dict(sorted(state.unnamed_since.items())),
     }
-    write_atomically(_state_path(repo, name), json.dumps(data, indent=1) + "\n")
+    atomic_write_text(_state_path(repo, name), json.dumps(data, indent=1) + "\n")
 
 
 def _download_version(client: MlflowClient, repo: Path, model: str, version: int, state: _State) -> bool:
@@ -258,17 +265,10 @@ def sync_once(
 ) -> SyncResult:
     """One sync pass of ``name``'s ``aliases`` into ``repo``; see the module docstring.
 
-    ``available`` asks the backend this repository feeds (``backend_availability``); ``now`` is
+    ``available`` asks the backend this repository feeds (the CLI builds it from serving's
+    ``backend_availability``); ``now`` is
     the wall-clock time of the pass (tests set it).
     """
-    from serving.model_config import (
-        ModelConfigError,
-        ModelEntry,
-        dumps_model_config,
-        read_model_config,
-        write_model_config,
-    )
-
     if not aliases:
         raise InvalidArgument("sync needs at least one --alias")
     for alias in aliases:
@@ -392,28 +392,6 @@ def sync_once(
     return result
 
 
-def backend_availability(address: str, timeout_s: float = 2.0) -> AvailableFn:
-    """Ask TF Serving at ``address`` (gRPC ``HOST:PORT``) whether a model version is AVAILABLE."""
-    import grpc
-
-    from serving.protos import GetModelStatusRequest, ModelServiceStub, ModelVersionStatus
-
-    stub = ModelServiceStub(grpc.insecure_channel(address))
-    available_state = ModelVersionStatus.State.Value("AVAILABLE")
-
-    def available(model: str, version: int) -> bool:
-        request = GetModelStatusRequest()
-        request.model_spec.name = model
-        request.model_spec.version.value = version
-        try:
-            response = stub.GetModelStatus(request, timeout=timeout_s)
-        except grpc.RpcError:
-            return False  # down, or the version unknown: not AVAILABLE, so keep the old one
-        return any(s.version == version and s.state == available_state for s in response.model_version_status)
-
-    return available
-
-
 PassOutcome = Literal["ok", "registry_error", "filesystem_error", "error"]
 
 
@@ -449,8 +427,7 @@ def watch(
             report(f"sync failed on the filesystem, retrying in {interval_s:g}s: {_os_error(exc)}")
         except Exception as exc:  # a sidecar that dies leaves its backend stale: keep trying, loudly
             outcome = "error"
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            report(f"sync failed, retrying in {interval_s:g}s: {type(exc).__name__}: {first}")
+            report(f"sync failed, retrying in {interval_s:g}s: {type(exc).__name__}: {one_line(exc)}")
         if on_pass is not None:
             on_pass(outcome, result)
         passes += 1

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from contracts import tags as tag
 from registry.aliases import check_alias
 from registry.client import connect, ensure_experiment, translated
 from registry.defaults import is_local_store
 from registry.defaults import tracking_uri as default_tracking_uri
 from registry.errors import InvalidArgument
 from registry.outdir import MemberOutput, TrainingOutput, flatten, numeric_items, read_training_output
-from registry.registration import KIND_TAG, SAVED_MODEL_ARTIFACT, register_training
+from registry.registration import SAVED_MODEL_ARTIFACT, register_training
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -110,9 +111,9 @@ def _log_dataset_input(client: MlflowClient, run_id: str, dataset: dict[str, Any
 
 def _dataset_tags(dataset: dict[str, Any]) -> dict[str, str]:
     return {
-        "dataset.source": str(dataset.get("source", "")),
-        "dataset.fingerprint": str(dataset.get("fingerprint", "")),
-        "dataset.test_fingerprint": str(dataset.get("test_fingerprint", "")),
+        tag.DATASET_SOURCE: str(dataset.get("source", "")),
+        tag.DATASET_FINGERPRINT: str(dataset.get("fingerprint", "")),
+        tag.DATASET_TEST_FINGERPRINT: str(dataset.get("test_fingerprint", "")),
     }
 
 
@@ -121,15 +122,15 @@ def _log_member(
 ) -> str:
     served, weight, reason = output.status(member)
     tags = {
-        "mlflow.parentRunId": parent_run_id,
-        "ensemble.name": output.manifest.name,
-        "ensemble.member": member.model_name,
-        "ensemble.served": "true" if served else "false",
-        "ensemble.weight": f"{weight:.6f}",
+        tag.PARENT_RUN: parent_run_id,
+        tag.ENSEMBLE: output.manifest.name,
+        tag.MEMBER: member.model_name,
+        tag.SERVED: "true" if served else "false",
+        tag.WEIGHT: f"{weight:.6f}",
         **_dataset_tags(output.dataset),
     }
     if reason:
-        tags["ensemble.dropped_reason"] = reason
+        tags[tag.DROPPED_REASON] = reason
     run = client.create_run(experiment_id, run_name=member.model_name, tags=tags)
     run_id = str(run.info.run_id)
     params = flatten(member.hyperparameters)
@@ -139,7 +140,7 @@ def _log_member(
             "member.seed": str(member.info.get("seed", "")),
             "member.fold": str(member.info.get("fold", "")),
             "member.epochs_trained": str(member.info.get("epochs_trained", "")),
-            "dataset.fingerprint": str(output.dataset.get("fingerprint", "")),
+            tag.DATASET_FINGERPRINT: str(output.dataset.get("fingerprint", "")),
         }
     )
     _log_params(client, run_id, params)
@@ -172,8 +173,8 @@ def record_training(
             experiment_id,
             run_name=output.manifest.name,
             tags={
-                "ensemble.name": output.manifest.name,
-                KIND_TAG: "ensemble",
+                tag.ENSEMBLE: output.manifest.name,
+                tag.KIND: "ensemble",
                 **_dataset_tags(output.dataset),
             },
         )
@@ -202,9 +203,7 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
     params = {
         "ensemble.members": str(len(manifest.members)),
         "ensemble.combiner": manifest.combiner.method,
-        "dataset.source": str(output.dataset.get("source", "")),
-        "dataset.fingerprint": str(output.dataset.get("fingerprint", "")),
-        "dataset.test_fingerprint": str(output.dataset.get("test_fingerprint", "")),
+        **_dataset_tags(output.dataset),  # as parameters too, to compare runs by their data
     }
     params.update({f"weight.{member.name}": f"{member.weight:.6f}" for member in manifest.members})
     params.update({f"weight.{m.model_name}": "0.000000" for m in output.trained if not output.status(m)[0]})
@@ -215,11 +214,15 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
         if isinstance(config, dict):
             params.update({f"config.{key}": value for key, value in flatten(config).items()})
     _log_params(client, run_id, params)
-    tags = {f"dropped.{m.model_name}": output.status(m)[2] for m in output.trained if not output.status(m)[0]}
+    run_tags = {
+        f"{tag.DROPPED_PREFIX}{m.model_name}": output.status(m)[2]
+        for m in output.trained
+        if not output.status(m)[0]
+    }
     note = (output.report.get("weights") or {}).get("note")
     if note:
-        tags["ensemble.weights"] = str(note)
-    _log_tags(client, run_id, tags)
+        run_tags[tag.WEIGHTS_NOTE] = str(note)
+    _log_tags(client, run_id, run_tags)
     metrics = dict(manifest.metrics)
     metrics.update(_report_metrics(output.report))
     _log_metrics(client, run_id, [(0, metrics)])

@@ -6,8 +6,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from contracts import tags as tag
 from registry.client import translated
-from registry.registration import KIND_TAG
 from registry.resolve import require_ensemble
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def list_models(client: MlflowClient, *, include_members: bool = False) -> list[
     with translated("listing registered models"):
         rows = []
         for model in _all_registered(client):
-            kind = (model.tags or {}).get(KIND_TAG, "other")
+            kind = (model.tags or {}).get(tag.KIND, "other")
             if kind != "ensemble" and not include_members:
                 continue
             versions = _versions(client, model.name)
@@ -103,9 +103,9 @@ def version_rows(client: MlflowClient, name: str) -> list[VersionRow]:
             tags = version.tags or {}
             metrics = {}
             for key, value in tags.items():
-                if key.startswith("metric."):
+                if key.startswith(tag.METRIC_PREFIX):
                     try:
-                        metrics[key.removeprefix("metric.")] = float(value)
+                        metrics[key.removeprefix(tag.METRIC_PREFIX)] = float(value)
                     except ValueError:
                         continue
             rows.append(
@@ -120,7 +120,7 @@ def version_rows(client: MlflowClient, name: str) -> list[VersionRow]:
                         if key.startswith("member.") and value.isdigit()
                     },
                     metrics=metrics,
-                    test_fingerprint=tags.get("dataset.test_fingerprint", ""),
+                    test_fingerprint=tags.get(tag.DATASET_TEST_FINGERPRINT, ""),
                 )
             )
     return rows
@@ -136,9 +136,9 @@ def member_metrics(client: MlflowClient, name: str, version: int) -> dict[str, f
         return {}
     out = {}
     for key, value in tags.items():
-        if key.startswith("metric."):
+        if key.startswith(tag.METRIC_PREFIX):
             try:
-                out[key.removeprefix("metric.")] = float(value)
+                out[key.removeprefix(tag.METRIC_PREFIX)] = float(value)
             except ValueError:
                 continue
     return out

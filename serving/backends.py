@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from registry.manifest import MemberRef
+from contracts.errors import one_line
+from contracts.manifest import MemberRef
 from serving.breaker import CircuitBreaker
 from serving.core import ModelMetadata
 from serving.ensemble import REQUEST_FAULTS, MemberError
@@ -91,11 +92,6 @@ def _reason(code: grpc.StatusCode) -> str:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return "deadline"
     return str(code.name).lower()
-
-
-def _one_line(text: str | None, limit: int = 200) -> str:
-    line = (text or "").splitlines()[0] if text else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class BackendPool:
@@ -300,7 +296,7 @@ class BackendPool:
             else:
                 breaker.record_failure()
             raise MemberError(
-                reason, f"{address}: {exc.code().name} {_one_line(exc.details())}".strip()
+                reason, f"{address}: {exc.code().name} {one_line(exc.details() or '', limit=200)}".strip()
             ) from None
         except asyncio.CancelledError:
             breaker.record_inconclusive()
@@ -349,7 +345,8 @@ class BackendPool:
             response = await self._predict_stub(address).GetModelMetadata(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise MemberError(
-                _reason(exc.code()), f"{address}: {exc.code().name} {_one_line(exc.details())}".strip()
+                _reason(exc.code()),
+                f"{address}: {exc.code().name} {one_line(exc.details() or '', limit=200)}".strip(),
             ) from None
         signature_def = SignatureDefMap()
         if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(

@@ -95,10 +95,9 @@ def serve(
             overrides["traffic"] = parse_traffic_option(traffic)
         settings = GatewaySettings.load(config, **overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        typer.echo(f"error: {where + ': ' if where else ''}{message}", err=True)
+        from contracts.errors import validation_summary
+
+        typer.echo(f"error: {validation_summary(exc)}", err=True)
         raise typer.Exit(2) from None
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -203,9 +202,9 @@ def backend(
             host=host,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
+        from contracts.errors import validation_problem
+
+        where, message = validation_problem(exc)
         typer.echo(f"error: {'--' + where + ': ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(run(settings))

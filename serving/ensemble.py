@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from registry.manifest import Manifest, MemberRef, TensorSpec
-from serving import combine
+from contracts import combine
+from contracts.manifest import Manifest, MemberRef, TensorSpec
 from serving.batching import BatchingPolicy, MicroBatcher
 from serving.core import (
     ModelMetadata,

@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from registry.manifest import Manifest
+from contracts.errors import one_line
+from contracts.files import atomic_write_text
+from contracts.manifest import Manifest
 from serving.manifest_source import ManifestLoadError, ServedManifests
-from serving.model_config import write_atomically
 
 FORMAT = 1
 
@@ -48,7 +49,7 @@ class LastGoodStore:
             "default": served.default.model_dump(mode="json"),
             "labels": {label: m.model_dump(mode="json") for label, m in served.labels.items()},
         }
-        write_atomically(self.path, json.dumps(document, indent=1) + "\n")
+        atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
 
     def load(self) -> SavedManifests | None:
         """The saved snapshot; None when there is none. ManifestLoadError when it cannot be used."""
@@ -68,8 +69,7 @@ class LastGoodStore:
             default = Manifest.model_validate(document["default"])
             labels = {str(k): Manifest.model_validate(v) for k, v in dict(document["labels"]).items()}
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
-            raise ManifestLoadError(f"{self.path} holds no valid manifest: {first}") from None
+            raise ManifestLoadError(f"{self.path} holds no valid manifest: {one_line(exc)}") from None
         return SavedManifests(
             ServedManifests(default=default, labels=labels), str(document.get("saved_at", ""))
         )

@@ -18,10 +18,8 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from registry.errors import InvalidArgument as RegistryInvalidArgument
-from registry.errors import InvalidManifest
-from registry.errors import NotFound as RegistryNotFound
-from registry.manifest import Manifest
+from contracts.errors import one_line, validation_summary
+from contracts.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +62,6 @@ class ManifestSource(Protocol):
         ...
 
 
-def _short(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "manifest"
-    return f"{where}: {first['msg']}"
-
-
 class FileManifestSource:
     """An ``ensemble.json`` on disk. It is only re-parsed when its size or mtime changed."""
 
@@ -92,7 +84,9 @@ class FileManifestSource:
         try:
             manifest = Manifest.load(self._path)
         except ValidationError as exc:
-            raise ManifestLoadError(f"{self._path} is not a valid manifest: {_short(exc)}") from None
+            raise ManifestLoadError(
+                f"{self._path} is not a valid manifest: {validation_summary(exc, what='manifest')}"
+            ) from None
         except OSError as exc:
             raise ManifestLoadError(f"cannot read {self._path}: {exc.strerror}") from None
         self._stamp, self._last = stamp, ServedManifests(default=manifest)
@@ -102,11 +96,31 @@ class FileManifestSource:
 ResolveFn = Callable[[str, str, str], Manifest]
 
 
-def _registry_resolver() -> ResolveFn:
-    # The registry (and mlflow) is imported only when a registry source is actually used.
+@dataclass(frozen=True, slots=True)
+class RegistryPort:
+    """The registry as the gateway sees it: how to resolve an alias, and what its errors mean.
+
+    The gateway's one way into the registry, loaded by :func:`registry_port` only when a registry
+    source is used, so a gateway serving a file never imports the registry or mlflow.
+    """
+
+    resolve: ResolveFn
+    """``resolve(tracking_uri, ensemble, alias)``: the manifest the alias points at."""
+    unset: tuple[type[BaseException], ...]
+    """Errors meaning the alias is not set (yet): a challenger may join later."""
+    answered: tuple[type[BaseException], ...]
+    """Errors that are the registry's answer (no such ensemble or alias, an invalid manifest), not
+    trouble reaching it: not worth waiting out at start."""
+
+
+def registry_port() -> RegistryPort:
+    """The registry's resolver and error types; ImportError without the 'registry' extra."""
+    from registry.errors import InvalidArgument, InvalidManifest, NotFound
     from registry.resolve import resolve_manifest
 
-    return resolve_manifest
+    return RegistryPort(
+        resolve=resolve_manifest, unset=(NotFound,), answered=(NotFound, InvalidManifest, InvalidArgument)
+    )
 
 
 class RegistryManifestSource:
@@ -131,22 +145,22 @@ class RegistryManifestSource:
 
     def _load_blocking(self) -> ServedManifests:
         try:
-            resolve = self._resolve or _registry_resolver()
+            port = registry_port()
         except ImportError as exc:
             raise ManifestLoadError(
                 f"serving from a registry needs the 'registry' extra installed ({exc.name} is missing)"
             ) from None
+        resolve = self._resolve or port.resolve
         labels: dict[str, Manifest] = {}
         for position, alias in enumerate(self._aliases):
             try:
                 labels[alias] = resolve(self._tracking_uri, self._ensemble, alias)
             except Exception as exc:  # the registry's errors are many; each becomes one line
-                if isinstance(exc, RegistryNotFound) and position > 0:
+                if isinstance(exc, port.unset) and position > 0:
                     continue  # only the default alias must exist; a challenger joins when it is set
-                reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                answered = isinstance(exc, RegistryNotFound | InvalidManifest | RegistryInvalidArgument)
                 raise ManifestLoadError(
-                    f"cannot resolve {self._ensemble}@{alias}: {reason}", transient=not answered
+                    f"cannot resolve {self._ensemble}@{alias}: {one_line(exc)}",
+                    transient=not isinstance(exc, port.answered),
                 ) from None
         return ServedManifests(default=labels[self._aliases[0]], labels=labels)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from serving.testing import free_port
 
 
 @pytest.mark.slow

@@ -21,13 +21,13 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest, MemberRef
-from serving import combine
+from contracts import combine
+from contracts.manifest import Manifest, MemberRef
 from serving.protos import PredictionServiceStub, PredictRequest
 from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from serving.testing import (
     GATEWAY_READY,
+    free_port,
     gateway_args,
     gateway_env,
     spawn_process,

@@ -2,7 +2,7 @@
 
 This is the whole of ``ensemble assemble``, run once after every member has finished. It needs
 no TensorFlow: it reads each member's SavedModel answers (on the rows it never trained on, and on
-the test split) and combines them with :mod:`serving.combine`, so the reported numbers are the
+the test split) and combines them with :mod:`contracts.combine`, so the reported numbers are the
 ones the gateway will serve.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, Provenance, TensorSpec
-from serving.combine import combine_outputs
+from contracts.combine import combine_outputs
+from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, Provenance, TensorSpec
 from training.config import TrainConfig, ensemble_name
 from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
@@ -91,7 +91,7 @@ def _output_specs(dataset: Dataset, sample: dict[str, np.ndarray]) -> list[Outpu
 
 def write_models_config(layout: Layout, refs: list[MemberRef]) -> None:
     """``<out>/models/models.config`` for TF Serving: the manifest's members, each at its version."""
-    from serving.model_config import ModelEntry, write_model_config
+    from contracts.model_config import ModelEntry, write_model_config
 
     entries = [
         ModelEntry(name=ref.name, base_path=str(layout.model_dir(ref.name).resolve()), versions=[ref.version])

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from contracts.errors import one_line
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -36,60 +38,6 @@ def _console() -> Console:
     console = Console()
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and would squeeze the report table.
     return console if console.is_terminal else Console(width=160)
-
-
-def _resolve(config_path: Path | None, overrides: dict[str, Any], members: int | None) -> TrainConfig:
-    """Config file + flags, validated, with the ensemble name filled in."""
-    from training.config import ensemble_name, load_config
-
-    config = load_config(config_path, overrides, members=members)
-    return config.model_copy(update={"name": ensemble_name(config)})
-
-
-def _check(config: TrainConfig) -> Any:
-    """Everything that can be checked before training: the data, the folds, names that refer to them."""
-    from training.data import prepare
-    from training.errors import ConfigError
-    from training.folds import assign_folds
-
-    dataset = prepare(config.data, config.seed)
-    targets = {t.name for t in dataset.targets}
-    for where, named in _loss_weight_keys(config):
-        unknown = set(named) - targets
-        if unknown:
-            raise ConfigError(
-                f"{where} names columns that are not targets: {', '.join(sorted(unknown))} "
-                f"(targets: {', '.join(sorted(targets))})"
-            )
-    if config.data.split.method == "cross_fit":
-        assign_folds(dataset, config)
-    return dataset
-
-
-def _loss_weight_keys(config: TrainConfig) -> list[tuple[str, list[str]]]:
-    """Every place a config names loss-weight targets: the defaults, each variant, searched choices."""
-    places = [("members.defaults.fit.loss_weights", list(config.members.defaults.fit.loss_weights))]
-    for i, variant in enumerate(config.members.variants):
-        named = (variant.get("fit") or {}).get("loss_weights")
-        if isinstance(named, dict):
-            places.append((f"members.variants[{i}].fit.loss_weights", list(named)))
-    space = config.search.space.get("fit.loss_weights")
-    for choice in (space.choices or []) if space is not None else []:
-        if isinstance(choice, dict):
-            places.append(("search.space.fit.loss_weights", list(choice)))
-    return places
-
-
-def prepare_run(config: TrainConfig, out_dir: Path) -> None:
-    """Validate the data and write ``config.yaml`` and ``dataset.json`` (what every worker reads)."""
-    from training.folds import fold_sizes
-    from training.layout import Layout
-
-    dataset = _check(config)
-    layout = Layout(out_dir)
-    layout.write_text(layout.config, config.to_yaml())
-    split = {"method": config.data.split.method, "fold_rows": fold_sizes(dataset, config)}
-    layout.write_json(layout.dataset, {**dataset.summary(), "split": split})
 
 
 def split_line(config: TrainConfig) -> str:
@@ -119,7 +67,7 @@ def _track(
     try:
         log_training(out_dir, uri, register=register, alias=alias)
     except Exception as exc:  # the run itself is complete; report the registry's problem in one line
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         print(f"error: logging to {uri} failed: {reason}", file=sys.stderr)
         return False
     return True
@@ -190,6 +138,7 @@ def train(
 ) -> None:
     """Train an ensemble: every member in parallel, then assemble, report and log it."""
     from training.errors import TrainingError
+    from training.prepare import prepare_run, resolve_config
     from training.runner import available_cores, run_members
 
     overrides: dict[str, Any] = {
@@ -204,7 +153,7 @@ def train(
     try:
         if workers is not None and workers < 1:
             raise TrainingError("--workers must be at least 1")
-        resolved = _resolve(config, overrides, members)
+        resolved = resolve_config(config, overrides, members)
         prepare_run(resolved, out)
         count = resolved.candidate_count
         console.print(f"Training {count} members of [bold]{resolved.name}[/] into {out}")
@@ -242,10 +191,11 @@ def train_member(
     """
     from training.errors import TrainingError
     from training.layout import Layout
+    from training.prepare import prepare_run, resolve_config
 
     try:
         if config is not None:
-            prepare_run(_resolve(config, {}, None), out)
+            prepare_run(resolve_config(config, {}, None), out)
         elif not Layout(out).config.is_file():
             raise TrainingError(
                 f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first"

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from contracts.errors import one_line
 from training.config import DataConfig, Task
 from training.errors import DataError
 
@@ -196,7 +197,7 @@ def read_table(source: str) -> tuple[pd.DataFrame, list[str], dict[str, list[str
     except DataError:
         raise
     except Exception as exc:  # every reader failure is the same user problem: an unreadable file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         raise DataError(f"cannot read {source}: {reason}") from None
     if frame.empty or len(frame.columns) < 2:
         raise DataError(f"{source} has no rows or fewer than two columns")

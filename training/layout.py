@@ -6,11 +6,12 @@ Other parts (the registry's MLflow logging, the Kubernetes job) rely on these na
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from contracts.files import atomic_write_text
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -87,10 +88,7 @@ class Layout:
 
     def write_text(self, path: Path, text: str) -> None:
         """Atomic write: parallel workers and pods may write the same file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
 
     def write_json(self, path: Path, data: Any) -> None:
         self.write_text(path, json.dumps(data, indent=2) + "\n")

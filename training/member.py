@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from contracts.errors import one_line
 from training.config import ensemble_name
 from training.data import Dataset, prepare
 from training.folds import member_rows
@@ -172,7 +173,7 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         return record
     except BaseException as exc:
         progress.state = "failed"
-        progress.message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        progress.message = one_line(exc)
         write_progress(member_dir, progress)
         raise
 

@@ -2,7 +2,7 @@
 
 A row's out-of-fold ensemble answer combines only the members that held the row out, their
 weights renormalised over them, as the gateway renormalises over the members that answered
-(:func:`serving.combine.renormalized`). A row held out by one member alone gets that member's
+(:func:`contracts.combine.renormalized`). A row held out by one member alone gets that member's
 answer whatever the weights, so only rows held out by two or more members can tell weightings
 apart (:meth:`OutOfFold.informative`), and only about the members that share such rows
 (:meth:`OutOfFold.components`).
@@ -17,7 +17,7 @@ from functools import reduce
 import numpy as np
 import numpy.typing as npt
 
-from serving.combine import FloatArray
+from contracts.combine import FloatArray
 
 Rows = npt.NDArray[np.int64]
 

@@ -8,10 +8,11 @@ sharing a volume, and need no pipe between the processes.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from contracts.files import atomic_write_text
 
 State = Literal["waiting", "starting", "training", "exporting", "done", "failed"]
 
@@ -34,11 +35,7 @@ def progress_path(member_dir: Path) -> Path:
 
 
 def write_progress(member_dir: Path, progress: MemberProgress) -> None:
-    member_dir.mkdir(parents=True, exist_ok=True)
-    path = progress_path(member_dir)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(progress)))
-    tmp.replace(path)
+    atomic_write_text(progress_path(member_dir), json.dumps(asdict(progress)))
 
 
 def read_progress(member_dir: Path, index: int) -> MemberProgress:

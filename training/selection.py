@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.combine import FloatArray
+from contracts.combine import FloatArray
 from training import search, weights
 from training.config import TrainConfig
 from training.errors import TrainingError

@@ -44,10 +44,10 @@ def train_tiny(
     TensorFlow import when the caller has TensorFlow loaded already.
     """
     from training.assemble import assemble
-    from training.cli import _resolve, prepare_run
+    from training.prepare import prepare_run, resolve_config
     from training.runner import run_members
 
-    config = _resolve(None, {**tiny_overrides(data, members, epochs), **(extra or {})}, None)
+    config = resolve_config(None, {**tiny_overrides(data, members, epochs), **(extra or {})}, None)
     out_dir = Path(out_dir)
     prepare_run(config, out_dir)
     indices = list(range(config.candidate_count))

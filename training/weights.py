@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from serving.combine import FloatArray, normalized
+from contracts.combine import FloatArray, normalized
 from training.oof import OutOfFold
 
 # Weights below this after optimisation are noise from the solver: dropping them lets greedy and

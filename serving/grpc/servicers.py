@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from grpc import aio
 
+from contracts.errors import one_line
 from serving.core import ModelRef, ServingCore
 from serving.errors import InvalidArgument, ServingError, Unimplemented
 from serving.protos import (
@@ -85,7 +86,7 @@ def tolerant_deserializer(decode: Callable[[bytes], Any]) -> Callable[[bytes], A
         try:
             return decode(data)
         except Exception as exc:
-            return Undecodable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return Undecodable(one_line(exc))
 
     return deserialize
 

@@ -28,6 +28,7 @@ import grpc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.errors import one_line, validation_summary
 from serving.errors import from_status_code
 
 Distribution = Literal["fixed", "uniform", "normal", "exponential", "lognormal"]
@@ -87,11 +88,9 @@ class FaultConfig(BaseModel):
         except OSError as exc:
             raise ValueError(f"{path}: cannot read fault config: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+            raise ValueError(f"{path}: not valid YAML/JSON: {one_line(exc)}") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"{path}: {where}: {first['msg']}") from None
+            raise ValueError(f"{path}: {validation_summary(exc)}") from None
 
 
 class FaultInjector:

@@ -27,9 +27,10 @@ from typing import Protocol
 
 import numpy as np
 
+from contracts.errors import one_line
+from contracts.model_config import ModelConfigError, ModelEntry, read_model_config
 from serving.core import ModelRef, TensorInfo, VersionStatus
 from serving.errors import InvalidArgument, NotFound
-from serving.model_config import ModelConfigError, ModelEntry, read_model_config
 from serving.protos import SignatureDefMap
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ class ModelManager:
                 servable = await loop.run_in_executor(self._load_executor, self._loader, slot.path)
                 break
             except Exception as exc:
-                error = f"Failed to load {name} version {slot.version}: {exc}".splitlines()[0]
+                error = f"Failed to load {name} version {slot.version}: {one_line(exc)}"
                 slot.failures += 1
                 if attempt == attempts or not self._still_wanted(model, slot):
                     slot.state, slot.error_code, slot.error_message = "END", "UNKNOWN", error

@@ -19,12 +19,12 @@ from typing import Any
 
 from grpc import aio
 
+from contracts.model_config import ModelConfigError, ModelEntry
 from serving.grpc.oip import OIP_SERVICE
 from serving.local_server.core import PLATFORM, LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
 from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
-from serving.model_config import ModelConfigError, ModelEntry
 from serving.oip.service import OipService
 
 log = logging.getLogger("serving.local_server")

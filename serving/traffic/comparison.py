@@ -12,7 +12,7 @@ champion's combined answer, so a single regressed member of the challenger stand
 members around it.
 
 When either alias moves to another manifest version, the window starts again: figures never mix
-two versions. :meth:`ComparisonWindow.summary` builds the document of ``serving.traffic.summary``.
+two versions. :meth:`ComparisonWindow.summary` builds the document of ``contracts.comparison``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from registry.manifest import OutputKind
+from contracts.comparison import (
+    SUMMARY_SCHEMA_VERSION,
+    ComparisonSummary,
+    MemberSummary,
+    ShadowCounts,
+    Side,
+    SideSummary,
+    WindowSummary,
+)
+from contracts.manifest import OutputKind
 from serving.traffic.figures import Diff, diff_answers, latency, output_figures, pooled_figures
-from serving.traffic.routing import Side
 from serving.traffic.shadow import Outcome
-from serving.traffic.summary import ComparisonSummary, MemberSummary, ShadowCounts, SideSummary, WindowSummary
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +255,7 @@ class ComparisonWindow:
         self._evict(now)
         pairs = self._sides["challenger"].diffs
         return ComparisonSummary(
+            schema_version=SUMMARY_SCHEMA_VERSION,
             ensemble=self.ensemble,
             champion=self._side_summary("champion"),
             challenger=self._side_summary("challenger"),

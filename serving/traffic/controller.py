@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from contracts.comparison import ComparisonSummary
 from serving.errors import NotFound
 from serving.traffic.comparison import ComparisonWindow, SideObservation
 from serving.traffic.metrics import TrafficMetrics
 from serving.traffic.policy import TrafficPolicy
 from serving.traffic.routing import AS_ADDRESSED, Route, route
 from serving.traffic.shadow import Outcome, ShadowRunner
-from serving.traffic.summary import ComparisonSummary
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry.manifest import OutputKind
-from serving.traffic.summary import Figures, Latency, OutputFigures
+from contracts.comparison import Figures, Latency, OutputFigures
+from contracts.manifest import OutputKind
 
 REL_EPS = 1e-12
 """Floor of the reference's magnitude in the relative difference: a zero prediction divides by this."""

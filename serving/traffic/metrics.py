@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from contracts.comparison import ComparisonSummary, Latency
 from serving.metrics import ENSEMBLE, MEMBER, OUTCOME, PREFIX, VERSION
 from serving.traffic.comparison import ComparisonWindow, Recorded
 from serving.traffic.shadow import Outcome
-from serving.traffic.summary import ComparisonSummary, Latency
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

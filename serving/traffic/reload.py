@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from contracts.errors import one_line, validation_summary
 from serving.settings import GatewaySettings
 from serving.traffic.policy import TrafficPolicy
 
@@ -32,13 +33,6 @@ class TrafficReloadError(Exception):
 def _stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return (stat.st_mtime_ns, stat.st_size)
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
 
 
 class TrafficReloader:
@@ -73,12 +67,9 @@ class TrafficReloader:
         try:
             fresh = self._settings.reload()
         except ValidationError as exc:
-            raise TrafficReloadError(f"{path}: {_first_error(exc)}") from None
+            raise TrafficReloadError(f"{path}: {validation_summary(exc)}") from None
         except Exception as exc:  # YAML syntax and the like: one line, the old policies stay
-            text = str(exc).strip()
-            raise TrafficReloadError(
-                f"{path}: {text.splitlines()[0] if text else type(exc).__name__}"
-            ) from None
+            raise TrafficReloadError(f"{path}: {one_line(exc)}") from None
         changed = [
             name
             for name in type(fresh).model_fields

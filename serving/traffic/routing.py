@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from contracts.comparison import Side
 from serving.traffic.policy import TrafficPolicy
 
-Side = Literal["champion", "challenger"]
 How = Literal["off", "explicit", "sticky", "random"]
 
 ALIAS_HEADER = "x-ensemble-alias"

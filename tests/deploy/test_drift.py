@@ -23,8 +23,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.manifest import OutputKind
 from registry import sync as registry_sync
-from registry.manifest import OutputKind
 from serving.metrics import GatewayMetrics
 from serving.settings import ENV_PREFIX, GatewaySettings
 from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation

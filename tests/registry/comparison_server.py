@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.manifest import OutputKind
+from contracts.manifest import OutputKind
 from serving.traffic.comparison import ComparisonWindow, SideObservation
 
 KINDS: dict[str, OutputKind] = {"probabilities": "probabilities"}

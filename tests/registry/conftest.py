@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from serving.testing import free_port
 
 START_TIMEOUT_S = 120
 

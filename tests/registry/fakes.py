@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 
 
 def write_training_output(

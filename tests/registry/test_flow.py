@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contracts.model_config import read_model_config
 from ensemble_cli import build_app
 from registry.client import connect
 from registry.resolve import resolve_manifest, resolve_version
 from registry.tracking import record_training
-from serving.model_config import read_model_config
-from tests.conftest import free_port
+from serving.testing import free_port
 from tests.registry.conftest import MlflowServer
 from tests.registry.fakes import write_training_output
 

@@ -21,21 +21,21 @@ import pytest
 
 from registry.tracking import record_training
 from serving.protos import GetModelStatusRequest, ModelServiceStub
-from tests.conftest import free_port
-from tests.registry.conftest import run_mlflow_server
-from tests.registry.fakes import write_training_output
-from tests.serving.gateway.helpers import (
+from serving.testing import (
     GATEWAY_READY,
     N_CLASSES,
     N_FEATURES,
-    REPO_ROOT,
     fake_backend_args,
+    free_port,
     gateway_env,
     spawn_process,
     start_process,
     stop_process,
     wait_ready,
 )
+from tests.conftest import REPO_ROOT
+from tests.registry.conftest import run_mlflow_server
+from tests.registry.fakes import write_training_output
 from tests.serving.gateway.test_gateway_process import offline
 
 pytestmark = pytest.mark.slow

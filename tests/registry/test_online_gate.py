@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from contracts.comparison import ComparisonSummary
 from ensemble_cli import build_app
 from registry.errors import InvalidArgument, NotFound, OnlineEvidenceError, Unreachable
 from registry.online_gate import (
-    OnlineEvidence,
     OnlineThresholds,
     check_gateway_url,
     fetch_evidence,
     online_gate,
 )
-from tests.conftest import free_port
+from serving.testing import free_port
 from tests.registry.comparison_server import ComparisonServer, comparison_server, summary_document
 
 PATH = "/v1/ensembles/digits/comparison"
@@ -29,7 +29,7 @@ LOOSE = OnlineThresholds(min_requests=100, min_agreement=0.9, max_p99_ratio=1.5,
 def verdict(
     thresholds: OnlineThresholds = LOOSE, candidate: int = 2, holder: int | None = 1, **summary: object
 ):
-    evidence = OnlineEvidence.model_validate(summary_document("digits", **summary))  # type: ignore[arg-type]
+    evidence = ComparisonSummary.model_validate(summary_document("digits", **summary))  # type: ignore[arg-type]
     return online_gate(evidence, alias="champion", candidate=candidate, holder=holder, thresholds=thresholds)
 
 
@@ -86,7 +86,7 @@ def test_regression_is_held_to_the_relative_difference() -> None:
     document = summary_document("digits", pairs=150)
     document["classification"] = None
     document["regression"] = {"rows": 150, "agreement": None, "mean_abs_diff": 0.4, "mean_rel_diff": 0.08}
-    evidence = OnlineEvidence.model_validate(document)
+    evidence = ComparisonSummary.model_validate(document)
     refused = online_gate(evidence, alias="champion", candidate=2, holder=1, thresholds=LOOSE)
     assert "mean relative difference 0.0800 > 0.05 over 150 rows" in refused.reason
     passed = online_gate(

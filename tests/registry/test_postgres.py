@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from contracts.model_config import read_model_config
 from registry.client import connect
 from registry.promotion import promote
 from registry.resolve import resolve_manifest
 from registry.sync import sync_once
 from registry.tracking import record_training
-from serving.model_config import read_model_config
 from tests.registry.conftest import MlflowServer, run_mlflow_server, run_postgres
 from tests.registry.fakes import write_training_output
 

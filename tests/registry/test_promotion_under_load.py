@@ -33,15 +33,15 @@ import numpy as np
 import orjson
 import pytest
 
+from contracts import combine
 from registry.sync import minimum_grace_s
 from registry.tracking import record_training
-from serving import combine
 from serving.protos import PredictionServiceStub, PredictRequest
 from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.conftest import free_port
+from serving.testing import free_port, spawn_process, stop_process, wait_ready
+from tests.conftest import REPO_ROOT
 from tests.registry.conftest import MlflowServer
 from tests.registry.fakes import write_training_output
-from tests.serving.gateway.helpers import REPO_ROOT, spawn_process, stop_process, wait_ready
 
 pytestmark = pytest.mark.slow
 

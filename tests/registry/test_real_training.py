@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from contracts.manifest import Manifest
+from contracts.model_config import read_model_config
 from registry.client import connect
-from registry.manifest import Manifest
 from registry.resolve import resolve_manifest
 from registry.sync import sync_once
 from registry.tracking import record_training
-from serving.model_config import read_model_config
 from tests.registry.conftest import MlflowServer
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from contracts.manifest import Manifest
 from registry.aliases import AliasMove, check_alias, history, holder_stack, move_alias
 from registry.defaults import DEFAULT_TRACKING_URI, tracking_uri
 from registry.errors import InvalidArgument
-from registry.manifest import Manifest
 from registry.outdir import read_training_output
 from registry.promotion import gate, higher_is_better
 from registry.resolve import EnsembleRef, parse_ref

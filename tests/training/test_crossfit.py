@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 from training.config import load_config
 from training.data import prepare
 from training.folds import assign_folds, member_rows

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.manifest import Manifest
-from serving.combine import combine_outputs
+from contracts.combine import combine_outputs
+from contracts.manifest import Manifest
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_digits_layout_manifest_and_models_config(tiny_digits: Path) -> None:
-    from serving.model_config import read_model_config
+    from contracts.model_config import read_model_config
 
     for name in ("config.yaml", "dataset.json", "ensemble.json", "report.json", "models/models.config"):
         assert (tiny_digits / name).is_file(), name

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serving.combine import combine_outputs, renormalized
+from contracts.combine import combine_outputs, renormalized
 from training.config import AssembleConfig
 from training.oof import OutOfFold
 from training.weights import balanced, given, greedy, optimized, shrink, uniform

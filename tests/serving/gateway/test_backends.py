@@ -8,15 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef
+from contracts.manifest import MemberRef
 from serving.backends import BackendPool
 from serving.core import ModelRef
 from serving.ensemble import EnsembleCore, MemberError
 from serving.errors import Unavailable
 from serving.manifest_source import ServedManifests
 from serving.metrics import GatewayMetrics
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import make_manifest, member_answer, start_fake_backend, stop_process
+from serving.testing import free_port, make_manifest, member_answer, start_fake_backend, stop_process
 from tests.serving.gateway.test_breaker import FakeClock
 
 MEMBERS = ["toy-m0", "toy-m1"]

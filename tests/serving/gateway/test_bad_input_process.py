@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 from serving.errors import http_status
 from serving.protos import DataType, PredictionServiceStub, PredictRequest, PredictResponse, TensorProto
 from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto
+from serving.testing import N_FEATURES
 from tests.conftest import raw_http
 from tests.serving.fuzz_corpus import Input, grpc_cases, rest_cases, valid_rest_body
-from tests.serving.gateway.helpers import N_FEATURES
 from tests.serving.gateway.test_gateway_process import Deployment, deployment, offline, rows
 
 pytestmark = pytest.mark.slow

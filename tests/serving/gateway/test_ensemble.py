@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from registry.manifest import MemberRef, TensorSpec
-from serving import combine
+from contracts import combine
+from contracts.manifest import MemberRef, TensorSpec
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.ensemble import (
@@ -25,7 +25,7 @@ from serving.ensemble import (
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.manifest_source import ServedManifests
 from serving.metrics import GatewayMetrics
-from tests.serving.gateway.helpers import make_manifest, member_answer
+from serving.testing import make_manifest, member_answer
 
 
 class FakeCaller:

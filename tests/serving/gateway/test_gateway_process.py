@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving import combine
+from contracts import combine
+from contracts.manifest import Manifest
 from serving.protos import (
     GetModelMetadataRequest,
     GetModelStatusRequest,
@@ -34,10 +34,10 @@ from serving.protos import (
     SignatureDefMap,
 )
 from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from serving.testing import (
     GATEWAY_READY,
     fake_backend_args,
+    free_port,
     gateway_args,
     gateway_env,
     make_manifest,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from contracts.manifest import Manifest
 from registry.errors import NotFound as RegistryNotFound
 from registry.errors import Unreachable
-from registry.manifest import Manifest
 from serving import manifest_source
 from serving.app import Gateway
 from serving.core import ModelRef
@@ -20,8 +21,7 @@ from serving.errors import Unavailable
 from serving.last_good import LastGoodStore
 from serving.manifest_source import ManifestLoadError, ServedManifests
 from serving.settings import GatewaySettings
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import make_manifest
+from serving.testing import free_port, make_manifest
 
 
 class Registry:
@@ -42,8 +42,9 @@ class Registry:
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
     fake = Registry()
-    resolver: Callable[[], Callable[[str, str, str], Manifest]] = lambda: fake.resolve  # noqa: E731
-    monkeypatch.setattr(manifest_source, "_registry_resolver", resolver)
+    real = manifest_source.registry_port()
+    port: Callable[[], manifest_source.RegistryPort] = lambda: replace(real, resolve=fake.resolve)  # noqa: E731
+    monkeypatch.setattr(manifest_source, "registry_port", port)
     return fake
 
 

@@ -19,18 +19,18 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving import combine
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from contracts import combine
+from contracts.manifest import Manifest
+from serving.testing import (
     GATEWAY_READY,
-    REPO_ROOT,
+    free_port,
     gateway_args,
     gateway_env,
     spawn_process,
     stop_process,
     wait_ready,
 )
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

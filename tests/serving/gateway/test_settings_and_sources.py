@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from contracts.manifest import Manifest
 from registry.errors import NotFound as RegistryNotFound
-from registry.manifest import Manifest
 from serving.manifest_source import (
     FileManifestSource,
     ManifestLoadError,
@@ -18,7 +18,7 @@ from serving.manifest_source import (
     watch,
 )
 from serving.settings import GatewaySettings
-from tests.serving.gateway.helpers import make_manifest
+from serving.testing import make_manifest
 
 
 def test_defaults_match_tf_serving_ports() -> None:

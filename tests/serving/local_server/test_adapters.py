@@ -31,7 +31,8 @@ from serving.protos import (
 )
 from serving.rest import create_tfs_router, install_error_handlers
 from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto
-from tests.conftest import free_port, raw_http
+from serving.testing import free_port
+from tests.conftest import raw_http
 
 
 class RecordingCore:

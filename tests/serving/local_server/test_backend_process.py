@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.model_config import ModelEntry, write_model_config
-from tests.conftest import free_port
+from contracts.model_config import ModelEntry, write_model_config
+from serving.testing import free_port
 from tests.serving.local_server.export_model import export
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.model_config import ModelConfigError, ModelEntry, write_model_config
 from serving.core import ModelRef
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from serving.local_server.core import LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector, FaultSpec
 from serving.local_server.manager import LoadRetries, ModelManager, scan_versions, wanted_versions
-from serving.model_config import ModelConfigError, ModelEntry, write_model_config
 from tests.serving.local_server.fakes import FakeServable, make_versions
 
 

@@ -29,7 +29,7 @@ from serving.protos.inference.open_inference_grpc_pb2 import (
 from serving.protos.inference.open_inference_grpc_pb2_grpc import GRPCInferenceServiceStub
 from serving.rest import create_tfs_router, install_error_handlers
 from serving.rest.oip import create_oip_router
-from tests.conftest import free_port
+from serving.testing import free_port
 
 STRING = np.dtype(object)
 

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 from serving.protos.inference.open_inference_grpc_pb2 import (
     ModelInferRequest,
     ServerLiveRequest,

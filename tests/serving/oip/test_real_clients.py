@@ -28,18 +28,18 @@ import numpy as np
 import orjson
 import pytest
 
-from registry.manifest import Manifest
-from serving.model_config import ModelEntry, write_model_config
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import (
+from contracts.manifest import Manifest
+from contracts.model_config import ModelEntry, write_model_config
+from serving.testing import (
     GATEWAY_READY,
-    REPO_ROOT,
+    free_port,
     gateway_args,
     gateway_env,
     spawn_process,
     stop_process,
     wait_ready,
 )
+from tests.conftest import REPO_ROOT
 from tests.serving.oip.conftest import RunClients
 
 pytestmark = pytest.mark.slow

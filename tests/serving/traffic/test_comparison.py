@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry.manifest import OutputKind
+from contracts.comparison import ComparisonSummary, Latency
+from contracts.manifest import OutputKind
 from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
 from serving.traffic.figures import diff, latency
-from serving.traffic.summary import ComparisonSummary, Latency
 
 KINDS: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
 N_CLASSES = 5

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.manifest import OutputKind
+from contracts.manifest import OutputKind
 from serving.errors import NotFound
 from serving.traffic.comparison import SideObservation
 from serving.traffic.controller import TrafficController

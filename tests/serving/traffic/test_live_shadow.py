@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry.manifest import Manifest, OutputKind
+from contracts.manifest import Manifest, OutputKind
 from serving.backends import BackendPool
 from serving.core import ModelRef
 from serving.ensemble import EnsembleCore, FanOutPolicy, MemberError
 from serving.manifest_source import ServedManifests, served_version
+from serving.testing import free_port, make_manifest, start_fake_backend, stop_process
 from serving.traffic.comparison import SideObservation
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
-from tests.conftest import free_port
-from tests.serving.gateway.helpers import make_manifest, start_fake_backend, stop_process
 from tests.serving.gateway.test_ensemble import offline, rows
 from tests.serving.traffic.helpers import until
 

@@ -12,7 +12,7 @@ import pytest
 
 from serving.traffic.policy import TrafficPolicy
 from serving.traffic.routing import AS_ADDRESSED, Route, route, sticky_bucket
-from tests.serving.gateway.helpers import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 SERVED = {"champion": 3, "challenger": 4}
 KEYS = [f"user-{i}" for i in range(20_000)]

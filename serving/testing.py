@@ -1,9 +1,15 @@
-"""Test helpers for the gateway: manifests and member answers computed without TensorFlow."""
+"""Gateway test and benchmark helpers: toy manifests, member answers known offline, processes on loopback.
+
+The tests and ``bench/`` both start gateways and fake members (``serving.fake_backend``) with
+these; member answers are computed with numpy, without TensorFlow, so the exact offline answer
+is known.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,10 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
+from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
 
 N_FEATURES = 4
 N_CLASSES = 3
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_manifest(
@@ -60,14 +73,13 @@ def member_answer(member: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def spawn_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``python args...`` from the repository root; :func:`wait_ready` waits for it."""
+def spawn_process(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start ``python args...`` (in ``cwd``, default this process's); :func:`wait_ready` waits for it."""
     return subprocess.Popen(
         [sys.executable, *args],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -135,7 +147,7 @@ def fake_backend_args(
 ) -> list[str]:
     args = [
         "-m",
-        "tests.serving.gateway.fake_backend",
+        "serving.fake_backend",
         "--port",
         str(port),
         "--models",

@@ -1,19 +1,24 @@
 """The comparison summary: the JSON that ``GET /v1/ensembles/NAME/comparison`` answers, as a schema.
 
-Every figure is over the comparison window (see ``serving.traffic.comparison``) except ``shadow``,
-which counts since the gateway started. A figure that has nothing to be computed from is null.
-``ensemble promote --online`` reads this document; ``schema_version`` changes when a field changes
-meaning or goes away.
+The gateway writes it (``serving.traffic.comparison``) and the registry's online gate
+(``ensemble promote --online``) reads it with this same model. Every figure is over the comparison
+window except ``shadow``, which counts since the gateway started. A figure that has nothing to be
+computed from is null. ``schema_version`` changes when a field changes meaning or goes away; a
+field the gateway adds is ignored by a reader that does not know it yet.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from registry.manifest import OutputKind
-from serving.traffic.routing import Side
+from contracts.manifest import OutputKind
 
 SUMMARY_SCHEMA_VERSION = 1
+
+Side = Literal["champion", "challenger"]
+"""The two sides of a comparison: the alias served by default and the one tried against it."""
 
 
 class Latency(BaseModel):
@@ -86,7 +91,9 @@ class ShadowCounts(BaseModel):
 class ComparisonSummary(BaseModel):
     """Champion vs challenger of one ensemble over the sliding window."""
 
-    schema_version: int = SUMMARY_SCHEMA_VERSION
+    schema_version: int = Field(
+        description=f"The schema's version ({SUMMARY_SCHEMA_VERSION} now); required: a reader must know it."
+    )
     ensemble: str
     champion: SideSummary
     challenger: SideSummary

@@ -2,7 +2,7 @@
 
 Training writes it next to the exported models (``<out>/ensemble.json``), the registry versions it,
 and the gateway serves from it. It never says where backends live: that is deployment
-configuration. This module is pure pydantic and must not import mlflow or TensorFlow.
+configuration. Pure pydantic: no mlflow, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contracts.files import atomic_write_text
 
 MANIFEST_SCHEMA_VERSION = 1
 
@@ -143,9 +145,7 @@ class Manifest(_Strict):
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader never sees half a manifest."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from registry.manifest import Manifest
+from contracts.manifest import Manifest
 
 
 def _manifest(**overrides: object) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import combine
+from contracts import combine
 
 
 def test_weighted_mean_matches_manual_sum_and_keeps_dtype() -> None:
@@ -68,7 +68,7 @@ def test_combine_outputs_combines_each_output_on_its_own() -> None:
 
 def test_spread_is_zero_when_members_agree_and_grows_with_disagreement() -> None:
     same = np.ones((3, 2, 2), np.float32)
-    assert combine.disagreement(same, [1, 1, 1]) == 0.0
+    assert combine.combine_answers([{"p": member} for member in same], [1, 1, 1]).disagreement == 0.0
     apart = np.stack([np.zeros((2, 2)), np.ones((2, 2))]).astype(np.float32)
     np.testing.assert_allclose(combine.weighted_spread(apart, [1, 1]), np.full((2, 2), 0.5))
 
@@ -76,3 +76,51 @@ def test_spread_is_zero_when_members_agree_and_grows_with_disagreement() -> None
 def test_member_count_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="member answers"):
         combine.weighted_mean(np.zeros((2, 3)), [1.0, 1.0, 1.0])
+
+
+def _answers(members: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "probabilities": rng.dirichlet(np.ones(4), size=6).astype(np.float32),
+            "predictions": rng.normal(size=(6, 2)).astype(np.float32),
+            "count": rng.integers(0, 9, size=(6,)),
+        }
+        for _ in range(members)
+    ]
+
+
+@pytest.mark.parametrize("members", [2, 3, 5])
+def test_combine_answers_is_bit_identical_to_the_separate_computations(members: int) -> None:
+    answers = _answers(members, seed=members)
+    weights = combine.renormalized(np.linspace(1.0, 2.0, members), [True] * members)
+    combined = combine.combine_answers(answers, weights, spread=True)
+    separate = combine.combine_outputs(answers, weights)
+    assert list(combined.outputs) == list(separate) == ["probabilities", "predictions", "count"]
+    for name, array in separate.items():
+        assert combined.outputs[name].dtype == array.dtype
+        assert combined.outputs[name].tobytes() == array.tobytes()
+        alone = combine.weighted_spread(np.stack([a[name] for a in answers]), weights)
+        assert combined.spread[name].dtype == alone.dtype
+        assert combined.spread[name].tobytes() == alone.tobytes()
+    first = combine.weighted_spread(np.stack([a["probabilities"] for a in answers]), weights)
+    assert combined.disagreement == float(np.mean(first))
+    assert combined.disagreement > 0.0
+
+
+def test_combine_answers_leaves_the_spread_out_unless_asked() -> None:
+    answers = _answers(3, seed=7)
+    plain = combine.combine_answers(answers, [1, 1, 1])
+    assert plain.spread == {}
+    assert plain.disagreement == combine.combine_answers(answers, [1, 1, 1], spread=True).disagreement
+
+
+def test_one_member_has_no_disagreement_and_zero_spread() -> None:
+    combined = combine.combine_answers(_answers(1, seed=3), [1.0], spread=True)
+    assert combined.disagreement is None
+    assert all(not spread.any() for spread in combined.spread.values())
+
+
+def test_an_empty_first_output_disagrees_by_zero() -> None:
+    answers = [{"empty": np.zeros((0, 3), np.float32)}, {"empty": np.zeros((0, 3), np.float32)}]
+    assert combine.combine_answers(answers, [1, 1]).disagreement == 0.0

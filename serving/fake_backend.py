@@ -1,7 +1,7 @@
-"""A fake TF Serving member backend for gateway tests: our protos on grpc.aio, no TensorFlow.
+"""A fake TF Serving member backend for gateway tests and benchmarks: our protos on grpc.aio, no TensorFlow.
 
-Run as ``python -m tests.serving.gateway.fake_backend --port P --models toy-m0,toy-m1`` with
-optional ``--delay-ms`` and ``--fail-rate``. Each model answers ``helpers.member_answer`` for its
+Run as ``python -m serving.fake_backend --port P --models toy-m0,toy-m1`` with
+optional ``--delay-ms`` and ``--fail-rate``. Each model answers ``serving.testing.member_answer`` for its
 name, so tests know the offline answer exactly. It prints ``READY`` once it listens.
 
 ``--per-call-ms X --per-row-ms Y --serial`` models a member on a GPU: each model executes one call
@@ -37,7 +37,7 @@ from serving.protos import (
     add_PredictionServiceServicer_to_server,
 )
 from serving.tensors import from_tensor_proto, to_tensor_proto
-from tests.serving.gateway.helpers import N_CLASSES, N_FEATURES, member_answer
+from serving.testing import N_CLASSES, N_FEATURES, member_answer
 
 AVAILABLE = 30
 

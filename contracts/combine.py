@@ -2,13 +2,15 @@
 
 Training evaluates the ensemble with exactly these functions and the gateway serves with them, so
 offline numbers and online answers agree to float tolerance. Sums run in float64 and the result
-takes the members' dtype.
+takes the members' dtype. :func:`combine_answers` is the one call the gateway makes: the combined
+outputs together with the members' disagreement and, when asked, each output's spread.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +104,50 @@ def combine_outputs(
     return combined
 
 
-def disagreement(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> float:
-    """One number per request: the mean across elements of the weighted member spread."""
-    return float(np.mean(weighted_spread(stack, weights)))
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """The members' answers combined, and how much the members disagreed."""
+
+    outputs: dict[str, FloatArray]
+    """Each named output, combined on its own (see :func:`combine_outputs`)."""
+    disagreement: float | None
+    """One number per answer: the mean across elements of the first output's weighted member
+    spread; 0.0 for an empty output, None when only one member answered (nothing to disagree)."""
+    spread: dict[str, FloatArray] = field(default_factory=dict)
+    """Per output, the weighted standard deviation across members; empty unless asked for."""
+
+
+def combine_answers(
+    member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
+    weights: Sequence[float] | FloatArray,
+    *,
+    spread: bool = False,
+) -> Combined:
+    """Combine each named output across members, with the disagreement and (if ``spread``) the spreads.
+
+    The disagreement is measured on the first output (the first member's first name). Each stack
+    of member answers is built once and each spread computed once, for both uses.
+    """
+    outputs = combine_outputs(member_outputs, weights)
+    names = list(outputs)
+    spreads: dict[str, FloatArray] = {}
+    disagreement: float | None = None
+    if len(member_outputs) > 1:
+        spreads[names[0]] = first = _spread(member_outputs, names[0], weights)
+        disagreement = float(np.mean(first)) if first.size else 0.0
+    if not spread:
+        return Combined(outputs=outputs, disagreement=disagreement)
+    for name in names:
+        if name not in spreads:
+            spreads[name] = _spread(member_outputs, name, weights)
+    return Combined(
+        outputs=outputs, disagreement=disagreement, spread={name: spreads[name] for name in names}
+    )
+
+
+def _spread(
+    member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
+    name: str,
+    weights: Sequence[float] | FloatArray,
+) -> FloatArray:
+    return weighted_spread(np.stack([np.asarray(out[name]) for out in member_outputs]), weights)
