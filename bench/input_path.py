@@ -24,7 +24,8 @@ import orjson
 from record import append_run, run_record  # bench/record.py, beside this script
 
 from registry.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
-from serving.ensemble import EnsembleCore, validate_inputs
+from serving.ensemble import EnsembleCore
+from serving.inputs import validate_inputs
 from serving.manifest_source import ServedManifests
 from serving.protos import PredictRequest
 from serving.tensors import from_tensor_proto, parse_predict_request, to_tensor_proto

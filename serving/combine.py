@@ -8,7 +8,8 @@ takes the members' dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -92,16 +93,52 @@ def combine_outputs(
     weights: Sequence[float] | FloatArray,
 ) -> dict[str, FloatArray]:
     """Combine each named output on its own across members (all members must share the outputs)."""
+    return {name: weighted_mean(stack, weights) for name, stack in _stacks(member_outputs)}
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """An ensemble answer and how much its members disagreed on it."""
+
+    outputs: dict[str, FloatArray]
+    """Each output's weighted mean across members."""
+    spread: dict[str, FloatArray]
+    """Each output's weighted spread across members, when asked for; else empty."""
+    disagreement: float | None
+    """The first output's spread, averaged over its elements: one number per answer. None from a
+    single member, which cannot disagree with anyone."""
+
+
+def combine(
+    member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
+    weights: Sequence[float] | FloatArray,
+    *,
+    spread: bool = False,
+) -> Combined:
+    """:func:`combine_outputs`, with the disagreement and (with ``spread``) every output's spread.
+
+    Each output's members are stacked once and each spread computed once, whatever is asked.
+    """
+    outputs: dict[str, FloatArray] = {}
+    spreads: dict[str, FloatArray] = {}
+    disagreement: float | None = None
+    for i, (name, stack) in enumerate(_stacks(member_outputs)):
+        outputs[name] = weighted_mean(stack, weights)
+        first_disagrees = i == 0 and len(member_outputs) > 1
+        if spread or first_disagrees:
+            output_spread = weighted_spread(stack, weights)
+            if spread:
+                spreads[name] = output_spread
+            if first_disagrees:
+                disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
+    return Combined(outputs, spreads, disagreement)
+
+
+def _stacks(
+    member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
+) -> Iterator[tuple[str, npt.NDArray[np.generic]]]:
+    """Each output's name and its members' answers stacked (members first), in the first's order."""
     if not member_outputs:
         raise ValueError("no member answers to combine")
-    names = list(member_outputs[0])
-    combined: dict[str, FloatArray] = {}
-    for name in names:
-        stack = np.stack([np.asarray(out[name]) for out in member_outputs])
-        combined[name] = weighted_mean(stack, weights)
-    return combined
-
-
-def disagreement(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> float:
-    """One number per request: the mean across elements of the weighted member spread."""
-    return float(np.mean(weighted_spread(stack, weights)))
+    for name in member_outputs[0]:
+        yield name, np.stack([np.asarray(out[name]) for out in member_outputs])

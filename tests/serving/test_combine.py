@@ -68,9 +68,36 @@ def test_combine_outputs_combines_each_output_on_its_own() -> None:
 
 def test_spread_is_zero_when_members_agree_and_grows_with_disagreement() -> None:
     same = np.ones((3, 2, 2), np.float32)
-    assert combine.disagreement(same, [1, 1, 1]) == 0.0
+    assert combine.combine([{"p": member} for member in same], [1, 1, 1]).disagreement == 0.0
     apart = np.stack([np.zeros((2, 2)), np.ones((2, 2))]).astype(np.float32)
     np.testing.assert_allclose(combine.weighted_spread(apart, [1, 1]), np.full((2, 2), 0.5))
+
+
+def test_one_combine_answers_the_mean_the_spread_and_the_disagreement() -> None:
+    rng = np.random.default_rng(3)
+    members = [
+        {
+            "probabilities": rng.random((4, 3)).astype(np.float32),
+            "score": rng.random((4, 1)).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
+    weights = [0.5, 0.3, 0.2]
+    plain = combine.combine(members, weights)
+    assert plain.spread == {}
+    for name in ("probabilities", "score"):
+        np.testing.assert_array_equal(plain.outputs[name], combine.combine_outputs(members, weights)[name])
+    first = combine.weighted_spread(np.stack([m["probabilities"] for m in members]), weights)
+    assert plain.disagreement == float(np.mean(first))
+
+    detailed = combine.combine(members, weights, spread=True)
+    assert detailed.disagreement == plain.disagreement
+    for name in ("probabilities", "score"):
+        np.testing.assert_array_equal(detailed.outputs[name], plain.outputs[name])
+        stack = np.stack([m[name] for m in members])
+        np.testing.assert_array_equal(detailed.spread[name], combine.weighted_spread(stack, weights))
+    # One member cannot disagree with anyone.
+    assert combine.combine(members[:1], [1.0], spread=True).disagreement is None
 
 
 def test_member_count_mismatch_is_an_error() -> None:

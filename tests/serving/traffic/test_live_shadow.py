@@ -21,8 +21,9 @@ import pytest
 from registry.manifest import Manifest, OutputKind
 from serving.backends import BackendPool
 from serving.core import ModelRef
-from serving.ensemble import EnsembleCore, FanOutPolicy, MemberError
+from serving.ensemble import EnsembleCore, FanOutPolicy
 from serving.manifest_source import ServedManifests, served_version
+from serving.members import MemberError
 from serving.traffic.comparison import SideObservation
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
