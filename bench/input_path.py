@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 import timeit
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from record import append_run, run_record  # bench/record.py, beside this script
 
 from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, TensorSpec
-from serving.ensemble import EnsembleCore, validate_inputs
+from serving.ensemble import EnsembleCore
+from serving.inputs import validate_inputs
 from serving.manifest_source import ServedManifests
 from serving.protos import PredictRequest
 from serving.tensors import from_tensor_proto, parse_predict_request, to_tensor_proto
@@ -138,54 +136,22 @@ def main() -> None:
         results[f"grpc, {rows} row(s)"] = _per_call_us(_grpc_path(core, manifest, request), args.seconds)
         results[f"rest, {rows} row(s)"] = _per_call_us(_rest_path(core, manifest, body), args.seconds)
 
-    load = os.getloadavg()
-    import serving
-
-    # The code measured is wherever ``serving`` was imported from, not necessarily this checkout.
-    measured = Path(serving.__file__).resolve().parents[1]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=measured, capture_output=True, text=True
+    record = run_record(
+        args.label, cpu_microseconds_per_request={name: round(us, 1) for name, us in results.items()}
     )
-    record = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "label": args.label,
-        "commit": commit.stdout.strip() or f"{measured} (not a git checkout)",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "load_average": [round(x, 2) for x in load],
-        "cpu_microseconds_per_request": {name: round(us, 1) for name, us in results.items()},
-    }
     print(json.dumps(record, indent=2))
-    # One file pair a day: every run (one per checkout compared) is appended, so the runs that
-    # were compared sit side by side.
-    args.out.mkdir(parents=True, exist_ok=True)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    with (args.out / f"input-path-{day}.jsonl").open("a") as sink:
-        sink.write(json.dumps(record) + "\n")
-    markdown = args.out / f"input-path-{day}.md"
-    lines = (
-        []
-        if markdown.exists()
-        else [
-            "# Input conversion and validation: CPU per request, in-process",
-            "",
-            "`bench/input_path.py`: signature lookup, decoding and validation, no network, no members.",
-            "Each run is the best of several repeats; runs of different checkouts alternate.",
-        ]
-    )
-    lines += [
+    title = [
+        "# Input conversion and validation: CPU per request, in-process",
         "",
-        f"## {record['label']}",
-        "",
-        f"{record['date']}, commit {record['commit']}, {record['machine']['cores']} cores, "  # type: ignore[index]
-        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
-        + (" (shared machine: other work was running)" if load[0] > 1 else ""),
-        "",
+        "`bench/input_path.py`: signature lookup, decoding and validation, no network, no members.",
+        "Each run is the best of several repeats; runs of different checkouts alternate.",
+    ]
+    table = [
         "| request | µs of CPU per request |",
         "|---|---|",
         *(f"| {name} | {us:.1f} |" for name, us in results.items()),
     ]
-    with markdown.open("a") as sink:
-        sink.write("\n".join(lines) + "\n")
+    append_run(args.out, "input-path", record, title, table)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ outputs together with the members' disagreement and, when asked, each output's s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -94,60 +94,52 @@ def combine_outputs(
     weights: Sequence[float] | FloatArray,
 ) -> dict[str, FloatArray]:
     """Combine each named output on its own across members (all members must share the outputs)."""
-    if not member_outputs:
-        raise ValueError("no member answers to combine")
-    names = list(member_outputs[0])
-    combined: dict[str, FloatArray] = {}
-    for name in names:
-        stack = np.stack([np.asarray(out[name]) for out in member_outputs])
-        combined[name] = weighted_mean(stack, weights)
-    return combined
+    return {name: weighted_mean(stack, weights) for name, stack in _stacks(member_outputs)}
 
 
 @dataclass(frozen=True, slots=True)
 class Combined:
-    """The members' answers combined, and how much the members disagreed."""
+    """An ensemble answer and how much its members disagreed on it."""
 
     outputs: dict[str, FloatArray]
-    """Each named output, combined on its own (see :func:`combine_outputs`)."""
+    """Each output's weighted mean across members."""
+    spread: dict[str, FloatArray]
+    """Each output's weighted spread across members, when asked for; else empty."""
     disagreement: float | None
-    """One number per answer: the mean across elements of the first output's weighted member
-    spread; 0.0 for an empty output, None when only one member answered (nothing to disagree)."""
-    spread: dict[str, FloatArray] = field(default_factory=dict)
-    """Per output, the weighted standard deviation across members; empty unless asked for."""
+    """The first output's spread, averaged over its elements: one number per answer. None from a
+    single member, which cannot disagree with anyone."""
 
 
-def combine_answers(
+def combine(
     member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
     weights: Sequence[float] | FloatArray,
     *,
     spread: bool = False,
 ) -> Combined:
-    """Combine each named output across members, with the disagreement and (if ``spread``) the spreads.
+    """:func:`combine_outputs`, with the disagreement and (with ``spread``) every output's spread.
 
-    The disagreement is measured on the first output (the first member's first name). Each stack
-    of member answers is built once and each spread computed once, for both uses.
+    Each output's members are stacked once and each spread computed once, whatever is asked.
     """
-    outputs = combine_outputs(member_outputs, weights)
-    names = list(outputs)
+    outputs: dict[str, FloatArray] = {}
     spreads: dict[str, FloatArray] = {}
     disagreement: float | None = None
-    if len(member_outputs) > 1:
-        spreads[names[0]] = first = _spread(member_outputs, names[0], weights)
-        disagreement = float(np.mean(first)) if first.size else 0.0
-    if not spread:
-        return Combined(outputs=outputs, disagreement=disagreement)
-    for name in names:
-        if name not in spreads:
-            spreads[name] = _spread(member_outputs, name, weights)
-    return Combined(
-        outputs=outputs, disagreement=disagreement, spread={name: spreads[name] for name in names}
-    )
+    for i, (name, stack) in enumerate(_stacks(member_outputs)):
+        outputs[name] = weighted_mean(stack, weights)
+        first_disagrees = i == 0 and len(member_outputs) > 1
+        if spread or first_disagrees:
+            output_spread = weighted_spread(stack, weights)
+            if spread:
+                spreads[name] = output_spread
+            if first_disagrees:
+                disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
+    return Combined(outputs, spreads, disagreement)
 
 
-def _spread(
+def _stacks(
     member_outputs: Sequence[Mapping[str, npt.NDArray[np.generic]]],
-    name: str,
-    weights: Sequence[float] | FloatArray,
-) -> FloatArray:
-    return weighted_spread(np.stack([np.asarray(out[name]) for out in member_outputs]), weights)
+) -> Iterator[tuple[str, npt.NDArray[np.generic]]]:
+    """Each output's name and its members' answers stacked (members first), in the first's order."""
+    if not member_outputs:
+        raise ValueError("no member answers to combine")
+    for name in member_outputs[0]:
+        yield name, np.stack([np.asarray(out[name]) for out in member_outputs])

@@ -1,6 +1,6 @@
 """Reaching the members: persistent gRPC channels to TF Serving backends, load-balanced per member.
 
-:class:`BackendPool` implements ``serving.ensemble.MemberCaller`` over TF Serving's
+:class:`BackendPool` implements ``serving.members.MemberCaller`` over TF Serving's
 ``PredictionService`` and ``ModelService``. One channel per address, opened on first use and kept;
 each member version round-robins over its addresses, and a connection failure is retried once on
 the next replica. With hedging on, a member call still unanswered after ``hedge_after_s`` is sent
@@ -10,7 +10,7 @@ A circuit breaker per member *version* and backend address stops calls to a repl
 failing, so an old version's NOT_FOUNDs during a promotion never refuse calls to the new one, and
 one alias's failures never open another's breaker. A switch to new manifests drops the breakers
 of versions no longer served (:meth:`BackendPool.retain`). An error the request itself caused
-(``serving.ensemble.REQUEST_FAULTS``) never counts against a breaker.
+(``serving.members.REQUEST_FAULTS``) never counts against a breaker.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,7 +29,7 @@ from contracts.errors import one_line
 from contracts.manifest import MemberRef
 from serving.breaker import CircuitBreaker
 from serving.core import ModelMetadata
-from serving.ensemble import REQUEST_FAULTS, MemberError
+from serving.members import REQUEST_FAULTS, MemberError, PreparedCall
 from serving.metrics import GatewayMetrics
 from serving.protos import (
     GetModelMetadataRequest,
@@ -212,13 +212,15 @@ class BackendPool:
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
     # --- MemberCaller --------------------------------------------------------------------------
-    def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> bytes:
-        """The ``inputs`` and ``output_filter`` fields of a PredictRequest, serialized once."""
+    def prepare(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: tuple[str, ...]
+    ) -> PreparedCall:
+        """The call with its PredictRequest's ``inputs`` and ``output_filter`` fields serialized once."""
         request = PredictRequest()
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(to_tensor_proto(array))
         request.output_filter.extend(output_filter)
-        return bytes(request.SerializeToString())
+        return PreparedCall(signature_name, inputs, output_filter, bytes(request.SerializeToString()))
 
     def _spec_field(self, member: MemberRef, signature_name: str) -> bytes:
         """Field 1 (``model_spec``) of a PredictRequest for this member, serialized and cached."""
@@ -232,20 +234,10 @@ class BackendPool:
             self._spec_fields[key] = field
         return field
 
-    async def predict(
-        self,
-        member: MemberRef,
-        signature_name: str,
-        inputs: Mapping[str, np.ndarray],
-        output_filter: Sequence[str],
-        timeout_s: float,
-        encoded: bytes | None = None,
-    ) -> dict[str, np.ndarray]:
+    async def send(self, member: MemberRef, call: PreparedCall, timeout_s: float) -> dict[str, np.ndarray]:
         route = self._route(member)
-        if encoded is None:
-            encoded = self.encode(inputs, output_filter)
         # Protobuf messages concatenate: the spec field plus the shared inputs is the whole request.
-        request = self._spec_field(member, signature_name) + encoded
+        request = self._spec_field(member, call.signature_name) + call.wire
         response = await self._predict_routed(route, request, timeout_s)
         try:
             return {name: from_tensor_proto(tensor) for name, tensor in response.outputs.items()}

@@ -109,7 +109,8 @@ def serve(
         typer.echo("error: give --backend HOST:PORT (or per-member --member-backend)", err=True)
         raise typer.Exit(2)
 
-    from serving.app import StartupError, run
+    from serving.app import run
+    from serving.lifecycle import StartupError
     from serving.manifest_source import ManifestLoadError
 
     try:

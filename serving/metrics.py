@@ -36,7 +36,11 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._request_series(self.registry)
+        self._member_series(self.registry)
+        self._manifest_series(self.registry)
+
+    def _request_series(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             f"{PREFIX}_requests",
             "Requests answered, by protocol and status code (HTTP status or gRPC code name).",
@@ -53,6 +57,8 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests", "Requests being served right now.", [PROTOCOL], registry=r
         )
+
+    def _member_series(self, r: CollectorRegistry) -> None:
         self.member_latency = Histogram(
             f"{PREFIX}_member_duration_seconds",
             "Latency of one backend call to a member, successful or not.",
@@ -90,6 +96,21 @@ class GatewayMetrics:
             buckets=_SPREAD_BUCKETS,
             registry=r,
         )
+        self.breaker_open = Gauge(
+            f"{PREFIX}_member_breaker_open",
+            "1 while the circuit breaker of a member version on one backend address refuses calls "
+            "(read at scrape time).",
+            [MEMBER, VERSION, BACKEND],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_requests",
+            "Requests coalesced into one fan-out by micro-batching.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+
+    def _manifest_series(self, r: CollectorRegistry) -> None:
         self.manifest_info = Gauge(
             f"{PREFIX}_manifest_info",
             "1 for each manifest being served, by ensemble, manifest version and label.",
@@ -112,19 +133,6 @@ class GatewayMetrics:
             f"{PREFIX}_manifest_last_good_saves",
             "Writes of the last-known-good manifest file, by outcome: saved, failed.",
             [OUTCOME],
-            registry=r,
-        )
-        self.breaker_open = Gauge(
-            f"{PREFIX}_member_breaker_open",
-            "1 while the circuit breaker of a member version on one backend address refuses calls "
-            "(read at scrape time).",
-            [MEMBER, VERSION, BACKEND],
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            f"{PREFIX}_batch_requests",
-            "Requests coalesced into one fan-out by micro-batching.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
 

@@ -16,7 +16,6 @@ from serving.grpc.servicers import (
     add_health_and_reflection,
     add_tfs_servicers,
     model_ref,
-    reflection_service_names,
     refuse_undecodable,
     tolerant_deserializer,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "add_health_and_reflection",
     "add_tfs_servicers",
     "model_ref",
-    "reflection_service_names",
     "refuse_undecodable",
     "tolerant_deserializer",
 ]

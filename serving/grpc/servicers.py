@@ -237,23 +237,23 @@ def add_tfs_servicers(server: aio.Server, core: ServingCore, *, max_decoded_byte
     add_ModelServiceServicer_to_server(ModelServicer(core), server)
 
 
-def reflection_service_names() -> tuple[str, ...]:
-    """The TF Serving service names to list in server reflection."""
-    return (PREDICTION_SERVICE, MODEL_SERVICE)
+def add_health_and_reflection(
+    server: aio.Server,
+    health: HealthServicer | None = None,
+    services: Sequence[str] = (PREDICTION_SERVICE, MODEL_SERVICE),
+) -> HealthServicer:
+    """Add ``grpc.health.v1.Health`` (``health``, or a new one) and reflection listing ``services``.
 
-
-def add_health_and_reflection(server: aio.Server, extra_services: Sequence[str] = ()) -> HealthServicer:
-    """Add ``grpc.health.v1.Health`` (returned, so the caller sets statuses) and server reflection.
-
-    Reflection lists the service names (TF Serving's, then ``extra_services``); our descriptors
-    live in a private pool, so clients that need the schemas use the published protos.
+    The health servicer is returned so the caller sets statuses. Our descriptors live in a private
+    pool, so clients that need the schemas use the published protos.
     """
-    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_health.v1 import health as grpc_health
+    from grpc_health.v1 import health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    servicer = health.aio.HealthServicer()
+    servicer = health if health is not None else grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
-        (*reflection_service_names(), *extra_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*services, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return servicer

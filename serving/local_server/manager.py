@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,10 @@ from contracts.errors import one_line
 from contracts.model_config import ModelConfigError, ModelEntry, read_model_config
 from serving.core import ModelRef, TensorInfo, VersionStatus
 from serving.errors import InvalidArgument, NotFound
+from serving.local_server.versions import scan_versions, wanted_versions
 from serving.protos import SignatureDefMap
 
 log = logging.getLogger(__name__)
-
-_VERSION_DIR = re.compile(r"\d+")
-_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 class Servable(Protocol):
@@ -101,42 +98,6 @@ class ModelSlot:
 
     def available(self) -> list[int]:
         return sorted(v for v, slot in self.versions.items() if slot.state == "AVAILABLE")
-
-
-def scan_versions(base_path: Path) -> dict[int, Path]:
-    """Numbered version folders that hold a SavedModel (folders still being written are skipped)."""
-    try:
-        children = list(base_path.iterdir())
-    except OSError:
-        return {}
-    return {
-        int(child.name): child
-        for child in children
-        if _VERSION_DIR.fullmatch(child.name)
-        and child.is_dir()
-        and any((child / name).is_file() for name in _MODEL_FILES)
-    }
-
-
-def wanted_versions(entry: ModelEntry, found: Sequence[int], troubled: Collection[int] = ()) -> set[int]:
-    """The versions the entry's policy serves out of those found on disk.
-
-    Under a ``latest N`` policy the ``troubled`` versions (failing to load) stay wanted, so they are
-    retried and reported, but do not count towards N: older versions are taken in their place.
-    ``specific`` and ``all`` name their versions, so they have nothing to fall back to.
-    """
-    if entry.versions is not None:
-        return set(entry.versions) & set(found)
-    if entry.all_versions:
-        return set(found)
-    chosen: set[int] = set()
-    healthy = 0
-    for version in sorted(found, reverse=True):
-        if healthy == (entry.num_latest or 1):
-            break
-        chosen.add(version)
-        healthy += version not in troubled
-    return chosen
 
 
 class ModelManager:

@@ -10,28 +10,26 @@ in-flight requests finish (up to ``shutdown_grace_s``) before the process exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grpc import aio
+from grpc_health.v1 import health
 
 from contracts.model_config import ModelConfigError, ModelEntry
-from serving.grpc.oip import OIP_SERVICE
+from serving.grpc.server import create_server, set_serving
+from serving.lifecycle import Background, RestListener, StartupError, configure_logging, serve_until_signalled
 from serving.local_server.core import PLATFORM, LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector
 from serving.local_server.manager import LoadRetries, ModelManager
 from serving.local_server.settings import BackendSettings
 from serving.oip.service import OipService
 
+if TYPE_CHECKING:
+    from grpc_health.v1._async import HealthServicer
+
 log = logging.getLogger("serving.local_server")
-
-
-class StartupError(Exception):
-    """The backend cannot start: bad config, a port in use … (a one-line message)."""
 
 
 def _oip_service(core: LocalCore) -> OipService:
@@ -76,118 +74,118 @@ def _manager(settings: BackendSettings, load_executor: ThreadPoolExecutor) -> Mo
     return ModelManager(load_servable, load_executor, single_model=entry, retries=retries)
 
 
+class _Backend:
+    """The backend's part in ``serving.lifecycle``: models, executors, health and the poll loop."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.load_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
+        self.model_executor = ThreadPoolExecutor(
+            max_workers=settings.model_threads, thread_name_prefix="model"
+        )
+        self.manager = _manager(settings, self.load_executor)
+        self.health = health.aio.HealthServicer()
+        self.background = Background(log)
+
+    async def load(self) -> None:
+        """Read the config and give every initial version its first try; StartupError on a bad config."""
+        try:
+            self.manager.read_config()
+        except ModelConfigError as exc:
+            raise StartupError(str(exc)) from None
+        await self.manager.reconcile()
+        await self.manager.wait_for_first_tries()
+
+    def start(self) -> None:
+        settings, manager = self.settings, self.manager
+        self.background.start(
+            {
+                "health tracker": _track_health(manager, self.health),
+                "model poll": manager.poll(
+                    settings.model_config_file_poll_wait_seconds, settings.file_system_poll_wait_seconds
+                ),
+            }
+        )
+        rest = settings.rest_api_port
+        log.info(
+            "serving %s: gRPC on %s:%d%s",
+            ", ".join(sorted(manager.models)) or "no models",
+            settings.host,
+            settings.port,
+            f", REST on {settings.host}:{rest}" if rest else " (REST off: --rest_api_port=0)",
+        )
+
+    async def drain(self) -> None:
+        # The tracker stops first, so nothing turns health back to SERVING while draining.
+        await self.background.stop()
+        await self.health.enter_graceful_shutdown()
+
+    async def close(self) -> None:
+        await self.background.stop()
+        self.manager.close()
+        self.model_executor.shutdown(wait=True, cancel_futures=True)
+        self.load_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _faults(settings: BackendSettings) -> FaultInjector | None:
+    if settings.fault_config is None:
+        return None
+    try:
+        faults = FaultInjector(FaultConfig.from_file(settings.fault_config))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    log.warning("fault injection is ON (%s): this is a testing aid", settings.fault_config)
+    return faults
+
+
 async def serve(settings: BackendSettings) -> None:
     """Run the backend until SIGTERM/SIGINT; StartupError when it cannot start."""
-    from serving.grpc import DecodeGuard, add_health_and_reflection, add_tfs_servicers
-    from serving.grpc.oip import add_oip_servicer
+    from serving.grpc import DecodeGuard
     from serving.local_server.saved_model import configure_devices
 
-    faults = None
-    if settings.fault_config is not None:
-        try:
-            faults = FaultInjector(FaultConfig.from_file(settings.fault_config))
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-        log.warning("fault injection is ON (%s): this is a testing aid", settings.fault_config)
-
+    faults = _faults(settings)
     gpus = await asyncio.to_thread(configure_devices)
     log.info("TensorFlow devices: %s", ", ".join(gpus) if gpus else "CPU only")
-    load_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
-    model_executor = ThreadPoolExecutor(max_workers=settings.model_threads, thread_name_prefix="model")
-    manager = _manager(settings, load_executor)
+    backend = _Backend(settings)
     try:
-        manager.read_config()
-    except ModelConfigError as exc:
-        raise StartupError(str(exc)) from None
-    await manager.reconcile()
-    await manager.wait_for_first_tries()
-    core = LocalCore(manager, model_executor, faults)
-
-    server = aio.server(
-        interceptors=[DecodeGuard()],
-        options=[
-            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-        ],
+        await backend.load()
+    except BaseException:
+        await backend.close()
+        raise
+    core = LocalCore(backend.manager, backend.model_executor, faults)
+    limit = settings.grpc_max_message_bytes
+    grpc_server = create_server(
+        core,
+        _oip_service(core),
+        backend.health,
+        interceptor=DecodeGuard(),
+        max_receive_bytes=limit,
+        max_send_bytes=limit,
+        max_decoded_bytes=limit,
     )
-    add_tfs_servicers(server, core, max_decoded_bytes=settings.grpc_max_message_bytes)
-    add_oip_servicer(server, _oip_service(core))
-    health = add_health_and_reflection(server, extra_services=(OIP_SERVICE,))
-    try:
-        bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise StartupError(f"cannot listen for gRPC on {settings.host}:{settings.port}")
-    await server.start()
-    health_task = asyncio.create_task(_track_health(manager, health), name="health")
-
-    rest = _rest_server(core, settings) if settings.rest_api_port else None
-    rest_task = asyncio.create_task(rest.serve(), name="rest") if rest is not None else None
-    if rest is not None and rest_task is not None:
-        while not rest.started and not rest_task.done():
-            await asyncio.sleep(0.02)
-        if rest_task.done():
-            await server.stop(None)
-            raise StartupError(f"cannot listen for REST on {settings.host}:{settings.rest_api_port}")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    poll_task = asyncio.create_task(
-        manager.poll(settings.model_config_file_poll_wait_seconds, settings.file_system_poll_wait_seconds),
-        name="poll",
+    rest = (
+        RestListener(_rest_server(core, settings), settings.host, settings.rest_api_port)
+        if settings.rest_api_port
+        else None
     )
-    log.info(
-        "serving %s: gRPC on %s:%d%s",
-        ", ".join(sorted(manager.models)) or "no models",
-        settings.host,
-        settings.port,
-        f", REST on {settings.host}:{settings.rest_api_port}" if rest else " (REST off: --rest_api_port=0)",
+    await serve_until_signalled(
+        backend,
+        grpc_server,
+        f"{settings.host}:{settings.port}",
+        rest,
+        grace_s=settings.shutdown_grace_s,
+        log=log,
     )
-    await stop.wait()
-
-    log.info("shutting down: finishing in-flight requests")
-    health_task.cancel()
-    await health.enter_graceful_shutdown()
-    poll_task.cancel()
-    if rest is not None and rest_task is not None:
-        rest.should_exit = True
-    await server.stop(settings.shutdown_grace_s)
-    if rest_task is not None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await rest_task
-    manager.close()
-    model_executor.shutdown(wait=True, cancel_futures=True)
-    load_executor.shutdown(wait=False, cancel_futures=True)
-    log.info("stopped")
 
 
-_HEALTH_SERVICES = (
-    "",
-    "tensorflow.serving.PredictionService",
-    "tensorflow.serving.ModelService",
-    OIP_SERVICE,
-)
-
-
-async def _track_health(manager: ModelManager, health: Any, interval_s: float = 0.25) -> None:
+async def _track_health(manager: ModelManager, health: HealthServicer, interval_s: float = 0.25) -> None:
     """Keep gRPC health on what can be served: SERVING while every model has a version available."""
-    from grpc_health.v1 import health_pb2
-
     serving: bool | None = None
     while True:
         problems = manager.unservable()
         if (not problems) != serving:
             serving = not problems
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if serving
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for service in _HEALTH_SERVICES:
-                await health.set(service, status)
+            await set_serving(health, serving)
             if serving:
                 log.info("health: SERVING (every model has a version available)")
             else:
@@ -198,7 +196,7 @@ async def _track_health(manager: ModelManager, health: Any, interval_s: float = 
 
 def run(settings: BackendSettings) -> int:
     """The process entry: configure logging, serve, and return the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings))

@@ -19,7 +19,8 @@ import numpy as np
 
 from serving.errors import InvalidArgument
 from serving.oip.datatypes import BYTES, numpy_dtype_of
-from serving.tensors import STRING_DTYPE, _as_bytes  # the rule for a string array's elements
+from serving.tensors import STRING_DTYPE
+from serving.tensors.proto import _as_bytes  # the rule for a string array's elements
 
 _LENGTH: Final = struct.Struct("<I")
 _BOOL_KIND: Final = "b"

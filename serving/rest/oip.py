@@ -45,16 +45,7 @@ def create_oip_router(service: OipService, *, timeout_s: float | None = None) ->
         return _json({"name": answer.name, "version": answer.version, "extensions": answer.extensions})
 
     async def model_metadata(name: str, version: str = "") -> Response:
-        answer = await service.model_metadata(name, version)
-        return _json(
-            {
-                "name": answer.name,
-                "versions": answer.versions,
-                "platform": answer.platform,
-                "inputs": [asdict(tensor) for tensor in answer.inputs],
-                "outputs": [asdict(tensor) for tensor in answer.outputs],
-            }
-        )
+        return _json(asdict(await service.model_metadata(name, version)))
 
     async def model_ready(name: str, version: str = "") -> Response:
         is_ready, reason = await service.model_ready(name, version)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
 from starlette.convertors import Convertor, register_url_convertor
 
-from serving.core import ModelRef, ServingCore, TensorInfo, VersionStatus
+from serving.core import ModelMetadata, ModelRef, ServingCore, TensorInfo, VersionStatus
 from serving.errors import InvalidArgument, Unimplemented
 from serving.rest.handlers import JSON
 from serving.tensors import format_predict_response, parse_predict_request
@@ -75,6 +75,18 @@ def _status_json(name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
     }
 
 
+def _metadata_json(answer: ModelMetadata) -> dict[str, Any]:
+    signature_def = json_format.MessageToDict(
+        answer.signature_def,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    return {
+        "model_spec": {"name": answer.name, "signature_name": "", "version": str(answer.version)},
+        "metadata": {"signature_def": signature_def},
+    }
+
+
 def create_tfs_router(
     core: ServingCore, *, timeout_s: float | None = None, max_decoded_bytes: int | None = None
 ) -> APIRouter:
@@ -119,18 +131,7 @@ def create_tfs_router(
             raise InvalidArgument(f"Malformed request: GET {request.url.path}")
         if not metadata:
             return _json(_status_json(ref.name, await core.status(ref)))
-        answer = await core.metadata(ref)
-        signature_def = json_format.MessageToDict(
-            answer.signature_def,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
-        return _json(
-            {
-                "model_spec": {"name": answer.name, "signature_name": "", "version": str(answer.version)},
-                "metadata": {"signature_def": signature_def},
-            }
-        )
+        return _json(_metadata_json(await core.metadata(ref)))
 
     async def no_model(request: Request) -> Response:
         # TF Serving routes nothing here: a malformed request, not a missing page.

@@ -68,9 +68,36 @@ def test_combine_outputs_combines_each_output_on_its_own() -> None:
 
 def test_spread_is_zero_when_members_agree_and_grows_with_disagreement() -> None:
     same = np.ones((3, 2, 2), np.float32)
-    assert combine.combine_answers([{"p": member} for member in same], [1, 1, 1]).disagreement == 0.0
+    assert combine.combine([{"p": member} for member in same], [1, 1, 1]).disagreement == 0.0
     apart = np.stack([np.zeros((2, 2)), np.ones((2, 2))]).astype(np.float32)
     np.testing.assert_allclose(combine.weighted_spread(apart, [1, 1]), np.full((2, 2), 0.5))
+
+
+def test_one_combine_answers_the_mean_the_spread_and_the_disagreement() -> None:
+    rng = np.random.default_rng(3)
+    members = [
+        {
+            "probabilities": rng.random((4, 3)).astype(np.float32),
+            "score": rng.random((4, 1)).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
+    weights = [0.5, 0.3, 0.2]
+    plain = combine.combine(members, weights)
+    assert plain.spread == {}
+    for name in ("probabilities", "score"):
+        np.testing.assert_array_equal(plain.outputs[name], combine.combine_outputs(members, weights)[name])
+    first = combine.weighted_spread(np.stack([m["probabilities"] for m in members]), weights)
+    assert plain.disagreement == float(np.mean(first))
+
+    detailed = combine.combine(members, weights, spread=True)
+    assert detailed.disagreement == plain.disagreement
+    for name in ("probabilities", "score"):
+        np.testing.assert_array_equal(detailed.outputs[name], plain.outputs[name])
+        stack = np.stack([m[name] for m in members])
+        np.testing.assert_array_equal(detailed.spread[name], combine.weighted_spread(stack, weights))
+    # One member cannot disagree with anyone.
+    assert combine.combine(members[:1], [1.0], spread=True).disagreement is None
 
 
 def test_member_count_mismatch_is_an_error() -> None:
@@ -91,10 +118,10 @@ def _answers(members: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("members", [2, 3, 5])
-def test_combine_answers_is_bit_identical_to_the_separate_computations(members: int) -> None:
+def test_combine_is_bit_identical_to_the_separate_computations(members: int) -> None:
     answers = _answers(members, seed=members)
     weights = combine.renormalized(np.linspace(1.0, 2.0, members), [True] * members)
-    combined = combine.combine_answers(answers, weights, spread=True)
+    combined = combine.combine(answers, weights, spread=True)
     separate = combine.combine_outputs(answers, weights)
     assert list(combined.outputs) == list(separate) == ["probabilities", "predictions", "count"]
     for name, array in separate.items():
@@ -108,19 +135,19 @@ def test_combine_answers_is_bit_identical_to_the_separate_computations(members: 
     assert combined.disagreement > 0.0
 
 
-def test_combine_answers_leaves_the_spread_out_unless_asked() -> None:
+def test_combine_leaves_the_spread_out_unless_asked() -> None:
     answers = _answers(3, seed=7)
-    plain = combine.combine_answers(answers, [1, 1, 1])
+    plain = combine.combine(answers, [1, 1, 1])
     assert plain.spread == {}
-    assert plain.disagreement == combine.combine_answers(answers, [1, 1, 1], spread=True).disagreement
+    assert plain.disagreement == combine.combine(answers, [1, 1, 1], spread=True).disagreement
 
 
 def test_one_member_has_no_disagreement_and_zero_spread() -> None:
-    combined = combine.combine_answers(_answers(1, seed=3), [1.0], spread=True)
+    combined = combine.combine(_answers(1, seed=3), [1.0], spread=True)
     assert combined.disagreement is None
     assert all(not spread.any() for spread in combined.spread.values())
 
 
 def test_an_empty_first_output_disagrees_by_zero() -> None:
     answers = [{"empty": np.zeros((0, 3), np.float32)}, {"empty": np.zeros((0, 3), np.float32)}]
-    assert combine.combine_answers(answers, [1, 1]).disagreement == 0.0
+    assert combine.combine(answers, [1, 1]).disagreement == 0.0

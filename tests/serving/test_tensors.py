@@ -556,7 +556,7 @@ def test_a_body_holding_too_many_values_is_refused_before_it_is_parsed(
     def no_parsing(_: bytes) -> None:
         raise AssertionError("parsed a body that was already too large")
 
-    monkeypatch.setattr("serving.tensors.load_json", no_parsing)
+    monkeypatch.setattr("serving.tensors.json_request.load_json", no_parsing)
     with pytest.raises(InvalidArgument) as caught:
         parse_predict_request(body, lambda _: infos, max_bytes=15_999)
     assert str(caught.value) == (
@@ -576,6 +576,6 @@ def test_a_body_holding_too_many_values_is_refused_before_it_is_parsed(
     ],
 )
 def test_values_are_counted_on_the_bytes_outside_strings(text: bytes, values: int) -> None:
-    from serving.tensors import _json_value_count
+    from serving.tensors.json_request import _json_value_count
 
     assert _json_value_count(text) == values

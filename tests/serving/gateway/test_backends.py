@@ -11,9 +11,10 @@ import pytest
 from contracts.manifest import MemberRef
 from serving.backends import BackendPool
 from serving.core import ModelRef
-from serving.ensemble import EnsembleCore, MemberError
+from serving.ensemble import EnsembleCore
 from serving.errors import Unavailable
 from serving.manifest_source import ServedManifests
+from serving.members import MemberError
 from serving.metrics import GatewayMetrics
 from serving.testing import free_port, make_manifest, member_answer, start_fake_backend, stop_process
 from tests.serving.gateway.test_breaker import FakeClock
@@ -47,15 +48,16 @@ def test_predict_metadata_and_status(fast_backend: str) -> None:
         try:
             member = MemberRef(name="toy-m1", version=1, weight=1.0)
             inputs = x_rows(3)
-            outputs = await pool.predict(member, "serving_default", inputs, (), 5.0)
+            outputs = await pool.send(member, pool.prepare("serving_default", inputs, ()), 5.0)
             np.testing.assert_array_equal(outputs["probabilities"], member_answer("toy-m1", inputs["x"]))
             meta = await pool.metadata(member, 5.0)
             signature = meta.signature_def.signature_def["serving_default"]
             assert list(signature.inputs) == ["x"]
             assert await pool.available(member, 5.0)
             assert not await pool.available(MemberRef(name="toy-m1", version=9, weight=1.0), 5.0)
+            other = MemberRef(name="other", version=1, weight=1.0)
             with pytest.raises(MemberError) as info:
-                await pool.predict(MemberRef(name="other", version=1, weight=1.0), "", inputs, (), 5.0)
+                await pool.send(other, pool.prepare("", inputs, ()), 5.0)
             assert info.value.reason == "not_found"
         finally:
             await pool.close()
@@ -71,7 +73,7 @@ def test_dead_replica_is_retried_on_its_sibling(fast_backend: str) -> None:
         try:
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
             for _ in range(4):  # round robin starts on each replica in turn
-                outputs = await pool.predict(member, "serving_default", x_rows(2), (), 5.0)
+                outputs = await pool.send(member, pool.prepare("serving_default", x_rows(2), ()), 5.0)
                 assert outputs["probabilities"].shape == (2, 3)
         finally:
             await pool.close()
@@ -88,7 +90,7 @@ def test_hedging_answers_from_the_fast_replica(fast_backend: str, slow_backend: 
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
             for _ in range(4):
                 try:
-                    await pool.predict(member, "serving_default", x_rows(1), (), 1.0)
+                    await pool.send(member, pool.prepare("serving_default", x_rows(1), ()), 1.0)
                     outcomes.append("ok")
                 except MemberError as exc:
                     outcomes.append(exc.reason)
@@ -113,7 +115,7 @@ def test_breaker_opens_after_consecutive_failures() -> None:
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
             for _ in range(4):
                 with pytest.raises(MemberError) as info:
-                    await pool.predict(member, "serving_default", x_rows(1), (), 2.0)
+                    await pool.send(member, pool.prepare("serving_default", x_rows(1), ()), 2.0)
                 reasons.append(info.value.reason)
         finally:
             await pool.close()
@@ -134,15 +136,15 @@ def test_breakers_are_per_member_version(fast_backend: str) -> None:
             # 4:1 traffic: the loaded version's successes never reset the other's count...
             for _ in range(4):
                 for _ in range(4):
-                    await pool.predict(loaded, "serving_default", x_rows(1), (), 5.0)
+                    await pool.send(loaded, pool.prepare("serving_default", x_rows(1), ()), 5.0)
                     outcomes.append("v1 ok")
                 with pytest.raises(MemberError) as info:
-                    await pool.predict(gone, "serving_default", x_rows(1), (), 5.0)
+                    await pool.send(gone, pool.prepare("serving_default", x_rows(1), ()), 5.0)
                 outcomes.append(f"v2 {info.value.reason}")
             # ...and the failing version's open breaker never refuses the loaded one.
             assert pool.breakers_open(gone)
             assert not pool.breakers_open(loaded)
-            outputs = await pool.predict(loaded, "serving_default", x_rows(2), (), 5.0)
+            outputs = await pool.send(loaded, pool.prepare("serving_default", x_rows(2), ()), 5.0)
             assert outputs["probabilities"].shape == (2, 3)
         finally:
             await pool.close()
@@ -172,7 +174,7 @@ def test_breakers_are_per_backend_address_and_gauges_follow_the_clock(fast_backe
         try:
             # Every other call starts on the dead replica and is retried on the live one.
             for _ in range(6):
-                outputs = await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+                outputs = await pool.send(member, pool.prepare("serving_default", x_rows(1), ()), 5.0)
                 assert outputs["probabilities"].shape == (1, 3)
             assert (gauge(dead), gauge(fast_backend)) == (1.0, 0.0)
             assert not pool.breakers_open(member)  # the member is still reachable
@@ -200,10 +202,10 @@ def test_errors_the_request_caused_never_open_a_breaker(fast_backend: str) -> No
         try:
             for inputs in (oversized, {"y": np.zeros((1, 4), np.float32)}) * 3:
                 with pytest.raises(MemberError) as info:
-                    await pool.predict(member, "serving_default", inputs, (), 5.0)
+                    await pool.send(member, pool.prepare("serving_default", inputs, ()), 5.0)
                 reasons.append(info.value.reason)
             assert not pool.breakers_open(member)
-            outputs = await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+            outputs = await pool.send(member, pool.prepare("serving_default", x_rows(1), ()), 5.0)
             np.testing.assert_array_equal(outputs["probabilities"], member_answer("toy-m1", x_rows(1)["x"]))
         finally:
             await pool.close()
@@ -231,7 +233,7 @@ def test_readiness_fails_while_the_quorum_is_behind_open_breakers() -> None:
             for member in core.served.default.members:
                 for _ in range(2):
                     with pytest.raises(MemberError, match="injected failure"):
-                        await pool.predict(member, "serving_default", x_rows(1), (), 5.0)
+                        await pool.send(member, pool.prepare("serving_default", x_rows(1), ()), 5.0)
             with pytest.raises(Unavailable, match="circuit_open"):
                 await core.predict(ModelRef("toy"), {"x": x_rows(1)["x"]})
             ready, why = await core.ready()

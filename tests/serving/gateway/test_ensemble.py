@@ -13,18 +13,13 @@ from contracts import combine
 from contracts.manifest import MemberRef, TensorSpec
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
-from serving.ensemble import (
-    DETAIL_HEADER,
-    MEMBERS_HEADER,
-    NO_MANIFEST,
-    VERSION_HEADER,
-    EnsembleCore,
-    FanOutPolicy,
-    MemberError,
-)
+from serving.detail import DETAIL_HEADER
+from serving.ensemble import MEMBERS_HEADER, VERSION_HEADER, EnsembleCore, FanOutPolicy
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.manifest_source import ServedManifests
+from serving.members import MemberError, PreparedCall
 from serving.metrics import GatewayMetrics
+from serving.resolution import NO_MANIFEST
 from serving.testing import make_manifest, member_answer
 
 
@@ -37,18 +32,13 @@ class FakeCaller:
         self.calls: list[tuple[str, int]] = []
         self.cancelled: list[str] = []
 
-    def encode(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]) -> object:
-        return None
+    def prepare(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: tuple[str, ...]
+    ) -> PreparedCall:
+        return PreparedCall(signature_name, inputs, output_filter)
 
-    async def predict(
-        self,
-        member: MemberRef,
-        signature_name: str,
-        inputs: Mapping[str, np.ndarray],
-        output_filter: Sequence[str],
-        timeout_s: float,
-        encoded: object = None,
-    ) -> dict[str, np.ndarray]:
+    async def send(self, member: MemberRef, call: PreparedCall, timeout_s: float) -> dict[str, np.ndarray]:
+        inputs = call.inputs
         self.calls.append((member.name, int(inputs["x"].shape[0])))
         delay = self.delay_s.get(member.name, 0.0)
         try:
@@ -386,9 +376,9 @@ def test_one_value_inputs_are_taken_in_both_record_forms(declared: list[int], se
     received: list[dict[str, tuple[int, ...]]] = []
 
     class Recording(FakeCaller):
-        async def predict(self, member, signature_name, inputs, output_filter, timeout_s, encoded=None):
-            received.append({name: array.shape for name, array in inputs.items()})
-            return await super().predict(member, signature_name, inputs, output_filter, timeout_s, encoded)
+        async def send(self, member, call, timeout_s):
+            received.append({name: array.shape for name, array in call.inputs.items()})
+            return await super().send(member, call, timeout_s)
 
     core, _, _ = make_core(_single_value_manifest(declared), Recording())
     radius = np.array([17.99, 20.57], np.float32)
@@ -476,7 +466,7 @@ class RefusingCaller(FakeCaller):
         super().__init__()
         self.reason = reason
 
-    async def predict(self, member, signature_name, inputs, output_filter, timeout_s, encoded=None):
+    async def send(self, member, call, timeout_s):
         raise MemberError(self.reason, f"127.0.0.1:8500: {self.reason.upper()} the request is the problem")
 
 

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -556,6 +557,31 @@ def test_bearer_token_on_rest_and_grpc(tmp_path: Path) -> None:
                 await stub.Predict(request, timeout=10, metadata=(("authorization", "Bearer let-me-in"),))
 
         asyncio.run(grpc_calls())
+
+
+@pytest.mark.parametrize("taken", ["rest", "grpc"])
+def test_a_port_another_process_holds_is_one_line_and_exit_1(tmp_path: Path, taken: str) -> None:
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_text(make_manifest().model_dump_json())
+    rest_port, grpc_port = free_port(), free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", rest_port if taken == "rest" else grpc_port))
+        holder.listen()
+        members = {"toy-m0": "127.0.0.1:1", "toy-m1": "127.0.0.1:1", "toy-m2": "127.0.0.1:1"}
+        result = subprocess.run(
+            [sys.executable, *gateway_args(manifest_path, members, rest_port, grpc_port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    expected = (
+        f"error: cannot listen for REST on 127.0.0.1:{rest_port}: Address already in use"
+        if taken == "rest"
+        else f"error: cannot listen for gRPC on 127.0.0.1:{grpc_port}"
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (1, expected)
+    assert "Traceback" not in result.stderr
 
 
 def test_gateway_never_imports_tensorflow() -> None:

@@ -15,9 +15,9 @@ from contracts.manifest import Manifest
 from registry.errors import NotFound as RegistryNotFound
 from registry.errors import Unreachable
 from serving import manifest_source
-from serving.app import Gateway
 from serving.core import ModelRef
 from serving.errors import Unavailable
+from serving.gateway import Gateway
 from serving.last_good import LastGoodStore
 from serving.manifest_source import ManifestLoadError, ServedManifests
 from serving.settings import GatewaySettings

@@ -16,7 +16,8 @@ from serving.core import ModelRef
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from serving.local_server.core import LocalCore
 from serving.local_server.faults import FaultConfig, FaultInjector, FaultSpec
-from serving.local_server.manager import LoadRetries, ModelManager, scan_versions, wanted_versions
+from serving.local_server.manager import LoadRetries, ModelManager
+from serving.local_server.versions import scan_versions, wanted_versions
 from tests.serving.local_server.fakes import FakeServable, make_versions
 
 

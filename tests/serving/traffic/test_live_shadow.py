@@ -21,8 +21,9 @@ import pytest
 from contracts.manifest import Manifest, OutputKind
 from serving.backends import BackendPool
 from serving.core import ModelRef
-from serving.ensemble import EnsembleCore, FanOutPolicy, MemberError
+from serving.ensemble import EnsembleCore, FanOutPolicy
 from serving.manifest_source import ServedManifests, served_version
+from serving.members import MemberError
 from serving.testing import free_port, make_manifest, start_fake_backend, stop_process
 from serving.traffic.comparison import SideObservation
 from serving.traffic.controller import TrafficController
