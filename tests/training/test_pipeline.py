@@ -339,7 +339,7 @@ def test_bad_input_exits_with_one_line_in_a_real_process(tmp_path: Path) -> None
         ),
         (["--config", "given.yaml"], "assemble.given: weights must be finite and not negative"),
         (["--config", "two.yaml", "--members", "3"], "assemble.given has 2 weights for 3 members"),
-        (["--data", "penguins", "--members", "70"], "too few rows for 70 folds"),
+        (["--data", "penguins", "--members", "200"], "too few rows for 100 folds"),  # 2 members a fold
     ],
 )
 def test_bad_input_exits_with_one_line_before_training(
