@@ -19,8 +19,9 @@ demo: setup
 system-deps:
 	bash tools/system-deps.sh
 
+# Two workers, a test file each at a time: most end-to-end tests wait on their processes.
 test: setup system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
