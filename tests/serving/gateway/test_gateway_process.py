@@ -209,6 +209,12 @@ def test_rest_status_metadata_and_errors(running: Deployment) -> None:
     assert {"probabilities", "probabilities:spread", "probabilities:toy-m0"} <= set(outputs)
 
 
+def test_comparison_of_an_ensemble_without_a_traffic_policy_is_one_line_404(running: Deployment) -> None:
+    answer = httpx.get(f"{running.url}/v1/ensembles/toy/comparison", timeout=10)
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "no traffic policy for ensemble 'toy' (policies: none)"}
+
+
 def test_health_readiness_and_metrics(running: Deployment) -> None:
     with httpx.Client(timeout=10) as client:
         predict_rest(client, running, rows(1))

@@ -11,19 +11,27 @@ import asyncio
 import gc
 import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
+from contracts.comparison import ComparisonSummary
 from contracts.manifest import Manifest, OutputKind
+from registry.online_gate import OnlineThresholds, fetch_evidence, online_gate
+from serving.app import create_app
 from serving.backends import BackendPool
 from serving.core import ModelRef, PredictResult
 from serving.ensemble import EnsembleCore
 from serving.errors import Unavailable
 from serving.fanout import FanOutPolicy
-from serving.manifest_source import ServedManifests, served_version
+from serving.gateway import Gateway
+from serving.manifest_source import RegistryManifestSource, ServedManifests, served_version
+from serving.rest.server import uvicorn_server
+from serving.settings import GatewaySettings
 from serving.testing import free_port, make_manifest, start_fake_backend, stop_process
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
@@ -222,3 +230,84 @@ def test_a_failed_canary_answer_is_the_challengers_error(
         assert named.headers[ALIAS_HEADER] == "champion"
 
     stack.run(scenario)
+
+
+def test_the_gateway_serves_the_comparison_that_the_online_gate_reads(champion_backend: str) -> None:
+    """The whole gateway (settings, controller, REST app) on a real port, with shadow on."""
+    challenger_port = free_port()
+    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
+    backends = {m: [champion_backend] for m in members(CHAMPION)}
+    backends |= {m: [f"127.0.0.1:{challenger_port}"] for m in members(CHALLENGER)}
+    settings = GatewaySettings(
+        tracking_uri="http://127.0.0.1:1",  # never asked: the manifests are handed in below
+        ensemble="toy",
+        aliases=["champion", "challenger"],
+        member_backends=backends,
+        traffic={"toy": TrafficPolicy(shadow_fraction=1.0, window_requests=100)},
+    )
+    by_alias = {"champion": CHAMPION, "challenger": CHALLENGER}
+    served = ServedManifests(default=CHAMPION, labels=by_alias)
+    source = RegistryManifestSource(
+        settings.tracking_uri or "", "toy", settings.aliases, resolve=lambda _u, _e, alias: by_alias[alias]
+    )
+    gateway = Gateway(settings, source, served)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    inputs = [rows(2, seed=200 + i) for i in range(30)]
+
+    async def scenario() -> None:
+        server = uvicorn_server(create_app(gateway), host="127.0.0.1", port=port, grace_s=1.0)
+        serving = asyncio.create_task(server.serve())
+        await until(lambda: bool(server.started))
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for x in inputs:
+                    answer = await client.post("/v1/models/toy:predict", json={"instances": x.tolist()})
+                    assert answer.status_code == 200
+                    assert answer.headers[ALIAS_HEADER] == "champion"
+                    assert answer.headers["x-ensemble-manifest-version"] == "1"
+                    np.testing.assert_allclose(answer.json()["predictions"], offline(CHAMPION, x), atol=1e-6)
+
+                async def compared() -> int:
+                    doc = (await client.get("/v1/ensembles/toy/comparison")).json()
+                    return int(ComparisonSummary.model_validate(doc).compared)
+
+                deadline = time.monotonic() + 20
+                while await compared() < len(inputs):
+                    assert time.monotonic() < deadline, "the shadow calls never filled the window"
+                    await asyncio.sleep(0.05)
+                missing = await client.get("/v1/ensembles/other/comparison")
+                assert missing.status_code == 404
+                assert "no traffic policy for ensemble 'other'" in missing.json()["error"]
+                assert "\n" not in missing.json()["error"]
+            evidence = await asyncio.to_thread(fetch_evidence, url, "toy")
+            summary = evidence.summary
+            assert (summary.champion.version, summary.challenger.version) == (1, 2)
+            assert summary.challenger.errors == 0
+            both = np.concatenate(inputs)
+            agreement = np.mean(
+                np.argmax(offline(CHAMPION, both), 1) == np.argmax(offline(CHALLENGER, both), 1)
+            )
+            assert summary.classification is not None
+            assert summary.classification.agreement == pytest.approx(agreement, abs=1e-12)
+            loose = OnlineThresholds(min_requests=30, min_agreement=0.0, max_p99_ratio=1000.0)
+            passed = online_gate(summary, alias="champion", candidate=2, holder=1, thresholds=loose)
+            assert passed.passed, passed.reason
+            refused = online_gate(
+                summary,
+                alias="champion",
+                candidate=2,
+                holder=1,
+                thresholds=OnlineThresholds(min_requests=1000),
+            )
+            assert not refused.passed
+            assert "1000" in refused.reason
+        finally:
+            server.should_exit = True
+            await serving
+            await gateway.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(challenger)
