@@ -41,6 +41,7 @@ from serving.testing import (
     free_port,
     gateway_args,
     gateway_env,
+    grpc_predict,
     make_manifest,
     member_answer,
     spawn_process,
@@ -243,15 +244,8 @@ def test_grpc_predict_status_metadata_and_health(running: Deployment) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
-            request = PredictRequest()
-            request.model_spec.name = "toy"
-            request.inputs["x"].CopyFrom(to_tensor_proto(x))
-            call = PredictionServiceStub(channel).Predict(request, timeout=10)
-            response = await call
-            trailing = dict(await call.trailing_metadata() or ())
-            np.testing.assert_allclose(
-                from_tensor_proto(response.outputs["probabilities"]), offline(manifest, x), atol=1e-6
-            )
+            probabilities, trailing = await grpc_predict(channel, "toy", x)
+            np.testing.assert_allclose(probabilities, offline(manifest, x), atol=1e-6)
             assert trailing["x-ensemble-members"] == "3/3"
 
             status_request = GetModelStatusRequest()

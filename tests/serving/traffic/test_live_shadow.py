@@ -13,16 +13,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from contracts.comparison import ComparisonSummary
 from contracts.manifest import Manifest, OutputKind
 from registry.online_gate import OnlineThresholds, fetch_evidence, online_gate
-from serving.app import create_app
+from serving.app import create_app, create_grpc_server
 from serving.backends import BackendPool
 from serving.core import ModelRef, PredictResult
 from serving.ensemble import EnsembleCore
@@ -32,7 +35,7 @@ from serving.gateway import Gateway
 from serving.manifest_source import RegistryManifestSource, ServedManifests, served_version
 from serving.rest.server import uvicorn_server
 from serving.settings import GatewaySettings
-from serving.testing import free_port, make_manifest, start_fake_backend, stop_process
+from serving.testing import free_port, grpc_predict, make_manifest, start_fake_backend, stop_process
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
 from serving.traffic.routing import ALIAS_HEADER
@@ -232,25 +235,33 @@ def test_a_failed_canary_answer_is_the_challengers_error(
     stack.run(scenario)
 
 
-def test_the_gateway_serves_the_comparison_that_the_online_gate_reads(champion_backend: str) -> None:
-    """The whole gateway (settings, controller, REST app) on a real port, with shadow on."""
-    challenger_port = free_port()
-    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
-    backends = {m: [champion_backend] for m in members(CHAMPION)}
-    backends |= {m: [f"127.0.0.1:{challenger_port}"] for m in members(CHALLENGER)}
-    settings = GatewaySettings(
-        tracking_uri="http://127.0.0.1:1",  # never asked: the manifests are handed in below
-        ensemble="toy",
-        aliases=["champion", "challenger"],
-        member_backends=backends,
-        traffic={"toy": TrafficPolicy(shadow_fraction=1.0, window_requests=100)},
-    )
+def registry_gateway(settings: GatewaySettings) -> Gateway:
+    """The whole gateway in this process, serving both aliases as the registry would answer them."""
     by_alias = {"champion": CHAMPION, "challenger": CHALLENGER}
     served = ServedManifests(default=CHAMPION, labels=by_alias)
     source = RegistryManifestSource(
         settings.tracking_uri or "", "toy", settings.aliases, resolve=lambda _u, _e, alias: by_alias[alias]
     )
-    gateway = Gateway(settings, source, served)
+    return Gateway(settings, source, served)
+
+
+def member_backends(champion_address: str, challenger_address: str) -> dict[str, list[str]]:
+    backends = {m: [champion_address] for m in members(CHAMPION)}
+    return backends | {m: [challenger_address] for m in members(CHALLENGER)}
+
+
+def test_the_gateway_serves_the_comparison_that_the_online_gate_reads(champion_backend: str) -> None:
+    """The whole gateway (settings, controller, REST app) on a real port, with shadow on."""
+    challenger_port = free_port()
+    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
+    settings = GatewaySettings(
+        tracking_uri="http://127.0.0.1:1",  # never asked: the manifests are handed in below
+        ensemble="toy",
+        aliases=["champion", "challenger"],
+        member_backends=member_backends(champion_backend, f"127.0.0.1:{challenger_port}"),
+        traffic={"toy": TrafficPolicy(shadow_fraction=1.0, window_requests=100)},
+    )
+    gateway = registry_gateway(settings)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     inputs = [rows(2, seed=200 + i) for i in range(30)]
@@ -305,6 +316,63 @@ def test_the_gateway_serves_the_comparison_that_the_online_gate_reads(champion_b
         finally:
             server.should_exit = True
             await serving
+            await gateway.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(challenger)
+
+
+def test_shadow_switched_on_by_a_config_edit_while_the_gateway_runs(
+    champion_backend: str, tmp_path: Path
+) -> None:
+    """gRPC clients keep the champion's answers; the edit fills the comparison window."""
+    challenger_port = free_port()
+    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
+    config = tmp_path / "gateway.yaml"
+    document = {
+        "tracking_uri": "http://127.0.0.1:1",  # never asked: the manifests are handed in
+        "ensemble": "toy",
+        "aliases": ["champion", "challenger"],
+        "member_backends": member_backends(champion_backend, f"127.0.0.1:{challenger_port}"),
+        "poll_interval_s": 0.1,
+        "traffic": {"toy": {"shadow_fraction": 0}},
+    }
+    config.write_text(yaml.safe_dump(document))
+    gateway = registry_gateway(GatewaySettings.load(config))
+    grpc_port = free_port()
+    inputs = [rows(3, seed=300 + i) for i in range(20)]
+
+    async def ask(channel: grpc.aio.Channel, x: np.ndarray) -> None:
+        probabilities, trailing = await grpc_predict(channel, "toy", x)
+        assert trailing[ALIAS_HEADER] == "champion"
+        np.testing.assert_allclose(probabilities, offline(CHAMPION, x), atol=1e-6)
+
+    async def scenario() -> None:
+        server = create_grpc_server(gateway)
+        server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        await server.start()
+        gateway.start_background()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                for x in inputs[:10]:
+                    await ask(channel, x)
+                before = gateway.traffic.summary("toy")
+                assert (before.champion.requests, before.paired, before.shadow.answered) == (10, 0, 0)
+
+                document["traffic"] = {"toy": {"shadow_fraction": 1.0}}
+                config.write_text(yaml.safe_dump(document))
+                await until(lambda: gateway.traffic.policy("toy") == TrafficPolicy(shadow_fraction=1.0))
+                for x in inputs[10:]:
+                    await ask(channel, x)
+                await until(lambda: gateway.traffic.summary("toy").compared == 10)
+            after = gateway.traffic.summary("toy")
+            # The pair did not change: the window kept the first ten, unpaired, and added ten pairs.
+            assert (after.champion.requests, after.challenger.requests, after.paired) == (20, 10, 10)
+            assert after.challenger.errors == 0
+        finally:
+            await server.stop(None)
             await gateway.close()
 
     try:
