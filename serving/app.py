@@ -63,6 +63,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             body["last_known_good"] = gateway.from_last_good.saved_at
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
+    @app.get("/v1/ensembles/{name}/comparison")
+    async def comparison(name: str) -> Response:
+        # NotFound (one line, 404) for an ensemble without a traffic policy.
+        summary = gateway.traffic.summary(name)
+        return Response(summary.model_dump_json(), media_type="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -46,13 +46,15 @@ from serving.core import (
 )
 from serving.detail import Detail, detailed_outputs, requested_detail
 from serving.errors import DeadlineExceeded, NotFound, Unavailable
-from serving.fanout import FanOut, fan_out
+from serving.fanout import FanOut, FanOutPolicy, fan_out
 from serving.inputs import validate_inputs, wire_dtype
 from serving.manifest_source import ServedManifests, served_version
 from serving.members import MemberCaller, MemberError, PreparedCall
 from serving.metrics import GatewayMetrics
 from serving.outcome import below_quorum, checked
 from serving.resolution import NO_MANIFEST, check_signature, every_manifest, resolve
+from serving.traffic.controller import TrafficController
+from serving.traffic.wiring import TrafficHook, alias_header
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,6 @@ STATUS_TIMEOUT_S = 1.0
 """How long readiness and model status wait for a member's GetModelStatus."""
 
 MemberAnswer = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True, slots=True)
-class FanOutPolicy:
-    """The deadlines of a fan-out (from the gateway settings)."""
-
-    member_deadline_s: float = 2.0
-    request_deadline_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -94,14 +88,17 @@ class EnsembleCore:
         policy: FanOutPolicy | None = None,
         metrics: GatewayMetrics | None = None,
         batching: BatchingPolicy | None = None,
+        traffic: TrafficController | None = None,
     ) -> None:
-        """With ``batching``, concurrent requests are coalesced into one fan-out.
+        """With ``batching``, concurrent requests are coalesced into one fan-out; ``traffic``
+        routes requests between champion and challenger and shadows them per its policies.
 
         ``served`` is None while no manifest could be loaded yet: requests are then UNAVAILABLE.
         """
         self._served = served
         self._caller = caller
         self._policy = policy or FanOutPolicy()
+        self._traffic = TrafficHook(traffic, self.answer, self._policy.request_deadline_s)
         self._metrics = metrics or GatewayMetrics()
         self._batcher: MicroBatcher[EnsembleAnswer] | None = None
         if batching is not None:
@@ -163,7 +160,9 @@ class EnsembleCore:
         request_headers: Mapping[str, str] | None = None,
     ) -> PredictResult:
         # The manifest that answers is decided here, once, from the snapshot served now.
-        manifest = resolve(self._served, ref)
+        served = self._served
+        ref, decided = self._traffic.route(served, ref, request_headers)
+        manifest = resolve(served, ref)
         check_signature(manifest, ref)
         inputs = validate_inputs(manifest, inputs)
         wanted = tuple(output_filter)
@@ -173,7 +172,9 @@ class EnsembleCore:
             budget = min(budget, timeout_s)
         deadline = asyncio.get_running_loop().time() + budget
         detail = requested_detail(request_headers)
-        outputs, answer = await self.answer(manifest, inputs, wanted, detail, deadline)
+        outputs, answer = await self._traffic.answer(
+            served, decided, manifest, (inputs, wanted, detail, deadline)
+        )
         # The combined answer is known here, before anything is recorded or sent back.
         self._metrics.members_answered.observe(answer.answered)
         if answer.answered < answer.total:
@@ -186,7 +187,11 @@ class EnsembleCore:
             name=manifest.name,
             version=version,
             signature_name=manifest.signature_name,
-            headers={VERSION_HEADER: str(version), MEMBERS_HEADER: f"{answer.answered}/{answer.total}"},
+            headers={
+                VERSION_HEADER: str(version),
+                MEMBERS_HEADER: f"{answer.answered}/{answer.total}",
+                **alias_header(decided),
+            },
         )
 
     async def answer(

@@ -24,6 +24,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class FanOutPolicy:
+    """The deadlines of a fan-out (from the gateway settings)."""
+
+    member_deadline_s: float = 2.0
+    request_deadline_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class MemberFailure:
     """Why a member has no answer: a short metric label and one line of detail."""
 

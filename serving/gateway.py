@@ -17,7 +17,8 @@ from grpc_health.v1 import health
 
 from serving.backends import BackendPool
 from serving.batching import BatchingPolicy
-from serving.ensemble import EnsembleCore, FanOutPolicy
+from serving.ensemble import EnsembleCore
+from serving.fanout import FanOutPolicy
 from serving.grpc.server import set_serving
 from serving.last_good import LastGoodStore, SavedManifests
 from serving.lifecycle import Background
@@ -34,6 +35,9 @@ from serving.manifest_source import (
 from serving.metrics import GatewayMetrics
 from serving.oip.service import OipService
 from serving.settings import GatewaySettings
+from serving.traffic.controller import TrafficController
+from serving.traffic.policy import TrafficPolicy
+from serving.traffic.reload import TrafficReloader, TrafficReloadError, watch_traffic
 
 log = logging.getLogger("serving.gateway")
 
@@ -78,6 +82,10 @@ class Gateway:
             if settings.batching
             else None
         )
+        # Shadow calls get the request deadline too: a hung challenger holds a slot no longer.
+        self.traffic = TrafficController(
+            settings.traffic, self.metrics.registry, shadow_timeout_s=settings.request_deadline_s
+        )
         self.core = EnsembleCore(
             served,
             self.pool,
@@ -87,6 +95,7 @@ class Gateway:
             ),
             metrics=self.metrics,
             batching=batching,
+            traffic=self.traffic,
         )
         self.oip = OipService(
             self.core, server_name="tf-ensemble gateway", platform="ensemble", ready=self.check_ready
@@ -258,15 +267,36 @@ class Gateway:
             on_loaded=self._loaded,
         )
 
+    def _traffic_reload_failed(self, error: TrafficReloadError) -> None:
+        log.warning("traffic policy not reloaded, the policies in force stay: %s", error)
+
+    def _apply_traffic(self, policies: dict[str, TrafficPolicy]) -> None:
+        self.traffic.update(policies)
+        log.info("traffic policy reloaded: %s", ", ".join(sorted(policies)) or "none")
+
     def start_background(self) -> None:
-        """Start watching the manifest source and the members' readiness."""
+        """Start watching the manifest source, the members' readiness and the traffic policies."""
         self._background.start(
-            {"manifest watch": self._watch(), "readiness monitor": self._monitor_readiness(2.0)}
+            {
+                "manifest watch": self._watch(),
+                "readiness monitor": self._monitor_readiness(2.0),
+                "traffic watch": watch_traffic(
+                    TrafficReloader(self.settings),
+                    self.settings.poll_interval_s,
+                    self._apply_traffic,
+                    self._traffic_reload_failed,
+                ),
+            }
         )
 
     async def close(self) -> None:
-        """Stop the background loops and close the member channels."""
+        """Stop the background loops, cancel the shadow calls in flight, close the member channels.
+
+        Called after the drain: every accepted client request has its answer; a shadow call still
+        running only fed the comparison, so it is cancelled rather than waited for.
+        """
         await self._background.stop()
+        await self.traffic.close()
         await self.pool.close()
 
 

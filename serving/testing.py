@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -243,3 +244,18 @@ def start_gateway(
         ready=GATEWAY_READY,
         env=gateway_env(env),
     )
+
+
+async def grpc_predict(channel: Any, name: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    """One gRPC Predict of input ``x`` on ``channel`` (a ``grpc.aio`` channel): the
+    ``probabilities`` output and the trailing metadata."""
+    from serving.protos import PredictionServiceStub, PredictRequest
+    from serving.tensors import from_tensor_proto, to_tensor_proto
+
+    request = PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(to_tensor_proto(x))
+    call = PredictionServiceStub(channel).Predict(request, timeout=10)
+    response = await call
+    trailing = dict(await call.trailing_metadata() or ())
+    return from_tensor_proto(response.outputs["probabilities"]), trailing

@@ -14,8 +14,9 @@ from contracts.manifest import MemberRef, TensorSpec
 from serving.batching import BatchingPolicy
 from serving.core import ModelMetadata, ModelRef, PredictResult
 from serving.detail import DETAIL_HEADER
-from serving.ensemble import MEMBERS_HEADER, VERSION_HEADER, EnsembleCore, FanOutPolicy
+from serving.ensemble import MEMBERS_HEADER, VERSION_HEADER, EnsembleCore
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from serving.fanout import FanOutPolicy
 from serving.manifest_source import ServedManifests
 from serving.members import MemberError, PreparedCall
 from serving.metrics import GatewayMetrics

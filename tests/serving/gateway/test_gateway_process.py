@@ -41,6 +41,7 @@ from serving.testing import (
     free_port,
     gateway_args,
     gateway_env,
+    grpc_predict,
     make_manifest,
     member_answer,
     spawn_process,
@@ -209,6 +210,12 @@ def test_rest_status_metadata_and_errors(running: Deployment) -> None:
     assert {"probabilities", "probabilities:spread", "probabilities:toy-m0"} <= set(outputs)
 
 
+def test_comparison_of_an_ensemble_without_a_traffic_policy_is_one_line_404(running: Deployment) -> None:
+    answer = httpx.get(f"{running.url}/v1/ensembles/toy/comparison", timeout=10)
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "no traffic policy for ensemble 'toy' (policies: none)"}
+
+
 def test_health_readiness_and_metrics(running: Deployment) -> None:
     with httpx.Client(timeout=10) as client:
         predict_rest(client, running, rows(1))
@@ -237,15 +244,8 @@ def test_grpc_predict_status_metadata_and_health(running: Deployment) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
-            request = PredictRequest()
-            request.model_spec.name = "toy"
-            request.inputs["x"].CopyFrom(to_tensor_proto(x))
-            call = PredictionServiceStub(channel).Predict(request, timeout=10)
-            response = await call
-            trailing = dict(await call.trailing_metadata() or ())
-            np.testing.assert_allclose(
-                from_tensor_proto(response.outputs["probabilities"]), offline(manifest, x), atol=1e-6
-            )
+            probabilities, trailing = await grpc_predict(channel, "toy", x)
+            np.testing.assert_allclose(probabilities, offline(manifest, x), atol=1e-6)
             assert trailing["x-ensemble-members"] == "3/3"
 
             status_request = GetModelStatusRequest()

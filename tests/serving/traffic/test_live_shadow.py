@@ -1,9 +1,8 @@
 """Shadow isolation with real member backends over gRPC: a slow or dead challenger never touches the client.
 
-The core is wired to the controller here the way the gateway will wire it (route, answer, hand the
-answer and a shadow call to the controller), around the real :class:`EnsembleCore` and
-:class:`BackendPool`, with the champion's and the challenger's members on separate fake TF Serving
-processes.
+The core is wired to the controller as the gateway wires it (``EnsembleCore(traffic=...)``: route,
+answer, hand the answer and a shadow call to the controller), around the real :class:`BackendPool`,
+with the champion's and the challenger's members on separate fake TF Serving processes.
 """
 
 from __future__ import annotations
@@ -11,23 +10,35 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 import pytest
+import yaml
 
+from contracts.comparison import ComparisonSummary
 from contracts.manifest import Manifest, OutputKind
+from registry.online_gate import OnlineThresholds, fetch_evidence, online_gate
+from serving.app import create_app, create_grpc_server
 from serving.backends import BackendPool
-from serving.core import ModelRef
-from serving.ensemble import EnsembleCore, FanOutPolicy
-from serving.manifest_source import ServedManifests, served_version
-from serving.members import MemberError
-from serving.testing import free_port, make_manifest, start_fake_backend, stop_process
-from serving.traffic.comparison import SideObservation
+from serving.core import ModelRef, PredictResult
+from serving.ensemble import EnsembleCore
+from serving.errors import Unavailable
+from serving.fanout import FanOutPolicy
+from serving.gateway import Gateway
+from serving.manifest_source import RegistryManifestSource, ServedManifests, served_version
+from serving.rest.server import uvicorn_server
+from serving.settings import GatewaySettings
+from serving.testing import free_port, grpc_predict, make_manifest, start_fake_backend, stop_process
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
+from serving.traffic.routing import ALIAS_HEADER
 from tests.serving.gateway.test_ensemble import offline, rows
 from tests.serving.traffic.helpers import until
 
@@ -51,14 +62,20 @@ def champion_backend() -> Iterator[str]:
     stop_process(proc)
 
 
-def unread_outside_the_fan_out(reported: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the loop reported, less member failures the core's fan-out leaves unread.
+@pytest.fixture
+def stack_with(champion_backend: str) -> Iterator[Callable[..., tuple[Stack, subprocess.Popen[str]]]]:
+    """Builds a :class:`Stack` under ``policy`` with the challenger's members on a backend of their
+    own (answering after ``delay_ms``); the backends are stopped after the test."""
+    started: list[subprocess.Popen[str]] = []
 
-    When a quorum is already lost, ``EnsembleCore`` stops reading the member calls that fail after
-    that moment; asyncio reports those as never retrieved. They are the core's, raised the same
-    way without any shadow call, so they are set aside here; everything else must be absent.
-    """
-    return [r for r in reported if not isinstance(r.get("exception"), MemberError)]
+    def make(policy: TrafficPolicy, delay_ms: int = 0) -> tuple[Stack, subprocess.Popen[str]]:
+        port = free_port()
+        started.append(start_fake_backend(port, members(CHALLENGER), delay_ms=delay_ms))
+        return Stack(champion_backend, f"127.0.0.1:{port}", policy), started[-1]
+
+    yield make
+    for proc in started:
+        stop_process(proc)
 
 
 class Stack:
@@ -70,10 +87,13 @@ class Stack:
             lambda member: [champion_address if member in champion_members else challenger_address]
         )
         served = ServedManifests(default=CHAMPION, labels={"champion": CHAMPION, "challenger": CHALLENGER})
-        self.core = EnsembleCore(
-            served, self.pool, policy=FanOutPolicy(member_deadline_s=60.0, request_deadline_s=60.0)
-        )
         self.controller = TrafficController({"toy": policy}, shadow_timeout_s=60.0)
+        self.core = EnsembleCore(
+            served,
+            self.pool,
+            policy=FanOutPolicy(member_deadline_s=60.0, request_deadline_s=60.0),
+            traffic=self.controller,
+        )
         self.reported: list[dict[str, Any]] = []
 
     def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
@@ -92,40 +112,26 @@ class Stack:
             await asyncio.sleep(0)
 
         asyncio.run(main())
-
-    async def side(self, label: str, x: np.ndarray) -> SideObservation:
-        started = time.perf_counter()
-        result = await self.core.predict(ModelRef("toy", label=label), {"x": x})
-        return SideObservation(result.version, time.perf_counter() - started, result.outputs, KINDS)
+        assert self.reported == [], "nothing the shadow calls did reached the event loop's handler"
 
     async def ask(self, x: np.ndarray, key: str | None = None) -> np.ndarray:
-        """One client request, as the gateway will serve it."""
-        served = {alias: served_version(m) for alias, m in self.core.served.labels.items()}
+        """One client request through the core, which routes it; asserts the alias it names."""
+        result = await self.ask_result(x, key)
+        assert result.outputs is not None
+        return result.outputs["probabilities"]
+
+    async def ask_result(self, x: np.ndarray, key: str | None = None) -> PredictResult:
         headers = {"x-user-id": key} if key else {}
-        decided = self.controller.route("toy", label=None, version=None, headers=headers, served=served)
-        assert decided.label is not None
-        primary = await self.side(decided.label, x)
-        shadow_label = decided.shadow_label
-        self.controller.answered(
-            "toy",
-            decided,
-            primary,
-            (lambda: self.side(shadow_label, x)) if shadow_label is not None else None,
-        )
-        assert primary.outputs is not None
-        return primary.outputs["probabilities"]
+        result = await self.core.predict(ModelRef("toy"), {"x": x}, request_headers=headers)
+        alias = result.headers[ALIAS_HEADER]
+        assert result.version == served_version(CHAMPION if alias == "champion" else CHALLENGER)
+        return result
 
 
 def test_a_slow_challenger_costs_the_client_nothing_and_its_shadows_are_dropped(
-    champion_backend: str,
+    stack_with: Callable[..., tuple[Stack, subprocess.Popen[str]]],
 ) -> None:
-    challenger_port = free_port()
-    challenger = start_fake_backend(challenger_port, members(CHALLENGER), delay_ms=30_000)
-    stack = Stack(
-        champion_backend,
-        f"127.0.0.1:{challenger_port}",
-        TrafficPolicy(shadow_fraction=1.0, shadow_concurrency=3),
-    )
+    stack, _ = stack_with(TrafficPolicy(shadow_fraction=1.0, shadow_concurrency=3), delay_ms=30_000)
 
     async def scenario() -> None:
         gate = asyncio.Semaphore(6)
@@ -143,21 +149,13 @@ def test_a_slow_challenger_costs_the_client_nothing_and_its_shadows_are_dropped(
         assert summary.champion.requests == 21
         assert summary.champion.errors == 0
 
-    try:
-        stack.run(scenario)
-    finally:
-        stop_process(challenger)
-    assert stack.reported == []
+    stack.run(scenario)
 
 
-def test_a_dead_challenger_fails_no_champion_request(champion_backend: str) -> None:
-    challenger_port = free_port()
-    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
-    stack = Stack(
-        champion_backend,
-        f"127.0.0.1:{challenger_port}",
-        TrafficPolicy(shadow_fraction=1.0, shadow_concurrency=64),
-    )
+def test_a_dead_challenger_fails_no_champion_request(
+    stack_with: Callable[..., tuple[Stack, subprocess.Popen[str]]],
+) -> None:
+    stack, challenger = stack_with(TrafficPolicy(shadow_fraction=1.0, shadow_concurrency=64))
     inputs = [rows(4, seed=100 + i) for i in range(40)]
 
     def shadows_ended() -> int:
@@ -189,8 +187,195 @@ def test_a_dead_challenger_fails_no_champion_request(champion_backend: str) -> N
         assert dead.challenger.errors == dead.shadow.failed
         assert dead.compared == 20, "the dead challenger's failures are not compared rows"
 
+    stack.run(scenario)
+
+
+def test_the_core_routes_a_sticky_canary_and_names_the_alias(
+    stack_with: Callable[..., tuple[Stack, subprocess.Popen[str]]],
+) -> None:
+    stack, _ = stack_with(TrafficPolicy(canary_percent=20.0))
+    x = rows(2, seed=7)
+    keys = [f"user-{i}" for i in range(60)]
+
+    async def scenario() -> None:
+        first = {key: (await stack.ask_result(x, key)).headers[ALIAS_HEADER] for key in keys}
+        again = {key: (await stack.ask_result(x, key)).headers[ALIAS_HEADER] for key in keys}
+        assert first == again, "a key stays on its side"
+        on_challenger = [key for key, alias in first.items() if alias == "challenger"]
+        assert 3 <= len(on_challenger) <= 24, "about 20% of 60 keys"
+        for key, alias in first.items():
+            expected = offline(CHALLENGER if alias == "challenger" else CHAMPION, x)
+            np.testing.assert_allclose(await stack.ask(x, key), expected, atol=1e-6)
+        # A request that names a version is answered as addressed: no alias header.
+        pinned = await stack.core.predict(ModelRef("toy", version=1), {"x": x})
+        assert ALIAS_HEADER not in pinned.headers
+        summary = stack.controller.summary("toy")
+        assert summary.challenger.requests == 3 * len(on_challenger)
+        assert summary.champion.requests == 3 * (len(keys) - len(on_challenger))
+
+    stack.run(scenario)
+
+
+def test_a_failed_canary_answer_is_the_challengers_error(
+    stack_with: Callable[..., tuple[Stack, subprocess.Popen[str]]],
+) -> None:
+    stack, challenger = stack_with(TrafficPolicy(canary_percent=100.0))
+    challenger.send_signal(signal.SIGKILL)
+    challenger.wait(timeout=10)
+
+    async def scenario() -> None:
+        with pytest.raises(Unavailable):
+            await stack.ask(rows(2))
+        summary = stack.controller.summary("toy")
+        assert (summary.challenger.requests, summary.challenger.errors) == (1, 1)
+        # Named by label, the champion still answers.
+        named = await stack.core.predict(ModelRef("toy", label="champion"), {"x": rows(2)})
+        assert named.headers[ALIAS_HEADER] == "champion"
+
+    stack.run(scenario)
+
+
+def registry_gateway(settings: GatewaySettings) -> Gateway:
+    """The whole gateway in this process, serving both aliases as the registry would answer them."""
+    by_alias = {"champion": CHAMPION, "challenger": CHALLENGER}
+    served = ServedManifests(default=CHAMPION, labels=by_alias)
+    source = RegistryManifestSource(
+        settings.tracking_uri or "", "toy", settings.aliases, resolve=lambda _u, _e, alias: by_alias[alias]
+    )
+    return Gateway(settings, source, served)
+
+
+def member_backends(champion_address: str, challenger_address: str) -> dict[str, list[str]]:
+    backends = {m: [champion_address] for m in members(CHAMPION)}
+    return backends | {m: [challenger_address] for m in members(CHALLENGER)}
+
+
+def test_the_gateway_serves_the_comparison_that_the_online_gate_reads(champion_backend: str) -> None:
+    """The whole gateway (settings, controller, REST app) on a real port, with shadow on."""
+    challenger_port = free_port()
+    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
+    settings = GatewaySettings(
+        tracking_uri="http://127.0.0.1:1",  # never asked: the manifests are handed in below
+        ensemble="toy",
+        aliases=["champion", "challenger"],
+        member_backends=member_backends(champion_backend, f"127.0.0.1:{challenger_port}"),
+        traffic={"toy": TrafficPolicy(shadow_fraction=1.0, window_requests=100)},
+    )
+    gateway = registry_gateway(settings)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    inputs = [rows(2, seed=200 + i) for i in range(30)]
+
+    async def scenario() -> None:
+        server = uvicorn_server(create_app(gateway), host="127.0.0.1", port=port, grace_s=1.0)
+        serving = asyncio.create_task(server.serve())
+        await until(lambda: bool(server.started))
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for x in inputs:
+                    answer = await client.post("/v1/models/toy:predict", json={"instances": x.tolist()})
+                    assert answer.status_code == 200
+                    assert answer.headers[ALIAS_HEADER] == "champion"
+                    assert answer.headers["x-ensemble-manifest-version"] == "1"
+                    np.testing.assert_allclose(answer.json()["predictions"], offline(CHAMPION, x), atol=1e-6)
+
+                async def compared() -> int:
+                    doc = (await client.get("/v1/ensembles/toy/comparison")).json()
+                    return int(ComparisonSummary.model_validate(doc).compared)
+
+                deadline = time.monotonic() + 20
+                while await compared() < len(inputs):
+                    assert time.monotonic() < deadline, "the shadow calls never filled the window"
+                    await asyncio.sleep(0.05)
+                missing = await client.get("/v1/ensembles/other/comparison")
+                assert missing.status_code == 404
+                assert "no traffic policy for ensemble 'other'" in missing.json()["error"]
+                assert "\n" not in missing.json()["error"]
+            evidence = await asyncio.to_thread(fetch_evidence, url, "toy")
+            summary = evidence.summary
+            assert (summary.champion.version, summary.challenger.version) == (1, 2)
+            assert summary.challenger.errors == 0
+            both = np.concatenate(inputs)
+            agreement = np.mean(
+                np.argmax(offline(CHAMPION, both), 1) == np.argmax(offline(CHALLENGER, both), 1)
+            )
+            assert summary.classification is not None
+            assert summary.classification.agreement == pytest.approx(agreement, abs=1e-12)
+            loose = OnlineThresholds(min_requests=30, min_agreement=0.0, max_p99_ratio=1000.0)
+            passed = online_gate(summary, alias="champion", candidate=2, holder=1, thresholds=loose)
+            assert passed.passed, passed.reason
+            refused = online_gate(
+                summary,
+                alias="champion",
+                candidate=2,
+                holder=1,
+                thresholds=OnlineThresholds(min_requests=1000),
+            )
+            assert not refused.passed
+            assert "1000" in refused.reason
+        finally:
+            server.should_exit = True
+            await serving
+            await gateway.close()
+
     try:
-        stack.run(scenario)
+        asyncio.run(scenario())
     finally:
         stop_process(challenger)
-    assert unread_outside_the_fan_out(stack.reported) == []
+
+
+def test_shadow_switched_on_by_a_config_edit_while_the_gateway_runs(
+    champion_backend: str, tmp_path: Path
+) -> None:
+    """gRPC clients keep the champion's answers; the edit fills the comparison window."""
+    challenger_port = free_port()
+    challenger = start_fake_backend(challenger_port, members(CHALLENGER))
+    config = tmp_path / "gateway.yaml"
+    document = {
+        "tracking_uri": "http://127.0.0.1:1",  # never asked: the manifests are handed in
+        "ensemble": "toy",
+        "aliases": ["champion", "challenger"],
+        "member_backends": member_backends(champion_backend, f"127.0.0.1:{challenger_port}"),
+        "poll_interval_s": 0.1,
+        "traffic": {"toy": {"shadow_fraction": 0}},
+    }
+    config.write_text(yaml.safe_dump(document))
+    gateway = registry_gateway(GatewaySettings.load(config))
+    grpc_port = free_port()
+    inputs = [rows(3, seed=300 + i) for i in range(20)]
+
+    async def ask(channel: grpc.aio.Channel, x: np.ndarray) -> None:
+        probabilities, trailing = await grpc_predict(channel, "toy", x)
+        assert trailing[ALIAS_HEADER] == "champion"
+        np.testing.assert_allclose(probabilities, offline(CHAMPION, x), atol=1e-6)
+
+    async def scenario() -> None:
+        server = create_grpc_server(gateway)
+        server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        await server.start()
+        gateway.start_background()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                for x in inputs[:10]:
+                    await ask(channel, x)
+                before = gateway.traffic.summary("toy")
+                assert (before.champion.requests, before.paired, before.shadow.answered) == (10, 0, 0)
+
+                document["traffic"] = {"toy": {"shadow_fraction": 1.0}}
+                config.write_text(yaml.safe_dump(document))
+                await until(lambda: gateway.traffic.policy("toy") == TrafficPolicy(shadow_fraction=1.0))
+                for x in inputs[10:]:
+                    await ask(channel, x)
+                await until(lambda: gateway.traffic.summary("toy").compared == 10)
+            after = gateway.traffic.summary("toy")
+            # The pair did not change: the window kept the first ten, unpaired, and added ten pairs.
+            assert (after.champion.requests, after.challenger.requests, after.paired) == (20, 10, 10)
+            assert after.challenger.errors == 0
+        finally:
+            await server.stop(None)
+            await gateway.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(challenger)
