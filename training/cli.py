@@ -48,11 +48,13 @@ def _resolve(config_path: Path | None, overrides: dict[str, Any], members: int |
 
 def _check(config: TrainConfig) -> Any:
     """Everything that can be checked before training: the data, the folds, names that refer to them."""
+    from training.controls import check_controls
     from training.data import prepare
     from training.errors import ConfigError
     from training.folds import assign_folds
 
     dataset = prepare(config.data, config.seed)
+    check_controls(config, dataset)
     targets = {t.name for t in dataset.targets}
     for where, named in _loss_weight_keys(config):
         unknown = set(named) - targets
@@ -235,6 +237,14 @@ def train_member(
     threads: Annotated[
         int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the member's checkpoint and its epoch (after a crash or an eviction); "
+            "a member that finished is left as it is.",
+        ),
+    ] = False,
 ) -> None:
     """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
 
@@ -257,7 +267,10 @@ def train_member(
         from training.member import train_member as run
 
         for i in index:
-            record = run(out, i, threads=threads)
+            if resume and Layout(out).member_file(i).is_file():
+                print(f"member {i}: already trained, nothing to resume", flush=True)
+                continue
+            record = run(out, i, threads=threads, resume=resume)
             print(
                 f"member {i}: {record['model_name']} v{record['version']} "
                 f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",
