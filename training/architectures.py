@@ -21,7 +21,11 @@ from training.features import encode_input
 
 @keras.saving.register_keras_serializable(package="training")
 class Affine(keras.layers.Layer):  # type: ignore[misc]
-    """``x * scale + shift`` with frozen constants: a regression head back in target units."""
+    """``x * scale + shift`` with frozen constants: a regression head back in target units.
+
+    Heads now use Keras' Rescaling (the same product and sum), so checkpoints load in plain Keras;
+    this layer stays registered so checkpoints written before still load.
+    """
 
     def __init__(self, shift: float, scale: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -96,6 +100,17 @@ def _residual(cfg: ModelConfig, encoded: list[Any]) -> Any:
     return x
 
 
+def _sigmoid_head(hidden: Any, name: str) -> Any:
+    """One sigmoid unit p = P(second class), served as [1 - p, p] like every classifier.
+
+    The categorical cross-entropy of [1 - p, p] is -log p or -log(1 - p): exactly the binary
+    cross-entropy of the unit, so it trains as a sigmoid head and serves the usual contract.
+    """
+    positive = keras.layers.Dense(1, activation="sigmoid", name=f"{name}_sigmoid")(hidden)
+    negative = keras.layers.Rescaling(-1.0, offset=1.0, name=f"{name}_complement")(positive)
+    return keras.layers.Concatenate(name=name)([negative, positive])
+
+
 def build_model(cfg: ModelConfig, dataset: Dataset, rows: npt.NDArray[np.int64]) -> keras.Model:
     """The member model: dict of raw inputs in, dict of named outputs out (not compiled).
 
@@ -116,6 +131,7 @@ def build_model(cfg: ModelConfig, dataset: Dataset, rows: npt.NDArray[np.int64])
                 train[group.name],
                 categorical_encoding=cfg.categorical_encoding,
                 embedding_dim=cfg.embedding_dim,
+                scaling=cfg.scaling,
             )
         )
     if cfg.architecture == "branches":
@@ -128,13 +144,15 @@ def build_model(cfg: ModelConfig, dataset: Dataset, rows: npt.NDArray[np.int64])
     outputs: dict[str, Any] = {}
     for target in dataset.targets:
         name = dataset.output_name(target)
-        if target.task == "classification":
+        if target.task == "classification" and cfg.binary_head == "sigmoid" and len(target.classes) == 2:
+            outputs[name] = _sigmoid_head(hidden, name)
+        elif target.task == "classification":
             outputs[name] = keras.layers.Dense(len(target.classes), activation="softmax", name=name)(hidden)
         else:
             y = labels[name].astype(np.float64)
             std = float(y.std()) or 1.0
             raw = keras.layers.Dense(1, name=f"{name}_standardised")(hidden)
-            outputs[name] = Affine(shift=float(y.mean()), scale=std, name=name)(raw)
+            outputs[name] = keras.layers.Rescaling(scale=std, offset=float(y.mean()), name=name)(raw)
     return keras.Model(inputs=inputs, outputs=outputs, name="member")
 
 

@@ -184,6 +184,14 @@ def train_member(
     threads: Annotated[
         int | None, typer.Option(help="TensorFlow threads (default: all).", show_default=False)
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the member's checkpoint and its epoch (after a crash or an eviction); "
+            "a member that finished is left as it is.",
+        ),
+    ] = False,
 ) -> None:
     """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
 
@@ -207,7 +215,10 @@ def train_member(
         from training.member import train_member as run
 
         for i in index:
-            record = run(out, i, threads=threads)
+            if resume and Layout(out).member_file(i).is_file():
+                print(f"member {i}: already trained, nothing to resume", flush=True)
+                continue
+            record = run(out, i, threads=threads, resume=resume)
             print(
                 f"member {i}: {record['model_name']} v{record['version']} "
                 f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",

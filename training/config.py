@@ -6,6 +6,7 @@ data is read or any model is built, and reported as one line by :func:`format_va
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,12 @@ from training.errors import ConfigError
 Task = Literal["classification", "regression"]
 Architecture = Literal["mlp", "branches", "residual"]
 Optimizer = Literal["adam", "rmsprop", "sgd"]
-Schedule = Literal["none", "step", "exponential", "cosine", "plateau"]
+Schedule = Literal["none", "step", "exponential", "cosine", "plateau", "piecewise"]
+Scaling = Literal["standard", "minmax", "none"]
+BinaryHead = Literal["softmax2", "sigmoid"]
+# What EarlyStopping, the best-only checkpoint and ReduceLROnPlateau may watch: a loss or an
+# accuracy Keras logs, on the fitted rows or (val_) the early-stopping rows, overall or per output.
+MONITOR_PATTERN = r"^(val_)?([A-Za-z0-9_]+_)?(loss|accuracy)$"
 WeightMethod = Literal["uniform", "given", "optimized", "greedy"]
 SplitMethod = Literal["cross_fit", "holdout"]
 
@@ -138,6 +144,39 @@ class ModelConfig(_Strict):
     initializer: str = "glorot_uniform"
     categorical_encoding: Literal["one_hot", "embedding"] = "one_hot"
     embedding_dim: int = Field(default=4, ge=1, le=512)
+    scaling: Scaling = Field(
+        default="standard",
+        description="Numeric inputs inside the model: standard ((x - mean) / std), minmax ((x - min) / "
+        "(max - min)), none; fitted on the rows the member trains on.",
+    )
+    binary_head: BinaryHead = Field(
+        default="softmax2",
+        description="Two-class targets: softmax2 (two softmax units) or sigmoid (one sigmoid unit, "
+        "binary cross-entropy); both serve [n, 2] probabilities.",
+    )
+
+
+class EarlyStoppingConfig(_Strict):
+    """EarlyStopping (best weights restored) and the best-only checkpoint watch the same metric."""
+
+    monitor: str = Field(
+        default="val_loss",
+        pattern=MONITOR_PATTERN,
+        description="val_loss, val_accuracy, val_<output>_loss, loss, ...: a metric Keras logs.",
+    )
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts as better.")
+    patience: int | None = Field(default=None, ge=1, description="Epochs without gain; None = fit.patience.")
+    mode: Literal["auto", "min", "max"] = Field(
+        default="auto", description="auto: max for an accuracy, min otherwise."
+    )
+
+
+class PlateauConfig(_Strict):
+    """ReduceLROnPlateau (``fit.schedule: plateau``), on the early-stopping monitor."""
+
+    factor: float | None = Field(default=None, gt=0.0, lt=1.0, description="None = fit.decay_rate.")
+    patience: int | None = Field(default=None, ge=1, description="None = half the early-stopping patience.")
+    min_lr: float = Field(default=1e-6, ge=0.0)
 
 
 class FitConfig(_Strict):
@@ -147,13 +186,57 @@ class FitConfig(_Strict):
     learning_rate: float = Field(default=2e-3, gt=0.0, le=10.0)
     schedule: Schedule = "cosine"
     decay_rate: float = Field(default=0.5, gt=0.0, le=1.0, description="step/exponential/plateau factor.")
+    piecewise: list[tuple[int, float]] | None = Field(
+        default=None,
+        description="schedule: piecewise: [[epoch, rate], ...], each rate from its epoch (counted "
+        "from 0) on; learning_rate before the first.",
+    )
+    warmup_epochs: int = Field(
+        default=0, ge=0, description="Linear warm-up from near 0 to the schedule's rate, in front of it."
+    )
     decay_epochs: int = Field(default=10, ge=1, description="Epochs per step (step/exponential decay).")
     batch_size: int = Field(default=64, ge=1)
     epochs: int = Field(default=60, ge=1)
     patience: int = Field(default=15, ge=1, description="EarlyStopping patience on val_loss.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     loss_weights: dict[str, float] = Field(
         default_factory=dict, description="Per target loss weight (several targets); default 1."
     )
+
+    @field_validator("piecewise")
+    @classmethod
+    def _increasing_steps(cls, steps: list[tuple[int, float]] | None) -> list[tuple[int, float]] | None:
+        if steps is None:
+            return steps
+        if not steps:
+            raise ValueError("give at least one [epoch, rate] pair")
+        epochs = [epoch for epoch, _ in steps]
+        if epochs[0] < 0 or any(b <= a for a, b in itertools.pairwise(epochs)):
+            raise ValueError(f"epochs must start at 0 or later and increase, got {epochs}")
+        for epoch, rate in steps:
+            if not (math.isfinite(rate) and 0.0 < rate <= 10.0):
+                raise ValueError(f"the rate from epoch {epoch} must be above 0 and at most 10, got {rate}")
+        return steps
+
+    @model_validator(mode="after")
+    def _schedule_settings(self) -> FitConfig:
+        if self.schedule == "piecewise" and self.piecewise is None:
+            raise ValueError("schedule: piecewise needs a `piecewise` list of [epoch, rate] pairs")
+        if self.schedule != "piecewise" and self.piecewise is not None:
+            raise ValueError(f"piecewise applies to schedule: piecewise (schedule is {self.schedule})")
+        if self.schedule != "plateau" and self.plateau != PlateauConfig():
+            raise ValueError(f"plateau applies to schedule: plateau (schedule is {self.schedule})")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
+            )
+        return self
+
+    @property
+    def stopping_patience(self) -> int:
+        """EarlyStopping's patience: early_stopping.patience, else fit.patience."""
+        return self.early_stopping.patience or self.patience
 
     @field_validator("loss_weights")
     @classmethod
@@ -280,6 +363,17 @@ class AssembleConfig(_Strict):
         return self
 
 
+class LoggingConfig(_Strict):
+    """What a member writes while it trains, besides history.csv and the checkpoint."""
+
+    histograms: int = Field(
+        default=0, ge=0, description="TensorBoard weight histograms every N epochs; 0 = none."
+    )
+    every: int = Field(
+        default=1, ge=1, description="Off a terminal and in train-member: one progress line every N epochs."
+    )
+
+
 class TrainConfig(_Strict):
     """The whole training run."""
 
@@ -289,6 +383,7 @@ class TrainConfig(_Strict):
     members: MembersConfig = Field(default_factory=MembersConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

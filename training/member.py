@@ -64,8 +64,13 @@ def output_kinds(dataset: Dataset) -> list[tuple[str, str, str]]:
     return [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
 
 
-def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> dict[str, Any]:
-    """Train member ``index`` of the run in ``out_dir``; returns what it wrote to member.json."""
+def train_member(
+    out_dir: Path, index: int, *, threads: int | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train member ``index`` of the run in ``out_dir``; returns what it wrote to member.json.
+
+    ``resume`` continues from the member's checkpoint and its epoch when it has one.
+    """
     quiet_tensorflow(threads)
     import keras
     import tensorflow as tf
@@ -73,6 +78,7 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
     from training import search
     from training.architectures import build_model, losses
     from training.callbacks import fit_callbacks, optimizer
+    from training.controls import accuracy_metrics
     from training.export import (
         load_signature,
         next_version,
@@ -81,6 +87,7 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         verify_round_trip,
     )
     from training.metrics import evaluate
+    from training.resume import starting_point
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -110,13 +117,21 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
         steps = int(np.ceil(len(rows.fit) / fit.batch_size))
         model = build_model(hparams.model, dataset, rows.fit)
         loss, loss_weights = losses(dataset, fit.loss_weights, rows.fit)
-        model.compile(optimizer=optimizer(fit, steps), loss=loss, loss_weights=loss_weights)
+        model.compile(
+            optimizer=optimizer(fit, steps),
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=accuracy_metrics(dataset),
+        )
+        model, start = starting_point(member_dir, model, fit.early_stopping.monitor, resume=resume)
         progress.epochs = fit.epochs
+        progress.epoch = start.epoch if start is not None else 0
         history = model.fit(
             _dataset(x_fit, y_fit, fit.batch_size, seed),
             validation_data=_dataset(x_stop, y_stop, 1024, None),
             epochs=fit.epochs,
-            callbacks=fit_callbacks(fit, member_dir, progress),
+            initial_epoch=progress.epoch,
+            callbacks=fit_callbacks(fit, config.logging, member_dir, progress, steps, start),
             shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
             verbose=0,
         )
@@ -162,7 +177,7 @@ def train_member(out_dir: Path, index: int, *, threads: int | None = None) -> di
             },
             "metrics": metrics,
             "best_val_loss": float(min(val_losses)) if val_losses else None,
-            "epochs_trained": len(history.epoch),
+            "epochs_trained": progress.epoch,  # counting the epochs before a resume
             "train_seconds": round(train_seconds, 3),
             "export_path": str(export_path.resolve()),
             "export_max_abs_diff": max_diff,

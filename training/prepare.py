@@ -24,11 +24,13 @@ def resolve_config(config_path: Path | None, overrides: dict[str, Any], members:
 
 def check_data(config: TrainConfig) -> Dataset:
     """Everything that can be checked before training: the data, the folds, names that refer to them."""
+    from training.controls import check_controls
     from training.data import prepare
     from training.errors import ConfigError
     from training.folds import assign_folds
 
     dataset = prepare(config.data, config.seed)
+    check_controls(config, dataset)
     targets = {t.name for t in dataset.targets}
     for where, named in _loss_weight_keys(config):
         unknown = set(named) - targets

@@ -27,7 +27,38 @@ class MemberProgress:
     epochs: int = 0
     val_loss: float | None = None
     best_val_loss: float | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    val_accuracy: float | None = None
+    learning_rate: float | None = None
+    eta_seconds: float | None = None
     message: str = ""
+
+
+def eta_text(seconds: float | None) -> str:
+    """``1m05s`` / ``42s``: the time left if the member runs all its epochs."""
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def epoch_line(p: MemberProgress, label: str | None = None) -> str:
+    """One log line of an epoch, in key=value form: what ``kubectl logs`` and a piped run show.
+    ``label`` names the member (default ``member <index>``, as ``--index`` counts)."""
+    parts = [f"{label or f'member {p.index}'}: epoch {p.epoch}/{p.epochs}"]
+    for key, value in (
+        ("loss", p.loss),
+        ("val_loss", p.val_loss),
+        ("accuracy", p.accuracy),
+        ("val_accuracy", p.val_accuracy),
+    ):
+        if value is not None:
+            parts.append(f"{key}={value:.4f}")
+    if p.learning_rate is not None:
+        parts.append(f"lr={p.learning_rate:.3g}")
+    parts.append(f"eta={eta_text(p.eta_seconds)}")
+    return " ".join(parts)
 
 
 def progress_path(member_dir: Path) -> Path:

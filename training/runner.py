@@ -22,7 +22,7 @@ from rich.table import Table
 
 from training.errors import TrainingError
 from training.layout import Layout
-from training.progress import MemberProgress, read_progress
+from training.progress import MemberProgress, epoch_line, eta_text, read_progress
 
 POLL_SECONDS = 0.5
 
@@ -58,21 +58,27 @@ def assign(indices: Sequence[int], workers: int) -> list[list[int]]:
 
 def _table(states: Sequence[MemberProgress], total: int, elapsed: float) -> Table:
     table = Table(title=f"Training {total} members ({elapsed:.0f}s)", title_justify="left")
-    for column in ("member", "state", "epoch", "val_loss", "best"):
+    columns = ("member", "state", "epoch", "loss", "val_loss", "best", "accuracy", "val_acc", "lr", "eta")
+    for column in columns:
         table.add_column(column, justify="right" if column != "state" else "left")
     for p in states:
         epoch = f"{p.epoch}/{p.epochs}" if p.epochs else "-"
-        val = f"{p.val_loss:.4f}" if p.val_loss is not None else "-"
-        best = f"{p.best_val_loss:.4f}" if p.best_val_loss is not None else "-"
         state = {"done": "[green]done[/]", "failed": f"[red]failed[/] {p.message}"}.get(p.state, p.state)
-        table.add_row(f"{p.index + 1}/{total}", state, epoch, val, best)
+        figures = [_fixed(v) for v in (p.loss, p.val_loss, p.best_val_loss, p.accuracy, p.val_accuracy)]
+        rate = f"{p.learning_rate:.2g}" if p.learning_rate is not None else "-"
+        eta = eta_text(p.eta_seconds) if p.state == "training" else "-"
+        table.add_row(f"{p.index + 1}/{total}", state, epoch, *figures, rate, eta)
     return table
 
 
-class _PlainReporter:
-    """For CI logs: one line per member state change and every few epochs, nothing redrawn."""
+def _fixed(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
-    def __init__(self, console: Console, total: int, every: int = 5) -> None:
+
+class _PlainReporter:
+    """For CI logs: one line per member state change and every ``every`` epochs, nothing redrawn."""
+
+    def __init__(self, console: Console, total: int, every: int = 1) -> None:
         self.console = console
         self.total = total
         self.every = every
@@ -84,12 +90,13 @@ class _PlainReporter:
             if p.state == last_state and (p.state != "training" or p.epoch - last_epoch < self.every):
                 continue
             self.seen[p.index] = (p.state, p.epoch)
-            val = f" val_loss={p.val_loss:.4f}" if p.val_loss is not None else ""
+            label = f"member {p.index + 1}/{self.total}"
+            if p.state == "training":
+                self.console.print(epoch_line(p, label), highlight=False)
+                continue
             epoch = f" epoch {p.epoch}/{p.epochs}" if p.epochs else ""
             message = f" {p.message}" if p.message else ""
-            self.console.print(
-                f"member {p.index + 1}/{self.total}: {p.state}{epoch}{val}{message}", highlight=False
-            )
+            self.console.print(f"{label}: {p.state}{epoch}{message}", highlight=False)
 
 
 def run_members(
@@ -140,7 +147,8 @@ def run_members(
                 else:
                     failed[index] = progress.message or log_tail or f"exit code {code}"
 
-    plain = None if console.is_terminal else _PlainReporter(console, total)
+    every = layout.load_config().logging.every
+    plain = None if console.is_terminal else _PlainReporter(console, total, every)
     live = (
         Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
     )
