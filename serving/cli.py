@@ -86,6 +86,12 @@ def serve(
         "hedge_after_s": hedge_after_ms / 1000 if hedge_after_ms is not None else None,
         "log_level": log_level,
     }
+    if manifest is not None and not manifest.is_file():
+        # Checked before the other usage errors: a wrong path is the likelier mistake to fix first.
+        typer.echo(f"error: manifest {manifest} not found", err=True)
+        raise typer.Exit(2)
+    if config is not None and config.is_file():
+        _check_config_yaml(config)
     try:
         if member_backend:
             overrides["member_backends"] = _member_backends(member_backend)
@@ -118,6 +124,26 @@ def serve(
     except (ManifestLoadError, StartupError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _check_config_yaml(config: Path) -> None:
+    """Exit 2 with one line when the gateway's config file is not a YAML mapping (pydantic-settings
+    would otherwise surface a parser traceback or a cryptic dict-update error)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        typer.echo(f"error: cannot read config {config}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        typer.echo(f"error: config {config} is not valid YAML{where}", err=True)
+        raise typer.Exit(2) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        typer.echo(f"error: config {config} must be a YAML mapping at the top level", err=True)
+        raise typer.Exit(2)
 
 
 def _member_backends(values: list[str]) -> dict[str, list[str]]:

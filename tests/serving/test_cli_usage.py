@@ -1,0 +1,44 @@
+"""Usage errors of ``ensemble serve`` and ``ensemble backend``: one ``error:`` line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ensemble_cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rest_port: [1\n", "error: config bad.yaml is not valid YAML (line 2)"),
+        ("- a\n- b\n", "error: config bad.yaml must be a YAML mapping at the top level"),
+        ("rest_port: x\n", "error: rest_port: Input should be a valid integer"),
+    ],
+)
+def test_serve_bad_config_is_one_line_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "bad.yaml").write_text(text)
+    done = _ensemble("serve", "--config", "bad.yaml", "--backend", "127.0.0.1:1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(expected)
+    assert done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_missing_manifest_is_reported_before_missing_backend(tmp_path: Path) -> None:
+    done = _ensemble("serve", "--manifest", "missing.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "error: manifest missing.json not found\n"
