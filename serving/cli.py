@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -210,7 +211,7 @@ def backend(
     """Local model server: a stand-in for tensorflow_model_server with TF Serving's flags and API."""
     from pydantic import ValidationError
 
-    from serving.local_server.server import run, settings_from_flags
+    from serving.local_server.settings import missing_paths, settings_from_flags
 
     del enable_grpc_healthcheck_service  # the standard health service is always served
     try:
@@ -234,4 +235,12 @@ def backend(
         where, message = validation_problem(exc)
         typer.echo(f"error: {'--' + where + ': ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None
+    problem = missing_paths(settings)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    # TensorFlow reads this when it loads: without it, CUDA-probe noise buries the server's own lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from serving.local_server.server import run
+
     raise typer.Exit(run(settings))

@@ -42,3 +42,22 @@ def test_serve_missing_manifest_is_reported_before_missing_backend(tmp_path: Pat
     done = _ensemble("serve", "--manifest", "missing.json", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == "error: manifest missing.json not found\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--model_config_file", "nope.config"], "not found"),
+        (["--model_base_path", "nowhere"], "is not a folder"),
+        (["--model_base_path", ".", "--fault_config", "faults.yaml"], "--fault_config"),
+    ],
+)
+def test_backend_bad_paths_are_one_line_before_tensorflow_loads(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    done = _ensemble("backend", *flags, cwd=tmp_path)
+    assert done.returncode == 2
+    # One line and nothing else: TensorFlow, once loaded, writes its CUDA probe lines to stderr first.
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: --")
+    assert expected in done.stderr
