@@ -309,8 +309,10 @@ def run_demo(
         echo("4. sample predictions")
         metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
         offline = manifest.metrics.get("test_accuracy")
+        offline_nll = manifest.metrics.get("test_nll")
         if offline is not None:
-            echo(f"  offline accuracy {offline:.4f}  (the same ensemble, evaluated in training)")
+            nll_part = f"  NLL {offline_nll:.4f}" if offline_nll is not None else ""
+            echo(f"  offline accuracy {offline:.4f}{nll_part}  (same ensemble, evaluated in training)")
         if not once:
             echo(
                 "\nServing until Ctrl-C. Try:\n"
