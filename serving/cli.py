@@ -27,7 +27,11 @@ def serve(
     ] = None,
     alias: Annotated[
         list[str] | None,
-        typer.Option("--alias", help="Registry alias to serve; repeat for several (first is the default)."),
+        typer.Option(
+            "--alias",
+            metavar="NAME",
+            help="Registry alias to serve; repeat for several (first is the default).",
+        ),
     ] = None,
     last_good_manifest: Annotated[
         Path | None,
@@ -39,11 +43,19 @@ def serve(
     ] = None,
     backend: Annotated[
         list[str] | None,
-        typer.Option("--backend", help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas."),
+        typer.Option(
+            "--backend",
+            metavar="HOST:PORT",
+            help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas.",
+        ),
     ] = None,
     member_backend: Annotated[
         list[str] | None,
-        typer.Option("--member-backend", help="MEMBER=HOST:PORT[,HOST:PORT] override for one member."),
+        typer.Option(
+            "--member-backend",
+            metavar="MEMBER=HOST:PORT",
+            help="MEMBER=HOST:PORT[,HOST:PORT] override for one member.",
+        ),
     ] = None,
     rest_port: Annotated[int | None, typer.Option("--rest-port", help="REST port (default 8501).")] = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="gRPC port (default 8500).")] = None,
@@ -58,6 +70,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--traffic",
+            metavar="NAME:KEY=VALUE",
             help="NAME:KEY=VALUE[,KEY=VALUE] traffic policy of an ensemble, e.g. "
             "digits:shadow_fraction=0.1,canary_percent=20 (see docs/gateway.md).",
         ),

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer.core
+import typer.main
+
+from ensemble_cli import build_app
 
 
 def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -61,3 +65,25 @@ def test_backend_bad_paths_are_one_line_before_tensorflow_loads(
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: --")
     assert expected in done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "backend"])
+def test_help_at_80_columns_shows_every_flag_name_whole(tmp_path: Path, command: str) -> None:
+    group = typer.main.get_command(build_app())
+    assert isinstance(group, typer.core.TyperGroup)
+    flags = [name for param in group.commands[command].params for name in param.opts if name.startswith("--")]
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble_cli", command, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    words = set(done.stdout.replace("/", " ").split())
+    missing = [flag for flag in flags if flag not in words]
+    assert not missing, done.stdout
+    assert "<bool>" not in done.stdout
+    assert "…" not in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
