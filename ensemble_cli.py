@@ -24,6 +24,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,
     )
     if training_installed():
         from training import cli as training_cli
@@ -62,18 +63,26 @@ def demo(
     from registry.defaults import tracking_uri as resolve_tracking_uri
 
     console = Console()
+    for flag, port in (("--rest-port", rest_port), ("--grpc-port", grpc_port)):
+        if ensemble_demo.port_taken(port):
+            # Checked before training: a gateway left over from an earlier demo would answer instead.
+            typer.echo(
+                f"error: port {port} ({flag}) is in use by another process; stop it or pick another", err=True
+            )
+            raise typer.Exit(2)
     try:
-        ensemble_demo.run_demo(
-            out or ensemble_demo.default_out_dir(),
-            tracking_uri=resolve_tracking_uri(tracking_uri),
-            members=members,
-            epochs=epochs,
-            retrain=retrain,
-            once=once,
-            rest_port=rest_port,
-            grpc_port=grpc_port,
-            echo=console.print,
-        )
+        with ensemble_demo.exit_on_termination():
+            ensemble_demo.run_demo(
+                out or ensemble_demo.default_out_dir(),
+                tracking_uri=resolve_tracking_uri(tracking_uri),
+                members=members,
+                epochs=epochs,
+                retrain=retrain,
+                once=once,
+                rest_port=rest_port,
+                grpc_port=grpc_port,
+                echo=console.print,
+            )
     except ensemble_demo.DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

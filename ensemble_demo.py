@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,51 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether another process listens on ``port``: the demo refuses it rather than measure a stranger."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers do: a port left in TIME_WAIT is free, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the demo dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the demo died before prctl took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def exit_on_termination() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into SystemExit so the ``finally`` blocks stop the children first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _ensemble_command(*args: str) -> list[str]:
     """Run the CLI through this interpreter, so the demo works without the venv on PATH."""
     return [sys.executable, "-m", "ensemble_cli", *args]
@@ -54,7 +100,11 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            _ensemble_command(*self.args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            _ensemble_command(*self.args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
         )
         log.close()
 
@@ -85,12 +135,16 @@ def _run_step(title: str, args: list[str], log_path: Path, echo: Callable[[str],
     started = time.monotonic()
     # Training shows its own live progress; other steps are short and go to the log.
     if args[0] == "train":
-        result = subprocess.run(_ensemble_command(*args), check=False)
+        result = subprocess.run(_ensemble_command(*args), check=False, preexec_fn=_die_with_parent)
     else:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             result = subprocess.run(
-                _ensemble_command(*args), stdout=log, stderr=subprocess.STDOUT, check=False
+                _ensemble_command(*args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                preexec_fn=_die_with_parent,
             )
     if result.returncode != 0:
         where = "" if args[0] == "train" else f"; see {log_path}"
@@ -309,8 +363,10 @@ def run_demo(
         echo("4. sample predictions")
         metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
         offline = manifest.metrics.get("test_accuracy")
+        offline_nll = manifest.metrics.get("test_nll")
         if offline is not None:
-            echo(f"  offline accuracy {offline:.4f}  (the same ensemble, evaluated in training)")
+            nll_part = f"  NLL {offline_nll:.4f}" if offline_nll is not None else ""
+            echo(f"  offline accuracy {offline:.4f}{nll_part}  (same ensemble, evaluated in training)")
         if not once:
             echo(
                 "\nServing until Ctrl-C. Try:\n"

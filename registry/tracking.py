@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -248,9 +250,14 @@ def _report_metrics(report: dict[str, Any], prefix: str = "report.") -> dict[str
 
 
 def ui_hint(uri: str) -> str:
-    """How to open the MLflow UI for ``uri``."""
+    """How to open the MLflow UI for ``uri``.
+
+    Names this interpreter rather than ``mlflow``: the ``mlflow`` script is on PATH only inside an
+    activated virtual environment, while the interpreter's full path works from any shell.
+    """
     if is_local_store(uri):
-        return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+        python = shlex.quote(sys.executable)
+        return f"{python} -m mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
     return uri
 
 

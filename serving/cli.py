@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,11 @@ def serve(
     ] = None,
     alias: Annotated[
         list[str] | None,
-        typer.Option("--alias", help="Registry alias to serve; repeat for several (first is the default)."),
+        typer.Option(
+            "--alias",
+            metavar="NAME",
+            help="Registry alias to serve; repeat for several (first is the default).",
+        ),
     ] = None,
     last_good_manifest: Annotated[
         Path | None,
@@ -38,11 +43,19 @@ def serve(
     ] = None,
     backend: Annotated[
         list[str] | None,
-        typer.Option("--backend", help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas."),
+        typer.Option(
+            "--backend",
+            metavar="HOST:PORT",
+            help="TF Serving gRPC HOST:PORT hosting all members; repeat for replicas.",
+        ),
     ] = None,
     member_backend: Annotated[
         list[str] | None,
-        typer.Option("--member-backend", help="MEMBER=HOST:PORT[,HOST:PORT] override for one member."),
+        typer.Option(
+            "--member-backend",
+            metavar="MEMBER=HOST:PORT",
+            help="MEMBER=HOST:PORT[,HOST:PORT] override for one member.",
+        ),
     ] = None,
     rest_port: Annotated[int | None, typer.Option("--rest-port", help="REST port (default 8501).")] = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="gRPC port (default 8500).")] = None,
@@ -57,6 +70,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--traffic",
+            metavar="NAME:KEY=VALUE",
             help="NAME:KEY=VALUE[,KEY=VALUE] traffic policy of an ensemble, e.g. "
             "digits:shadow_fraction=0.1,canary_percent=20 (see docs/gateway.md).",
         ),
@@ -86,6 +100,12 @@ def serve(
         "hedge_after_s": hedge_after_ms / 1000 if hedge_after_ms is not None else None,
         "log_level": log_level,
     }
+    if manifest is not None and not manifest.is_file():
+        # Checked before the other usage errors: a wrong path is the likelier mistake to fix first.
+        typer.echo(f"error: manifest {manifest} not found", err=True)
+        raise typer.Exit(2)
+    if config is not None and config.is_file():
+        _check_config_yaml(config)
     try:
         if member_backend:
             overrides["member_backends"] = _member_backends(member_backend)
@@ -118,6 +138,26 @@ def serve(
     except (ManifestLoadError, StartupError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _check_config_yaml(config: Path) -> None:
+    """Exit 2 with one line when the gateway's config file is not a YAML mapping (pydantic-settings
+    would otherwise surface a parser traceback or a cryptic dict-update error)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        typer.echo(f"error: cannot read config {config}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        typer.echo(f"error: config {config} is not valid YAML{where}", err=True)
+        raise typer.Exit(2) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        typer.echo(f"error: config {config} must be a YAML mapping at the top level", err=True)
+        raise typer.Exit(2)
 
 
 def _member_backends(values: list[str]) -> dict[str, list[str]]:
@@ -184,7 +224,7 @@ def backend(
     """Local model server: a stand-in for tensorflow_model_server with TF Serving's flags and API."""
     from pydantic import ValidationError
 
-    from serving.local_server.server import run, settings_from_flags
+    from serving.local_server.settings import missing_paths, settings_from_flags
 
     del enable_grpc_healthcheck_service  # the standard health service is always served
     try:
@@ -208,4 +248,12 @@ def backend(
         where, message = validation_problem(exc)
         typer.echo(f"error: {'--' + where + ': ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None
+    problem = missing_paths(settings)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    # TensorFlow reads this when it loads: without it, CUDA-probe noise buries the server's own lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from serving.local_server.server import run
+
     raise typer.Exit(run(settings))

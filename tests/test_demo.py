@@ -36,6 +36,9 @@ def test_demo_trains_registers_serves_and_predicts(tmp_path: Path) -> None:
     online = float(re.search(r"gateway accuracy (\d\.\d+)", output).group(1))  # type: ignore[union-attr]
     offline = float(re.search(r"offline accuracy (\d\.\d+)", output).group(1))  # type: ignore[union-attr]
     assert online == pytest.approx(offline, abs=1e-4)
+    online_nll = float(re.search(r"gateway accuracy \S+  NLL (\d+\.\d+)", output).group(1))  # type: ignore[union-attr]
+    offline_nll = float(re.search(r"offline accuracy \S+  NLL (\d+\.\d+)", output).group(1))  # type: ignore[union-attr]
+    assert online_nll == pytest.approx(offline_nll, abs=1e-3)
     assert online > 0.8
 
     # A second run reuses the registered ensemble instead of training again.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health
@@ -204,11 +203,3 @@ def run(settings: BackendSettings) -> int:
         log.error("%s", exc)
         return 2
     return 0
-
-
-def settings_from_flags(**flags: Any) -> BackendSettings:
-    """BackendSettings from the CLI's flags, paths made absolute (the process may change directory)."""
-    for key in ("model_config_file", "model_base_path", "fault_config"):
-        if flags.get(key) is not None:
-            flags[key] = Path(flags[key]).expanduser().resolve()
-    return BackendSettings(**{key: value for key, value in flags.items() if value is not None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,3 +52,25 @@ class BackendSettings(BaseModel):
         if self.model_config_file is None and self.model_base_path is None:
             raise ValueError("either --model_config_file or --model_base_path must be set")
         return self
+
+
+def settings_from_flags(**flags: Any) -> BackendSettings:
+    """BackendSettings from the CLI's flags, paths made absolute (the process may change directory).
+
+    Lives here, apart from the server, so the CLI validates its flags before TensorFlow loads.
+    """
+    for key in ("model_config_file", "model_base_path", "fault_config"):
+        if flags.get(key) is not None:
+            flags[key] = Path(flags[key]).expanduser().resolve()
+    return BackendSettings(**{key: value for key, value in flags.items() if value is not None})
+
+
+def missing_paths(settings: BackendSettings) -> str | None:
+    """A one-line complaint about the first path flag naming nothing on disk, else None."""
+    if settings.model_config_file is not None and not settings.model_config_file.is_file():
+        return f"--model_config_file {settings.model_config_file} not found"
+    if settings.model_base_path is not None and not settings.model_base_path.is_dir():
+        return f"--model_base_path {settings.model_base_path} is not a folder"
+    if settings.fault_config is not None and not settings.fault_config.is_file():
+        return f"--fault_config {settings.fault_config} not found"
+    return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +17,7 @@ from registry.errors import InvalidArgument
 from registry.outdir import read_training_output
 from registry.promotion import gate, higher_is_better
 from registry.resolve import EnsembleRef, parse_ref
+from registry.tracking import ui_hint
 from tests.registry.fakes import write_training_output
 
 
@@ -178,3 +182,20 @@ def test_simultaneous_alias_moves_are_both_recorded(tmp_path: Path) -> None:
     moves = history(client, "digits", "champion")  # type: ignore[arg-type]
     assert [move.to_version for move in moves] == [1, 2]
     assert {move.seq for move in moves} == {1}
+
+
+def test_ui_hint_runs_from_a_shell_without_the_environment_on_path(tmp_path: Path) -> None:
+    """The printed command works as pasted, with no virtual environment's bin/ on PATH."""
+    hint = ui_hint("sqlite:///mlruns.db")
+    command = shlex.split(hint.split("  (")[0])
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    done = subprocess.run(
+        [*command, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--backend-store-uri" in done.stdout
