@@ -74,27 +74,18 @@ class TrafficHook(Generic[A]):
     ) -> tuple[dict[str, np.ndarray], A]:
         """``manifest``'s answer to ``request``, reported to the controller with the other side's
         answer as a shadow call when the policy asks; a failure is reported and raised."""
+        controller = self.controller
+        if controller is None or served is None or decided.label is None:
+            return await self._answer(manifest, *request)  # not routed: nothing to time or report
         started = time.perf_counter()
         try:
             outputs, how = await self._answer(manifest, *request)
         except Exception as exc:
-            self._report(served, decided, observation(manifest, started, None, exc), None)
+            controller.answered(served.name, decided, observation(manifest, started, None, exc), None)
             raise
-        if self.controller is not None and served is not None and decided.label is not None:
-            shadow = self._shadow_call(served, decided, request[0], request[1])
-            self._report(served, decided, observation(manifest, started, outputs), shadow)
+        shadow = self._shadow_call(served, decided, request[0], request[1])
+        controller.answered(served.name, decided, observation(manifest, started, outputs), shadow)
         return outputs, how
-
-    def _report(
-        self,
-        served: ServedManifests | None,
-        decided: Route,
-        primary: SideObservation,
-        shadow: ShadowCall | None,
-    ) -> None:
-        if self.controller is None or served is None or decided.label is None:
-            return
-        self.controller.answered(served.name, decided, primary, shadow)
 
     def _shadow_call(
         self,
