@@ -26,6 +26,7 @@ from training.metrics import evaluate
 from training.oof import OutOfFold
 from training.plots import Entry
 from training.report import ensemble_rows
+from training.search import pruned_reasons
 from training.selection import Decision, decide
 
 
@@ -114,7 +115,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
     kind_list = [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
     test_truth = dataset.labels(dataset.test_rows)
 
-    decision = decide(config, out_of_fold(members, dataset))
+    decision = decide(config, out_of_fold(members, dataset), pruned_reasons([m.record for m in members]))
 
     def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]

@@ -192,6 +192,16 @@ def train_member(
             "a member that finished is left as it is.",
         ),
     ] = False,
+    study_storage: Annotated[
+        str | None,
+        typer.Option(
+            "--study-storage",
+            help="Optuna storage URL of the search's shared study, e.g. sqlite:///study.db or "
+            "postgresql://... (default: $ENSEMBLE_STUDY_STORAGE, else search.storage, else "
+            "<out>/study.db).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
 
@@ -218,7 +228,7 @@ def train_member(
             if resume and Layout(out).member_file(i).is_file():
                 print(f"member {i}: already trained, nothing to resume", flush=True)
                 continue
-            record = run(out, i, threads=threads, resume=resume)
+            record = run(out, i, threads=threads, resume=resume, study_storage=study_storage)
             print(
                 f"member {i}: {record['model_name']} v{record['version']} "
                 f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",
