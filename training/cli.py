@@ -158,7 +158,13 @@ def train(
         count = resolved.candidate_count
         console.print(f"Training {count} members of [bold]{resolved.name}[/] into {out}")
         console.print(f"  {split_line(resolved)}", highlight=False)
-        run_members(out, list(range(count)), workers or available_cores(), console)
+        try:
+            run_members(out, list(range(count)), workers or available_cores(), console)
+        except TrainingError as exc:
+            if not resolved.search.trials:
+                raise
+            # A search goes on without its failed trials: the study marked them failed.
+            console.print(f"[yellow]warning:[/] {exc}; assembling the trials that finished", highlight=False)
         _assemble_and_report(out, console)
     except TrainingError as exc:
         raise _fail(str(exc)) from None
