@@ -216,8 +216,12 @@ def train_member(
     from training.errors import TrainingError
     from training.layout import Layout
     from training.prepare import prepare_run, resolve_config
+    from training.search_config import storage_problem
 
     try:
+        problem = storage_problem(study_storage) if study_storage is not None else None
+        if problem:
+            raise TrainingError(f"--study-storage: {problem}")
         if config is not None:
             prepare_run(resolve_config(config, {}, None), out)
         elif not Layout(out).config.is_file():

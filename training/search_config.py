@@ -12,6 +12,16 @@ Sampler = Literal["random", "grid", "tpe"]
 Pruner = Literal["none", "median", "hyperband"]
 
 
+def storage_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a study's storage (None when it can): a database URL, dialect://..."""
+    dialect, sep, _ = url.partition("://")
+    if not sep or not dialect:
+        return (
+            f"study storage {url!r} is not a database URL (e.g. sqlite:///study.db, postgresql+psycopg://...)"
+        )
+    return None
+
+
 class ParamSpace(Strict):
     """One searched hyperparameter: a list of choices, or a numeric range (with a step for grid)."""
 
@@ -97,6 +107,14 @@ class SearchConfig(Strict):
             if fields is None or name not in fields:
                 raise ValueError(f"unknown search key {key!r} (use model.<field> or fit.<field>)")
         return space
+
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        problem = storage_problem(url) if url is not None else None
+        if problem:
+            raise ValueError(problem)
+        return url
 
     @model_validator(mode="after")
     def _finite_grid(self) -> SearchConfig:

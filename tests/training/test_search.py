@@ -200,3 +200,20 @@ def test_keep_top_k_never_keeps_a_pruned_trial() -> None:
     losses = [0.1, 0.5, 0.05, 0.3, 0.2]
     assert top_candidates(config, losses, pruned) == [4, 3, 1]
     assert top_candidates(config, losses) == [2, 0, 4]
+
+
+def test_a_storage_that_is_not_a_database_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a database URL"):
+        _config(storage="study.db")
+    path = _write(tmp_path, "search:\n  trials: 2\n  keep: 1\n  space:\n    model.width: {choices: [4, 8]}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ensemble_cli", "train-member", "-c", str(path),
+         "--out", str(tmp_path / "run"), "--index", "0", "--study-storage", "study.db"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --study-storage: study storage 'study.db' is not a database URL "
+        "(e.g. sqlite:///study.db, postgresql+psycopg://...)"
+    )
+    assert not (tmp_path / "run").exists()
