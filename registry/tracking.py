@@ -119,6 +119,14 @@ def _dataset_tags(dataset: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _trial_tags(trial: Any, served: bool) -> dict[str, str]:
+    """A search trial's number and fate; nothing for a member of a run without a search."""
+    if not isinstance(trial, dict):
+        return {}
+    fate = "pruned" if trial.get("pruned_at_epoch") is not None else "kept" if served else "not kept"
+    return {tag.TRIAL_NUMBER: str(trial.get("number", "")), tag.TRIAL_FATE: fate}
+
+
 def _log_member(
     client: MlflowClient, experiment_id: str, parent_run_id: str, output: TrainingOutput, member: MemberOutput
 ) -> str:
@@ -133,6 +141,7 @@ def _log_member(
     }
     if reason:
         tags[tag.DROPPED_REASON] = reason
+    tags.update(_trial_tags(member.info.get("trial"), served))
     run = client.create_run(experiment_id, run_name=member.model_name, tags=tags)
     run_id = str(run.info.run_id)
     params = flatten(member.hyperparameters)

@@ -26,6 +26,7 @@ from training.metrics import evaluate
 from training.oof import OutOfFold
 from training.plots import Entry
 from training.report import ensemble_rows
+from training.search import pruned_reasons
 from training.selection import Decision, decide
 
 
@@ -43,12 +44,15 @@ class MemberResult:
         return str(self.record["model_name"])
 
 
-def load_members(layout: Layout, count: int) -> list[MemberResult]:
-    """Every member's results; a missing or outdated one is an error naming the member."""
+def load_members(layout: Layout, count: int, *, skip_unfinished: bool = False) -> list[MemberResult]:
+    """Every member's results; a missing or outdated one is an error naming the member, unless
+    ``skip_unfinished`` (a search goes on without its failed trials) leaves it out."""
     results = []
     for index in range(count):
         member_file = layout.member_file(index)
         predictions = layout.member_predictions(index)
+        if skip_unfinished and not member_file.is_file():
+            continue
         if not member_file.is_file() or not predictions.is_file():
             raise TrainingError(f"member m{index} has not finished ({member_file} is missing)")
         record = json.loads(member_file.read_text())
@@ -110,11 +114,13 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         recorded = json.loads(layout.dataset.read_text())
         if recorded.get("test_fingerprint") != dataset.test_fingerprint:
             raise TrainingError("the data changed since the members were trained (test fingerprint differs)")
-    members = load_members(layout, config.candidate_count)
+    members = load_members(layout, config.candidate_count, skip_unfinished=bool(config.search.trials))
+    if not members:
+        raise TrainingError("no trial of the search finished: nothing to assemble")
     kind_list = [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
     test_truth = dataset.labels(dataset.test_rows)
 
-    decision = decide(config, out_of_fold(members, dataset))
+    decision = decide(config, out_of_fold(members, dataset), pruned_reasons([m.record for m in members]))
 
     def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]
@@ -182,7 +188,7 @@ def _folds(config: TrainConfig) -> int | None:
 
 def _member_entry(index: int, member: MemberResult, decision: Decision) -> dict[str, Any]:
     return {
-        "index": index,
+        "index": member.record.get("index", index),
         "name": member.name,
         "version": int(member.record["version"]),
         "fold": member.record.get("fold"),

@@ -158,7 +158,13 @@ def train(
         count = resolved.candidate_count
         console.print(f"Training {count} members of [bold]{resolved.name}[/] into {out}")
         console.print(f"  {split_line(resolved)}", highlight=False)
-        run_members(out, list(range(count)), workers or available_cores(), console)
+        try:
+            run_members(out, list(range(count)), workers or available_cores(), console)
+        except TrainingError as exc:
+            if not resolved.search.trials:
+                raise
+            # A search goes on without its failed trials: the study marked them failed.
+            console.print(f"[yellow]warning:[/] {exc}; assembling the trials that finished", highlight=False)
         _assemble_and_report(out, console)
     except TrainingError as exc:
         raise _fail(str(exc)) from None
@@ -192,6 +198,16 @@ def train_member(
             "a member that finished is left as it is.",
         ),
     ] = False,
+    study_storage: Annotated[
+        str | None,
+        typer.Option(
+            "--study-storage",
+            help="Optuna storage URL of the search's shared study, e.g. sqlite:///study.db or "
+            "postgresql://... (default: $ENSEMBLE_STUDY_STORAGE, else search.storage, else "
+            "<out>/study.db).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train one member (a Kubernetes Indexed Job runs one per pod with --index $JOB_COMPLETION_INDEX).
 
@@ -200,8 +216,12 @@ def train_member(
     from training.errors import TrainingError
     from training.layout import Layout
     from training.prepare import prepare_run, resolve_config
+    from training.search_config import storage_problem
 
     try:
+        problem = storage_problem(study_storage) if study_storage is not None else None
+        if problem:
+            raise TrainingError(f"--study-storage: {problem}")
         if config is not None:
             prepare_run(resolve_config(config, {}, None), out)
         elif not Layout(out).config.is_file():
@@ -218,7 +238,7 @@ def train_member(
             if resume and Layout(out).member_file(i).is_file():
                 print(f"member {i}: already trained, nothing to resume", flush=True)
                 continue
-            record = run(out, i, threads=threads, resume=resume)
+            record = run(out, i, threads=threads, resume=resume, study_storage=study_storage)
             print(
                 f"member {i}: {record['model_name']} v{record['version']} "
                 f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from training.assemble_config import AssembleConfig
 from training.errors import ConfigError
+from training.search_config import SearchConfig
+from training.split_config import SplitConfig, default_folds
+from training.strict import Strict
 
 Task = Literal["classification", "regression"]
 Architecture = Literal["mlp", "branches", "residual"]
@@ -25,79 +29,9 @@ BinaryHead = Literal["softmax2", "sigmoid"]
 # What EarlyStopping, the best-only checkpoint and ReduceLROnPlateau may watch: a loss or an
 # accuracy Keras logs, on the fitted rows or (val_) the early-stopping rows, overall or per output.
 MONITOR_PATTERN = r"^(val_)?([A-Za-z0-9_]+_)?(loss|accuracy)$"
-WeightMethod = Literal["uniform", "given", "optimized", "greedy"]
-SplitMethod = Literal["cross_fit", "holdout"]
-
-HOLDOUT_VALIDATION = 0.15
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def default_folds(members: int) -> int:
-    """Cross-fitting folds when ``data.split.folds`` is not set: two members to a fold, and at least
-    three folds (so each member trains on two thirds of the rows or more).
-
-    A row held out by one member only says nothing about how to weight members against each
-    other; a row held out by two does. One fold per member would leave every weighting
-    indistinguishable from uniform out of fold.
-    """
-    return max(2, min(members, max(3, -(-members // 2))))
-
-
-class SplitConfig(_Strict):
-    """Which rows are held out, and how each member is validated. Every split is fixed by the seed.
-
-    ``cross_fit`` (the default) cuts the non-test rows into folds: member i early-stops on fold
-    ``i % folds`` and never trains on it (members share a fold when there are fewer folds than
-    members), so every member leaves predictions on rows it never saw and the weights are learned
-    on those. ``holdout`` is the single validation split every member
-    early-stops on and the weights are fitted to.
-    """
-
-    method: SplitMethod = Field(
-        default="cross_fit",
-        description="cross_fit: members validated on folds of their own, weights learned out of fold; "
-        "holdout: one validation split shared by every member.",
-    )
-    folds: int | None = Field(
-        default=None,
-        ge=2,
-        le=100,
-        description="cross_fit: number of folds; None = about two members to a fold, at least 3 "
-        "(members 3-6: 3 folds; 8: 4; 10: 5) and no more than the members.",
-    )
-    validation: float | None = Field(
-        default=None,
-        gt=0.0,
-        lt=1.0,
-        description=f"holdout: fraction of the rows in the validation split; None = {HOLDOUT_VALIDATION}.",
-    )
-    test: float = Field(default=0.15, gt=0.0, lt=1.0, description="The held-out report.")
-
-    @model_validator(mode="after")
-    def _leaves_training_rows(self) -> SplitConfig:
-        if self.method == "cross_fit" and self.validation is not None:
-            raise ValueError(
-                "validation applies to method: holdout; cross-fitting validates each member on its "
-                "own fold (set folds, or method: holdout)"
-            )
-        if self.method == "holdout" and self.folds is not None:
-            raise ValueError("folds applies to method: cross_fit")
-        if self.validation_fraction + self.test >= 0.9:
-            raise ValueError("validation + test must leave at least 10% of the rows for training")
-        return self
-
-    @property
-    def validation_fraction(self) -> float:
-        """The single validation split's share of the rows: 0 with cross-fitting."""
-        if self.method == "cross_fit":
-            return 0.0
-        return HOLDOUT_VALIDATION if self.validation is None else self.validation
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where the rows come from and which columns are features and targets."""
 
     source: str = Field(
@@ -129,7 +63,7 @@ class DataConfig(_Strict):
         return value
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The architecture of one member. Every field can differ per member or be searched."""
 
     architecture: Architecture = "mlp"
@@ -156,7 +90,7 @@ class ModelConfig(_Strict):
     )
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Strict):
     """EarlyStopping (best weights restored) and the best-only checkpoint watch the same metric."""
 
     monitor: str = Field(
@@ -171,7 +105,7 @@ class EarlyStoppingConfig(_Strict):
     )
 
 
-class PlateauConfig(_Strict):
+class PlateauConfig(Strict):
     """ReduceLROnPlateau (``fit.schedule: plateau``), on the early-stopping monitor."""
 
     factor: float | None = Field(default=None, gt=0.0, lt=1.0, description="None = fit.decay_rate.")
@@ -179,7 +113,7 @@ class PlateauConfig(_Strict):
     min_lr: float = Field(default=1e-6, ge=0.0)
 
 
-class FitConfig(_Strict):
+class FitConfig(Strict):
     """How one member is fitted."""
 
     optimizer: Optimizer = "adam"
@@ -247,14 +181,14 @@ class FitConfig(_Strict):
         return weights
 
 
-class MemberConfig(_Strict):
+class MemberConfig(Strict):
     """A member's hyperparameters: architecture and fitting."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
 
 
-class MembersConfig(_Strict):
+class MembersConfig(Strict):
     """How many members and how they differ."""
 
     count: int = Field(default=5, ge=1, le=1000)
@@ -266,104 +200,7 @@ class MembersConfig(_Strict):
     )
 
 
-class ParamSpace(_Strict):
-    """One searched hyperparameter: a list of choices, or a numeric range."""
-
-    choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ParamSpace:
-        if self.choices is not None:
-            if not self.choices:
-                raise ValueError("choices must not be empty")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("give either choices or both low and high")
-        if self.low > self.high:
-            raise ValueError("low must not exceed high")
-        if self.log and self.low <= 0:
-            raise ValueError("a log range needs low > 0")
-        return self
-
-
-class SearchConfig(_Strict):
-    """Random search: `trials` candidates sampled from `space`; the best `keep` become the ensemble."""
-
-    trials: int = Field(default=0, ge=0, le=1000, description="0 = no search.")
-    keep: int = Field(default=5, ge=1)
-    space: dict[str, ParamSpace] = Field(
-        default_factory=dict, description="Dotted member keys, e.g. 'model.width' or 'fit.learning_rate'."
-    )
-
-    @field_validator("space")
-    @classmethod
-    def _known_keys(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
-        for key in space:
-            section, _, name = key.partition(".")
-            fields = {"model": ModelConfig.model_fields, "fit": FitConfig.model_fields}.get(section)
-            if fields is None or name not in fields:
-                raise ValueError(f"unknown search key {key!r} (use model.<field> or fit.<field>)")
-        return space
-
-
-class AssembleConfig(_Strict):
-    """How member weights are chosen, and which members are served."""
-
-    weights: WeightMethod = Field(
-        default="greedy",
-        description="greedy: ensemble selection with replacement (Caruana et al. 2004) on the "
-        "out-of-fold predictions; optimized: the simplex minimum of the same loss (SLSQP); "
-        "uniform; given.",
-    )
-    given: list[float] | None = Field(default=None, description="Weights for `given`, one per member.")
-    greedy_rounds: int = Field(default=100, ge=1, le=10_000, description="Selection rounds of greedy.")
-    shrinkage: Literal["auto"] | float = Field(
-        default="auto",
-        description="Blend learned weights toward uniform, (1 - s) * w + s / n; auto = the s that "
-        "scores best on held-out out-of-fold rows.",
-    )
-    prune: bool = Field(
-        default=False,
-        description="Drop members the weight learner gives no weight (never below min_members); "
-        "otherwise every member is served with at least a small weight.",
-    )
-    min_members: int = Field(
-        default=1, ge=1, description="Serving quorum in the manifest; pruning keeps at least this many."
-    )
-
-    @field_validator("shrinkage")
-    @classmethod
-    def _shrinkage_range(cls, value: str | float) -> str | float:
-        if isinstance(value, float) and not 0.0 <= value <= 1.0:
-            raise ValueError("shrinkage must be 'auto' or a number from 0 to 1")
-        return value
-
-    @field_validator("given")
-    @classmethod
-    def _usable_weights(cls, given: list[float] | None) -> list[float] | None:
-        if given is None:
-            return given
-        for i, value in enumerate(given):
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"weights must be finite and not negative (given[{i}] is {value})")
-        if given and not any(value > 0 for value in given):
-            raise ValueError("at least one weight must be positive")
-        return given
-
-    @model_validator(mode="after")
-    def _given_needs_weights(self) -> AssembleConfig:
-        if self.weights == "given" and not self.given:
-            raise ValueError("weights: given needs a `given` list")
-        if self.weights != "given" and self.given is not None:
-            raise ValueError(f"given applies to weights: given (weights is {self.weights})")
-        return self
-
-
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     """What a member writes while it trains, besides history.csv and the checkpoint."""
 
     histograms: int = Field(
@@ -374,7 +211,7 @@ class LoggingConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """The whole training run."""
 
     name: str = Field(default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Ensemble name.")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from contracts.errors import one_line
-from training.config import ensemble_name
+from training.config import ensemble_name, member_base
 from training.data import Dataset, prepare
 from training.folds import member_rows
 from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
@@ -65,11 +65,17 @@ def output_kinds(dataset: Dataset) -> list[tuple[str, str, str]]:
 
 
 def train_member(
-    out_dir: Path, index: int, *, threads: int | None = None, resume: bool = False
+    out_dir: Path,
+    index: int,
+    *,
+    threads: int | None = None,
+    resume: bool = False,
+    study_storage: str | None = None,
 ) -> dict[str, Any]:
     """Train member ``index`` of the run in ``out_dir``; returns what it wrote to member.json.
 
-    ``resume`` continues from the member's checkpoint and its epoch when it has one.
+    ``resume`` continues from the member's checkpoint and its epoch when it has one. With a search,
+    the member is a trial of the study in ``study_storage`` (default: the run's SQLite study).
     """
     quiet_tensorflow(threads)
     import keras
@@ -100,11 +106,14 @@ def train_member(
     member_dir.mkdir(parents=True, exist_ok=True)
     progress = MemberProgress(index=index, state="starting")
     write_progress(member_dir, progress)
+    trial = None
     try:
         started = time.monotonic()
         dataset = prepare(config.data, config.seed)
-        hparams = search.candidate(config, index)
         seed = member_seed(config.seed, index)
+        trial = search.start_trial(config, out_dir, index, seed, study_storage)
+        hparams = trial.hparams if trial is not None else member_base(config, index)
+        pruning = search.PruningCallback(trial) if trial is not None else None
         keras.utils.set_random_seed(seed)
 
         rows = member_rows(config, dataset, index, seed)
@@ -131,7 +140,10 @@ def train_member(
             validation_data=_dataset(x_stop, y_stop, 1024, None),
             epochs=fit.epochs,
             initial_epoch=progress.epoch,
-            callbacks=fit_callbacks(fit, config.logging, member_dir, progress, steps, start),
+            callbacks=[
+                *fit_callbacks(fit, config.logging, member_dir, progress, steps, start),
+                *([pruning.keras()] if pruning is not None else []),
+            ],
             shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
             verbose=0,
         )
@@ -182,11 +194,21 @@ def train_member(
             "export_path": str(export_path.resolve()),
             "export_max_abs_diff": max_diff,
         }
+        if trial is not None:
+            assert pruning is not None
+            record["trial"] = {"number": trial.number, "pruned_at_epoch": pruning.pruned_at}
+            if pruning.pruned_at is not None:
+                trial.finish("pruned")
+            else:  # a trial whose every val_loss was NaN has no value to rank it by
+                best = record["best_val_loss"]
+                trial.finish("complete" if best is not None else "fail", best)
         layout.write_json(member_dir / "member.json", record)
         progress.state = "done"
         write_progress(member_dir, progress)
         return record
     except BaseException as exc:
+        if trial is not None:
+            trial.finish("fail")
         progress.state = "failed"
         progress.message = one_line(exc)
         write_progress(member_dir, progress)

@@ -1,58 +1,73 @@
-"""Random hyperparameter search with Optuna: candidate i's hyperparameters, and the top K kept.
+"""A member's place in the search: its trial of the shared study while it trains, and the top K kept.
 
-Candidates are drawn by Optuna's seeded random sampler through its ask/tell interface, so every
-worker (a local process or a pod) re-derives candidate i's hyperparameters from the seed alone,
-and assemble reports each candidate's out-of-fold loss back to the same study to rank them.
+With a search, member i is one trial: the worker asks the shared study (:mod:`training.study`)
+for it, reports its val_loss every epoch so the pruner can stop it, and tells the study how it
+ended. Without a search, member i is its configured base. The ``keep`` best finished trials, by
+their own out-of-fold loss, become the ensemble; pruned trials are never kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from training.config import MemberConfig, ParamSpace, TrainConfig, member_base, set_dotted
+from training.config import TrainConfig
+from training.study import Trial, ask
 
 
-def _suggest(trial: Any, key: str, space: ParamSpace) -> Any:
-    if space.choices is not None:
-        return trial.suggest_categorical(key, space.choices)
-    assert space.low is not None
-    assert space.high is not None
-    if space.integer:
-        return trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
-    return trial.suggest_float(key, space.low, space.high, log=space.log)
-
-
-def _study(config: TrainConfig, trials: int) -> tuple[Any, list[Any]]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=config.seed))
-    asked = []
-    for _ in range(trials):
-        trial = study.ask()
-        for key, space in config.search.space.items():
-            _suggest(trial, key, space)
-        asked.append(trial)
-    return study, asked
-
-
-def candidate(config: TrainConfig, index: int) -> MemberConfig:
-    """Member ``index``'s hyperparameters: its base, then its sampled values when searching."""
-    base = member_base(config, index)
+def start_trial(
+    config: TrainConfig, out_dir: Path, index: int, seed: int, storage: str | None = None
+) -> Trial | None:
+    """Member ``index``'s trial, its heartbeat running; None when the run does not search."""
     if not config.search.trials or not config.search.space:
-        return base
-    _, asked = _study(config, index + 1)
-    tree = base.model_dump()
-    for key, value in asked[index].params.items():
-        set_dotted(tree, key, value)
-    return MemberConfig.model_validate(tree)
+        return None
+    trial = ask(config, out_dir, index, seed, storage)
+    trial.start_heartbeat()
+    return trial
 
 
-def top_candidates(config: TrainConfig, losses: Sequence[float]) -> list[int]:
-    """Indices of the ``search.keep`` candidates with the lowest out-of-fold loss, best first."""
-    study, asked = _study(config, len(losses))
-    for trial, loss in zip(asked, losses, strict=True):
-        study.tell(trial, float(loss))
-    ranked = sorted(study.trials, key=lambda t: (t.value, t.number))
-    return [t.number for t in ranked[: config.search.keep]]
+class PruningCallback:
+    """Reports the monitored validation loss to the trial after every epoch and stops the fit when
+    the pruner says so (Optuna's Keras pruning callback, without its extra dependency)."""
+
+    def __init__(self, trial: Trial, monitor: str = "val_loss") -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned_at: int | None = None
+
+    def keras(self) -> Any:
+        import keras
+
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                value = (logs or {}).get(outer.monitor)
+                if value is None:
+                    return
+                if outer.trial.report(float(value), epoch) and outer.pruned_at is None:
+                    outer.pruned_at = epoch + 1
+                    self.model.stop_training = True
+
+        return _Callback()
+
+
+def top_candidates(
+    config: TrainConfig, losses: Sequence[float], pruned: Mapping[int, Any] | None = None
+) -> list[int]:
+    """Indices of the ``search.keep`` candidates with the lowest out-of-fold loss, best first;
+    pruned candidates are never kept."""
+    finished = [i for i in range(len(losses)) if i not in (pruned or {})]
+    ranked = sorted(finished, key=lambda i: (losses[i], i))
+    return ranked[: config.search.keep]
+
+
+def pruned_reasons(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Member index -> why it is not served, for the trials the pruner stopped (from member.json)."""
+    reasons = {}
+    for i, record in enumerate(records):
+        epoch = (record.get("trial") or {}).get("pruned_at_epoch")
+        if epoch is not None:
+            reasons[i] = f"pruned by the search at epoch {epoch}: its val_loss trailed the other trials'"
+    return reasons

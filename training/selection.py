@@ -85,10 +85,11 @@ class Decision:
         }
 
 
-def decide(config: TrainConfig, table: OutOfFold) -> Decision:
-    """Weights over the members of ``table`` (every trained member, in index order)."""
+def decide(config: TrainConfig, table: OutOfFold, pruned: dict[int, str] | None = None) -> Decision:
+    """Weights over the members of ``table`` (every trained member, in index order); ``pruned``
+    maps the search's pruned trials to why, and none of them is kept."""
     count = table.members
-    eligible, dropped = _search_keep(config, table)
+    eligible, dropped = _search_keep(config, table, pruned or {})
     method = config.assemble.weights
     full = np.zeros(count)
     if method == "given":
@@ -110,16 +111,19 @@ def decide(config: TrainConfig, table: OutOfFold) -> Decision:
     return _learned(config, table, eligible, dropped)
 
 
-def _search_keep(config: TrainConfig, table: OutOfFold) -> tuple[list[int], dict[int, str]]:
+def _search_keep(
+    config: TrainConfig, table: OutOfFold, pruned: dict[int, str]
+) -> tuple[list[int], dict[int, str]]:
     """The candidates a search keeps (by each one's own out-of-fold loss), and why the rest are not."""
     if not config.search.trials:
         return list(range(table.members)), {}
     losses = table.member_losses()
-    kept = search.top_candidates(config, [float(x) if np.isfinite(x) else 1e300 for x in losses])
+    kept = search.top_candidates(config, [float(x) if np.isfinite(x) else 1e300 for x in losses], pruned)
     order = sorted(range(table.members), key=lambda i: (losses[i], i))
     dropped = {
-        i: f"not kept by the search: rank {order.index(i) + 1} of {table.members} by out-of-fold loss "
-        f"({losses[i]:.4f}), search.keep is {config.search.keep}"
+        i: pruned.get(i)
+        or f"not kept by the search: rank {order.index(i) + 1} of {table.members} by out-of-fold "
+        f"loss ({losses[i]:.4f}), search.keep is {config.search.keep}"
         for i in range(table.members)
         if i not in kept
     }

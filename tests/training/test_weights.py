@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from contracts.combine import combine_outputs, renormalized
-from training.config import AssembleConfig
+from training.assemble_config import AssembleConfig
 from training.oof import OutOfFold
 from training.weights import balanced, given, greedy, optimized, shrink, uniform
 
