@@ -5,14 +5,16 @@ the shared adapters, plus ``/healthz``, ``/readyz`` and ``/metrics``, behind
 ``serving.rest.guard``); ``create_grpc_server`` builds the grpc.aio server (the shared services,
 health and reflection, behind ``serving.grpc.guard``). ``run`` starts both on uvloop and watches
 the manifest source; on SIGTERM it stops accepting, lets in-flight requests finish (up to
-``drain_timeout_s``) and exits (``serving.lifecycle``).
+``drain_timeout_s``) and exits (``serving.lifecycle``). With ``workers`` above 1, ``run`` hands
+over to ``serving.workers``, whose worker processes each run :func:`serve` on the shared ports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import orjson
@@ -88,18 +90,22 @@ def create_grpc_server(gateway: Gateway) -> grpc.aio.Server:
         max_receive_bytes=settings.max_body_bytes,
         max_send_bytes=member_message_bytes(settings),
         max_decoded_bytes=settings.max_decoded_bytes,
+        reuse_port=settings.workers > 1,
     )
 
 
 class _GatewayProcess:
     """The gateway's part in ``serving.lifecycle``: watch once listening, drain, close."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, on_serving: Callable[[], None] | None) -> None:
         self.gateway = gateway
+        self._on_serving = on_serving
 
     def start(self) -> None:
         gateway, settings = self.gateway, self.gateway.settings
         gateway.start_background()
+        if self._on_serving is not None:
+            self._on_serving()
         served = gateway.core.loaded
         rest_at = f"{settings.rest_host}:{settings.rest_port}"
         listening = f"REST {rest_at} and gRPC {settings.grpc_host}:{settings.grpc_port}"
@@ -125,8 +131,11 @@ class _GatewayProcess:
         await self.gateway.close()
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then drain and return."""
+async def serve(settings: GatewaySettings, on_serving: Callable[[], None] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain and return.
+
+    ``on_serving`` is called once both ports listen (a worker tells its supervisor so).
+    """
     from serving.rest.server import uvicorn_server
 
     gateway = await Gateway.open(settings)
@@ -138,18 +147,29 @@ async def serve(settings: GatewaySettings) -> None:
         log_level=settings.log_level,
     )
     await serve_until_signalled(
-        _GatewayProcess(gateway),
+        _GatewayProcess(gateway, on_serving),
         create_grpc_server(gateway),
         f"{settings.grpc_host}:{settings.grpc_port}",
         RestListener(rest, settings.rest_host, settings.rest_port),
         grace_s=settings.drain_timeout_s,
         log=log,
+        reuse_port=settings.workers > 1,
     )
 
 
 def run(settings: GatewaySettings) -> None:
-    """The ``ensemble serve`` entry: logging, uvloop, and :func:`serve`."""
+    """The ``ensemble serve`` entry: logging, uvloop, and :func:`serve` (or the workers' supervisor)."""
     configure_logging(settings.log_level.upper())
+    if settings.workers > 1:
+        from serving.workers import supervise
+
+        supervise(settings)
+        return
+    run_loop(serve(settings))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed."""
     try:
         import uvloop
 
@@ -157,4 +177,4 @@ def run(settings: GatewaySettings) -> None:
     except ImportError:  # uvloop is not available on every platform
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(settings))
+        runner.run(main)

@@ -79,6 +79,13 @@ def serve(
         Path | None, typer.Option("--config", help="YAML file of gateway settings (flags and env win).")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning, error.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Gateway processes sharing the ports (SO_REUSEPORT), one per core to use (default 1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the ensemble gateway: TF Serving's REST and gRPC API in front of the members."""
     from pydantic import ValidationError
@@ -99,6 +106,7 @@ def serve(
         "batching": batching,
         "hedge_after_s": hedge_after_ms / 1000 if hedge_after_ms is not None else None,
         "log_level": log_level,
+        "workers": workers,
     }
     if manifest is not None and not manifest.is_file():
         # Checked before the other usage errors: a wrong path is the likelier mistake to fix first.

@@ -129,13 +129,15 @@ class EnsembleCore:
         self._publish(served)
 
     def _publish(self, served: ServedManifests | None) -> None:
-        gauge = self._metrics.manifest_info
-        gauge.clear()
         if served is None:
+            self._metrics.serving_manifests([])
             return
-        gauge.labels(served.name, str(served_version(served.default)), "").set(1)
-        for label, manifest in served.labels.items():
-            gauge.labels(manifest.name, str(served_version(manifest)), label).set(1)
+        self._metrics.serving_manifests(
+            [
+                (served.name, str(served_version(served.default)), ""),
+                *((m.name, str(served_version(m)), label) for label, m in served.labels.items()),
+            ]
+        )
 
     # --- ServingCore ---------------------------------------------------------------------------
     def input_signature(self, ref: ModelRef) -> Mapping[str, TensorInfo]:

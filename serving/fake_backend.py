@@ -1,8 +1,9 @@
 """A fake TF Serving member backend for gateway tests and benchmarks: our protos on grpc.aio, no TensorFlow.
 
 Run as ``python -m serving.fake_backend --port P --models toy-m0,toy-m1`` with
-optional ``--delay-ms`` and ``--fail-rate``. Each model answers ``serving.testing.member_answer`` for its
-name, so tests know the offline answer exactly. It prints ``READY`` once it listens.
+optional ``--delay-ms`` and ``--fail-rate``, and ``--rest-port`` to answer REST ``:predict`` too.
+Each model answers ``serving.testing.member_answer`` for its name, so tests know the offline
+answer exactly. It prints ``READY`` once it listens.
 
 ``--per-call-ms X --per-row-ms Y --serial`` models a member on a GPU: each model executes one call
 at a time (calls queue behind a lock per model) and a call costs ``X + Y * rows`` milliseconds, so
@@ -101,20 +102,24 @@ class FakeMembers(PredictionServiceServicer, ModelServiceServicer):  # type: ign
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: x"
             )
-        if self.delay_s and request.model_spec.name in self.slow:
-            await asyncio.sleep(self.delay_s)
-        if self.fail_rate and random.random() < self.fail_rate:
+        answer = await self.answer(request.model_spec.name, from_tensor_proto(request.inputs["x"]))
+        if answer is None:
             await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
-        x = from_tensor_proto(request.inputs["x"])
-        await self._execute(request.model_spec.name, int(np.shape(x)[0]) if np.ndim(x) else 1)
         response = PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = self.version
         response.model_spec.signature_name = "serving_default"
-        response.outputs["probabilities"].CopyFrom(
-            to_tensor_proto(member_answer(request.model_spec.name, np.asarray(x)))
-        )
+        response.outputs["probabilities"].CopyFrom(to_tensor_proto(answer))
         return response
+
+    async def answer(self, name: str, x: np.ndarray) -> np.ndarray | None:
+        """Model ``name``'s answer for ``x`` after its delay and execution cost; None: an injected failure."""
+        if self.delay_s and name in self.slow:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_rate and random.random() < self.fail_rate:
+            return None
+        await self._execute(name, int(np.shape(x)[0]) if np.ndim(x) else 1)
+        return member_answer(name, np.asarray(x))
 
     async def GetModelMetadata(
         self, request: GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -154,13 +159,43 @@ async def serve(
     fail_rate: float,
     slow: set[str],
     execution: Execution | None = None,
+    rest_port: int = 0,
 ) -> None:
     server = grpc.aio.server()
     servicer = FakeMembers(models, version, delay_s, fail_rate, slow, execution)
     add_PredictionServiceServicer_to_server(servicer, server)
     add_ModelServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
-    await serve_until_signalled(server)
+    rest = asyncio.create_task(_serve_rest(servicer, rest_port)) if rest_port else None
+    try:
+        await serve_until_signalled(server)
+    finally:
+        if rest is not None:
+            rest.cancel()
+
+
+async def _serve_rest(members: FakeMembers, port: int) -> None:
+    """TF Serving's REST ``:predict`` (row format) for the same models, for REST-speaking clients."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from serving.rest.server import uvicorn_server
+
+    async def predict(request: Request) -> JSONResponse:
+        name = request.path_params["call"].removesuffix(":predict")
+        if name not in members.models:
+            return JSONResponse({"error": f"Servable not found for request: Latest({name})"}, 404)
+        body = await request.json()
+        answer = await members.answer(name, np.asarray(body["instances"], dtype=np.float32))
+        if answer is None:
+            return JSONResponse({"error": "injected failure"}, 500)
+        return JSONResponse({"predictions": answer.tolist()})
+
+    app = Starlette(routes=[Route("/v1/models/{call}", predict, methods=["POST"])])
+    # The signals stay with serve_until_signalled; cancelling this task stops the server.
+    await uvicorn_server(app, host="127.0.0.1", port=port, grace_s=1, log_level="warning").serve()
 
 
 async def serve_until_signalled(server: grpc.aio.Server) -> None:
@@ -186,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-call-ms", type=float, default=0.0, help="fixed cost of executing a call")
     parser.add_argument("--per-row-ms", type=float, default=0.0, help="cost of each row of a call")
     parser.add_argument("--serial", action="store_true", help="each model executes one call at a time")
+    parser.add_argument("--rest-port", type=int, default=0, help="also serve REST :predict here (0: off)")
     args = parser.parse_args(argv)
     slow = {m for m in args.slow_models.split(",") if m}
     execution = Execution(args.per_call_ms / 1000, args.per_row_ms / 1000, args.serial)
@@ -198,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             args.fail_rate,
             slow,
             execution,
+            args.rest_port,
         )
     )
 

@@ -65,15 +65,20 @@ async def serve_until_signalled(
     *,
     grace_s: float,
     log: logging.Logger,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and close; StartupError when a port cannot be had."""
+    """Serve until SIGTERM or SIGINT, then drain and close; StartupError when a port cannot be had.
+
+    ``reuse_port`` binds REST with SO_REUSEPORT, so that several worker processes share its port
+    (the gRPC server is given the matching channel option when it is built).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     try:
         _listen_grpc(grpc_server, grpc_address)
-        rest_socket = _bind_rest(rest.host, rest.port) if rest is not None else None
+        rest_socket = _bind_rest(rest.host, rest.port, reuse_port) if rest is not None else None
         await grpc_server.start()
         rest_task = await _start_rest(rest, rest_socket, grpc_server)
         process.start()
@@ -102,12 +107,14 @@ def _listen_grpc(server: aio.Server, address: str) -> None:
         raise StartupError(f"cannot listen for gRPC on {address}")
 
 
-def _bind_rest(host: str, port: int) -> socket.socket:
+def _bind_rest(host: str, port: int, reuse_port: bool) -> socket.socket:
     """The REST listening socket, bound here so a taken port is one clear error, not uvicorn's exit."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the kernel spreads new connections over the workers bound to this port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         raise StartupError(f"cannot listen for REST on {host}:{port}: {exc.strerror or exc}") from None

@@ -172,6 +172,13 @@ class GatewaySettings(BaseSettings):
         description="On SIGTERM, how long in-flight requests get to finish before the process exits.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the gateway process.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the REST and gRPC ports (SO_REUSEPORT), each with its "
+        "own event loop, batcher and manifest watch; 1 serves from this process alone.",
+    )
 
     # --- champion vs challenger ------------------------------------------------------------------
     traffic: dict[str, TrafficPolicy] = Field(
@@ -274,6 +281,11 @@ class GatewaySettings(BaseSettings):
     def config_file(self) -> Path | None:
         """The YAML file these settings were read from, if any."""
         return self._config_file
+
+    def sources(self) -> tuple[Path | None, dict[str, Any]]:
+        """The config file and flags these settings were loaded from: ``load(*sources)`` builds them
+        again in another process (a worker), which reads the same environment."""
+        return self._config_file, dict(self._overrides)
 
     def reload(self) -> GatewaySettings:
         """The settings as they read now: the same flags and environment, the config file read again.

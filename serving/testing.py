@@ -145,6 +145,7 @@ def fake_backend_args(
     per_call_ms: float = 0.0,
     per_row_ms: float = 0.0,
     serial: bool = False,
+    rest_port: int = 0,
 ) -> list[str]:
     args = [
         "-m",
@@ -166,6 +167,8 @@ def fake_backend_args(
         args += ["--per-call-ms", str(per_call_ms), "--per-row-ms", str(per_row_ms)]
     if serial:
         args.append("--serial")
+    if rest_port:
+        args += ["--rest-port", str(rest_port)]
     return args
 
 
@@ -179,6 +182,7 @@ def start_fake_backend(
     per_call_ms: float = 0.0,
     per_row_ms: float = 0.0,
     serial: bool = False,
+    rest_port: int = 0,
 ) -> subprocess.Popen[str]:
     """A fake backend; ``per_call_ms``/``per_row_ms``/``serial`` model a GPU-like member."""
     return start_process(
@@ -191,6 +195,7 @@ def start_fake_backend(
             per_call_ms=per_call_ms,
             per_row_ms=per_row_ms,
             serial=serial,
+            rest_port=rest_port,
         )
     )
 

@@ -75,8 +75,7 @@ class GrpcGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 in_flight.dec()
                 name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                metrics.requests.labels(PROTOCOL_GRPC, name).inc()
-                metrics.request_latency.labels(PROTOCOL_GRPC).observe(time.perf_counter() - started)
+                metrics.answered(PROTOCOL_GRPC, name, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

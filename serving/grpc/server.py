@@ -37,15 +37,19 @@ def create_server(
     max_receive_bytes: int,
     max_send_bytes: int,
     max_decoded_bytes: int,
+    reuse_port: bool = False,
 ) -> aio.Server:
-    """A grpc.aio server with every service of :data:`SERVICES` on ``core``, health and reflection."""
-    server = aio.server(
-        interceptors=[interceptor],
-        options=[
-            ("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", max_send_bytes),
-        ],
-    )
+    """A grpc.aio server with every service of :data:`SERVICES` on ``core``, health and reflection.
+
+    ``reuse_port`` lets several worker processes bind the same port (SO_REUSEPORT).
+    """
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", max_send_bytes),
+    ]
+    if reuse_port:
+        options.append(("grpc.so_reuseport", 1))
+    server = aio.server(interceptors=[interceptor], options=options)
     add_tfs_servicers(server, core, max_decoded_bytes=max_decoded_bytes)
     add_oip_servicer(server, oip)
     add_health_and_reflection(server, health, SERVICES)

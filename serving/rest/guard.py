@@ -73,8 +73,7 @@ class GuardMiddleware:
             await self._guarded(scope, receive, send_tracked)
         finally:
             in_flight.dec()
-            self.metrics.requests.labels(PROTOCOL_REST, str(status_seen[0])).inc()
-            self.metrics.request_latency.labels(PROTOCOL_REST).observe(time.perf_counter() - started)
+            self.metrics.answered(PROTOCOL_REST, str(status_seen[0]), time.perf_counter() - started)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
