@@ -73,7 +73,7 @@ def check_label_columns(frame: pd.DataFrame, config: DataConfig) -> None:
             bad = values[numeric.isna() | ~numeric.isin([0, 1])]
             if len(bad):
                 raise DataError(
-                    f"data.labels.{name}: column {column!r} must hold 0 or 1, found {bad.iloc[0]!r}"
+                    f"data.labels.{name}: column {column!r} must hold 0 or 1, found {bad.tolist()[0]!r}"
                 )
 
 
