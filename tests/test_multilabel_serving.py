@@ -104,7 +104,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         while httpx.get(f"http://127.0.0.1:{ports[2]}/readyz", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "gateway never became ready"
             time.sleep(0.5)
-        yield Served(root / "run", manifest, *ports, records, offline)
+        rest, grpc_port, gateway_rest, gateway_grpc = ports
+        yield Served(root / "run", manifest, rest, grpc_port, gateway_rest, gateway_grpc, records, offline)
     finally:
         stop_process(gateway)
         stop_process(backend)

@@ -56,7 +56,8 @@ def drives_rate(fit: FitConfig) -> bool:
 
 def logged_metrics(dataset: Dataset) -> list[str]:
     """Every metric name a member's fit logs, as Keras names them (``val_`` for the early-stopping
-    rows). One output: ``loss`` and, for a classifier, ``accuracy``; several: also per output."""
+    rows). One output: ``loss`` and, for a classifier, ``accuracy`` (a multi-label output also
+    ``auc``); several: also per output."""
     names = ["loss"]
     outputs = [(dataset.output_name(t), t.task) for t in dataset.targets]
     if len(outputs) == 1:

@@ -240,3 +240,19 @@ def test_the_report_gives_the_ensemble_and_members_overall_and_per_label() -> No
     billing = next(line for line in text.splitlines() if "billing" in line)
     cells = [cell for cell in billing.split() if cell != "│"]
     assert cells == ["billing", "0.8100", "0.1900", "0.8000", "0.2900", "to", "0.3900"]
+
+
+def test_a_multilabel_fit_logs_accuracy_and_auc_and_may_stop_on_them(tmp_path: Path) -> None:
+    from training.controls import logged_metrics
+
+    frame = _tickets()
+    frame["cost"] = frame["amount"] * 2.0
+    alone = prepare(DataConfig(source=_csv(tmp_path, frame), labels={"tags": LABELS}), 0)
+    assert logged_metrics(alone) == ["loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"]
+    both = prepare(DataConfig(source=_csv(tmp_path, frame), targets=["cost"], labels={"tags": LABELS}), 0)
+    assert "val_tags_probabilities_auc" in logged_metrics(both)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "members:\n  defaults:\n    fit:\n      early_stopping: {monitor: val_tags_probabilities_auc}\n"
+    )
+    assert load_config(config).members.defaults.fit.early_stopping.monitor == "val_tags_probabilities_auc"
