@@ -106,8 +106,27 @@ class Combined:
     spread: dict[str, FloatArray]
     """Each output's weighted spread across members, when asked for; else empty."""
     disagreement: float | None
-    """The first output's spread, averaged over its elements: one number per answer. None from a
-    single member, which cannot disagree with anyone."""
+    """One number per answer, from the first output: its spread averaged over its elements, or for a
+    multi-label output the fraction of label decisions where members and ensemble differ
+    (:func:`decision_disagreement`). None from a single member, which cannot disagree with anyone."""
+
+
+def decision_disagreement(
+    stack: npt.NDArray[np.generic], ensemble: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray
+) -> float:
+    """Multi-label disagreement: the fraction of (row, label) decisions at the 0.5 threshold where a
+    member decides otherwise than the ensemble, averaged over the members with their weights.
+
+    0 when every member agrees with the ensemble on every label; 1 when all of them contradict it
+    everywhere (which a weighted mean cannot produce; 0.5 is about the most that can happen).
+    """
+    w = normalized(weights)
+    members = np.asarray(stack, dtype=np.float64) >= 0.5
+    if members.size == 0:
+        return 0.0
+    differs = members != (np.asarray(ensemble, dtype=np.float64) >= 0.5)
+    per_member = differs.reshape(differs.shape[0], -1).mean(axis=1)
+    return float(np.dot(w, per_member))
 
 
 def combine(
@@ -115,10 +134,13 @@ def combine(
     weights: Sequence[float] | FloatArray,
     *,
     spread: bool = False,
+    kinds: Mapping[str, str] | None = None,
 ) -> Combined:
     """:func:`combine_outputs`, with the disagreement and (with ``spread``) every output's spread.
 
-    Each output's members are stacked once and each spread computed once, whatever is asked.
+    ``kinds`` gives outputs' manifest kinds; a first output of kind ``multilabel`` measures the
+    disagreement by decisions instead of spread. Each output's members are stacked once and each
+    spread computed once, whatever is asked.
     """
     outputs: dict[str, FloatArray] = {}
     spreads: dict[str, FloatArray] = {}
@@ -126,11 +148,14 @@ def combine(
     for i, (name, stack) in enumerate(_stacks(member_outputs)):
         outputs[name] = weighted_mean(stack, weights)
         first_disagrees = i == 0 and len(member_outputs) > 1
-        if spread or first_disagrees:
+        by_decision = first_disagrees and (kinds or {}).get(name) == "multilabel"
+        if by_decision:
+            disagreement = decision_disagreement(stack, outputs[name], weights)
+        if spread or (first_disagrees and not by_decision):
             output_spread = weighted_spread(stack, weights)
             if spread:
                 spreads[name] = output_spread
-            if first_disagrees:
+            if first_disagrees and not by_decision:
                 disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
     return Combined(outputs, spreads, disagreement)
 

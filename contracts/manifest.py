@@ -18,7 +18,7 @@ from contracts.files import atomic_write_text
 MANIFEST_SCHEMA_VERSION = 1
 
 DType = Literal["float32", "float64", "int32", "int64", "string", "bool"]
-OutputKind = Literal["probabilities", "predictions"]
+OutputKind = Literal["probabilities", "multilabel", "predictions"]
 CombineMethod = Literal["mean", "weighted_mean"]
 
 
@@ -51,10 +51,14 @@ class TensorSpec(_Strict):
 class OutputSpec(TensorSpec):
     """A member output. Every member has the same outputs; the ensemble combines each on its own."""
 
-    kind: OutputKind = Field(description="'probabilities' for a classifier, 'predictions' for a regressor.")
-    target: str = Field(description="The target column this output predicts.")
+    kind: OutputKind = Field(
+        description="'probabilities' for a classifier (one distribution per row), 'multilabel' for "
+        "independent 0/1 labels (one probability per label), 'predictions' for a regressor."
+    )
+    target: str = Field(description="The target column (or multi-label set) this output predicts.")
     classes: list[str] | None = Field(
-        default=None, description="Class labels in output order (classifiers only)."
+        default=None,
+        description="Class labels (classifiers) or label columns (multilabel) in output order.",
     )
 
 
@@ -129,6 +133,11 @@ class Manifest(_Strict):
     @property
     def weights(self) -> list[float]:
         return [m.weight for m in self.members]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Each output's kind, by output name (the combine needs it for the disagreement)."""
+        return {spec.name: spec.kind for spec in self.outputs}
 
     def output(self, name: str) -> OutputSpec:
         for spec in self.outputs:

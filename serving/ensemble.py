@@ -377,10 +377,9 @@ class EnsembleCore:
         used_weights = combine.renormalized(self._weights(manifest), result.answered)[
             np.asarray(result.answered)
         ]
+        answers = [{name: r[name] for name in expected} for r in used]
         try:
-            combined = combine.combine(
-                [{name: r[name] for name in expected} for r in used], used_weights, spread=detail.spread
-            )
+            combined = combine.combine(answers, used_weights, spread=detail.spread, kinds=manifest.kinds)
         except ValueError as exc:  # members that disagree on output shapes are a backend problem
             raise Unavailable(f"ensemble {manifest.name}: member answers cannot be combined: {exc}") from None
         return EnsembleAnswer(

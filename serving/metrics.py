@@ -126,7 +126,8 @@ class GatewayMetrics:
         )
         self.disagreement = Histogram(
             f"{PREFIX}_disagreement",
-            "Mean weighted standard deviation across members of each answer: the uncertainty signal.",
+            "Mean weighted standard deviation across members of each answer: the uncertainty signal "
+            "(multi-label: the weighted fraction of label decisions members differ on).",
             buckets=_SPREAD_BUCKETS,
             registry=r,
         )

@@ -144,7 +144,9 @@ def build_model(cfg: ModelConfig, dataset: Dataset, rows: npt.NDArray[np.int64])
     outputs: dict[str, Any] = {}
     for target in dataset.targets:
         name = dataset.output_name(target)
-        if target.task == "classification" and cfg.binary_head == "sigmoid" and len(target.classes) == 2:
+        if target.task == "multilabel":  # independent labels: one sigmoid each, served as they are
+            outputs[name] = keras.layers.Dense(len(target.classes), activation="sigmoid", name=name)(hidden)
+        elif target.task == "classification" and cfg.binary_head == "sigmoid" and len(target.classes) == 2:
             outputs[name] = _sigmoid_head(hidden, name)
         elif target.task == "classification":
             outputs[name] = keras.layers.Dense(len(target.classes), activation="softmax", name=name)(hidden)
@@ -168,7 +170,10 @@ def losses(
     for target in dataset.targets:
         name = dataset.output_name(target)
         weight = float(loss_weights.get(target.name, 1.0))
-        if target.task == "classification":
+        if target.task == "multilabel":  # Keras averages the binary cross-entropy over the labels
+            loss[name] = "binary_crossentropy"
+            weights[name] = weight
+        elif target.task == "classification":
             loss[name] = "sparse_categorical_crossentropy"
             weights[name] = weight
         else:

@@ -21,6 +21,7 @@ from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, Proven
 from training.config import TrainConfig, ensemble_name
 from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
+from training.labels import as_decisions
 from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
 from training.metrics import evaluate
 from training.oof import OutOfFold
@@ -71,7 +72,7 @@ def load_members(layout: Layout, count: int, *, skip_unfinished: bool = False) -
 
 def out_of_fold(members: list[MemberResult], dataset: Dataset) -> OutOfFold:
     """The members' answers on the rows each never trained on, aligned row by row."""
-    kinds = {dataset.output_name(t): t.output_name for t in dataset.targets}
+    kinds = {dataset.output_name(t): t.kind for t in dataset.targets}
     return OutOfFold.build([m.oof_rows for m in members], [m.oof for m in members], dataset.labels, kinds)
 
 
@@ -85,9 +86,9 @@ def _output_specs(dataset: Dataset, sample: dict[str, np.ndarray]) -> list[Outpu
                 name=name,
                 dtype="float32",
                 shape=[-1, width],
-                kind="probabilities" if target.task == "classification" else "predictions",
+                kind=target.kind,
                 target=target.name,
-                classes=target.classes if target.task == "classification" else None,
+                classes=target.classes if target.task != "regression" else None,
             )
         )
     return specs
@@ -117,7 +118,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
     members = load_members(layout, config.candidate_count, skip_unfinished=bool(config.search.trials))
     if not members:
         raise TrainingError("no trial of the search finished: nothing to assemble")
-    kind_list = [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
+    kind_list = [(dataset.output_name(t), t.name, t.kind) for t in dataset.targets]
     test_truth = dataset.labels(dataset.test_rows)
 
     decision = decide(config, out_of_fold(members, dataset), pruned_reasons([m.record for m in members]))
@@ -125,7 +126,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
     def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]
         combined = combine_outputs([members[i].test for i in used], w[used])
-        return evaluate(combined, test_truth, kind_list, "test")
+        return evaluate(combined, test_truth, kind_list, "test", dataset.label_names())
 
     served_test = test_metrics(decision.weights)
     ensembles: dict[str, dict[str, float]] = {"ensemble_served": served_test}
@@ -175,6 +176,7 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         "members": [_member_entry(i, m, decision) for i, m in enumerate(members)],
         **ensembles,
         "outputs": kind_list,
+        "labels": {t.name: t.classes for t in dataset.targets if t.task == "multilabel"},
         "models_config": str(layout.models_config),
     }
     layout.write_json(layout.report, report)
@@ -227,16 +229,20 @@ def _plots(
         suffix = f"_{safe_name(target.name)}" if several else ""
         metric = target_metric(report, target.name)
         about = f" of {target.name}" if several else ""
-        if target.task == "classification":
-            labels = test_truth[output].reshape(-1)
+        if target.task != "regression":
             best = min(range(len(members)), key=lambda i: float(members[i].record["metrics"][metric]))
+            truth = test_truth[output]
             plots.reliability_diagram(
                 {
-                    f"ensemble ({_served_label(decision)})": (combined[output], labels),
-                    f"best member ({members[best].name})": (members[best].test[output], labels),
+                    f"ensemble ({_served_label(decision)})": as_decisions(
+                        target.task, combined[output], truth
+                    ),
+                    f"best member ({members[best].name})": as_decisions(
+                        target.task, members[best].test[output], truth
+                    ),
                 },
                 layout.plots / f"reliability{suffix}.png",
-                title=f"Reliability{about} (test split)",
+                title=f"Reliability{about} ({'every label, ' * (target.task == 'multilabel')}test split)",
             )
         else:
             plots.predicted_vs_actual(
@@ -270,7 +276,7 @@ def target_metric(report: dict[str, Any], target: str) -> str:
     several = len(report["outputs"]) > 1
     for _output, name, kind in report["outputs"]:
         if name == target:
-            metric = "nll" if kind == "probabilities" else "rmse"
+            metric = "rmse" if kind == "predictions" else "nll"
             return f"test_{name}_{metric}" if several else f"test_{metric}"
     raise KeyError(target)
 

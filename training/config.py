@@ -20,15 +20,16 @@ from training.search_config import SearchConfig
 from training.split_config import SplitConfig, default_folds
 from training.strict import Strict
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "multilabel"]
 Architecture = Literal["mlp", "branches", "residual"]
 Optimizer = Literal["adam", "rmsprop", "sgd"]
 Schedule = Literal["none", "step", "exponential", "cosine", "plateau", "piecewise"]
 Scaling = Literal["standard", "minmax", "none"]
 BinaryHead = Literal["softmax2", "sigmoid"]
 # What EarlyStopping, the best-only checkpoint and ReduceLROnPlateau may watch: a loss or an
-# accuracy Keras logs, on the fitted rows or (val_) the early-stopping rows, overall or per output.
-MONITOR_PATTERN = r"^(val_)?([A-Za-z0-9_]+_)?(loss|accuracy)$"
+# accuracy (or a multi-label output's AUC) Keras logs, on the fitted rows or (val_) the
+# early-stopping rows, overall or per output.
+MONITOR_PATTERN = r"^(val_)?([A-Za-z0-9_]+_)?(loss|accuracy|auc)$"
 
 
 class DataConfig(Strict):
@@ -53,7 +54,19 @@ class DataConfig(Strict):
         description="Numeric columns grouped into one named model input, e.g. {pixels: [...]}; "
         "None = the set's default grouping (one input per column for your own files).",
     )
+    labels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Multi-label targets: a name and its 0/1 columns, e.g. {tags: [urgent, billing]}; "
+        "each is one head with one sigmoid per column (see training.labels).",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _label_sets(self) -> DataConfig:
+        from training.labels import check_label_config
+
+        check_label_config(self)
+        return self
 
     @field_validator("targets", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ one the learning-rate callback applies, so both can be tested without a model.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from training.config import FitConfig, TrainConfig, member_base
 from training.errors import ConfigError
@@ -56,23 +56,39 @@ def drives_rate(fit: FitConfig) -> bool:
 
 def logged_metrics(dataset: Dataset) -> list[str]:
     """Every metric name a member's fit logs, as Keras names them (``val_`` for the early-stopping
-    rows). One output: ``loss`` and, for a classifier, ``accuracy``; several: also per output."""
+    rows). One output: ``loss`` and, for a classifier, ``accuracy`` (a multi-label output also
+    ``auc``); several: also per output."""
     names = ["loss"]
     outputs = [(dataset.output_name(t), t.task) for t in dataset.targets]
     if len(outputs) == 1:
-        if outputs[0][1] == "classification":
-            names.append("accuracy")
+        names += _task_metrics(outputs[0][1])
     else:
         for name, task in outputs:
             names.append(f"{name}_loss")
-            if task == "classification":
-                names.append(f"{name}_accuracy")
+            names += [f"{name}_{metric}" for metric in _task_metrics(task)]
     return names + [f"val_{n}" for n in names]
 
 
-def accuracy_metrics(dataset: Dataset) -> dict[str, list[str]]:
-    """The ``metrics`` argument of compile: accuracy for every classification output."""
-    return {dataset.output_name(t): ["accuracy"] for t in dataset.targets if t.task == "classification"}
+def _task_metrics(task: str) -> list[str]:
+    return {"classification": ["accuracy"], "multilabel": ["accuracy", "auc"]}.get(task, [])
+
+
+def accuracy_metrics(dataset: Dataset) -> dict[str, list[Any]]:
+    """The ``metrics`` argument of compile: accuracy for every classification output; for a
+    multi-label output the binary accuracy over its labels (Keras' plain ``accuracy`` would be the
+    categorical one) and the mean of its labels' ROC AUC."""
+    import keras
+
+    metrics: dict[str, list[Any]] = {}
+    for target in dataset.targets:
+        if target.task == "classification":
+            metrics[dataset.output_name(target)] = ["accuracy"]
+        elif target.task == "multilabel":
+            metrics[dataset.output_name(target)] = [
+                keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.AUC(multi_label=True, num_labels=len(target.classes), name="auc"),
+            ]
+    return metrics
 
 
 def check_controls(config: TrainConfig, dataset: Dataset) -> None:

@@ -1,4 +1,6 @@
-"""Reading a table, checking it against the config, and splitting it deterministically by seed.
+"""Checking a table against the config, and splitting it deterministically by seed.
+
+The table comes from :mod:`training.tables`; multi-label sets are checked by :mod:`training.labels`.
 
 Everything here is pandas and numpy, no TensorFlow: the CLI validates data before training starts,
 and each worker re-derives exactly the same split from the same seed.
@@ -9,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from contracts.errors import one_line
 from training.config import DataConfig, Task
 from training.errors import DataError
+from training.labels import check_label_columns, label_columns, label_matrix
+from training.tables import read_table
 
 Kind = Literal["numeric", "categorical"]
 MIN_ROWS = 20
@@ -54,7 +56,8 @@ class InputGroup:
 
 @dataclass(frozen=True)
 class Target:
-    """A target column, its task, and (classification) its class labels in output order."""
+    """A target, its task, and its class labels (classification) or its 0/1 columns (multilabel),
+    in output order."""
 
     name: str
     task: Task
@@ -62,7 +65,12 @@ class Target:
 
     @property
     def output_name(self) -> str:
-        return "probabilities" if self.task == "classification" else "predictions"
+        return "predictions" if self.task == "regression" else "probabilities"
+
+    @property
+    def kind(self) -> str:
+        """The manifest's output kind: probabilities, multilabel or predictions."""
+        return {"classification": "probabilities", "multilabel": "multilabel"}.get(self.task, "predictions")
 
 
 @dataclass
@@ -90,6 +98,10 @@ class Dataset:
             return target.output_name
         return f"{safe_name(target.name)}_{target.output_name}"
 
+    def label_names(self) -> dict[str, list[str]]:
+        """Per multi-label output, its label columns in output order."""
+        return {self.output_name(t): t.classes for t in self.targets if t.task == "multilabel"}
+
     def features(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
         """Raw input arrays for ``rows``, each [n, columns]: float32 with NaN, or strings with '' for
         missing. (The exported signature takes a single column as [n]; see ``InputGroup.shape``.)"""
@@ -105,11 +117,13 @@ class Dataset:
         return arrays
 
     def labels(self, rows: npt.NDArray[np.int64]) -> dict[str, np.ndarray]:
-        """Per output name: class indices (int64) or float32 values of shape [n, 1]."""
+        """Per output name: class indices (int64), 0/1 float32 [n, labels] or float32 values [n, 1]."""
         part = self.frame.iloc[rows]
         out: dict[str, np.ndarray] = {}
         for target in self.targets:
-            if target.task == "classification":
+            if target.task == "multilabel":
+                out[self.output_name(target)] = label_matrix(part, target.classes)
+            elif target.task == "classification":
                 lookup = {c: i for i, c in enumerate(target.classes)}
                 out[self.output_name(target)] = np.array(
                     [lookup[v] for v in _as_strings(part[target.name])], dtype=np.int64
@@ -128,6 +142,7 @@ class Dataset:
             "targets": [t.name for t in self.targets],
             "tasks": {t.name: t.task for t in self.targets},
             "classes": {t.name: t.classes for t in self.targets if t.task == "classification"},
+            "labels": {t.name: t.classes for t in self.targets if t.task == "multilabel"},
             "outputs": {t.name: self.output_name(t) for t in self.targets},
             "rows": {
                 "total": len(self.frame),
@@ -138,70 +153,6 @@ class Dataset:
             },
             "inputs": [g.to_json() for g in self.inputs],
         }
-
-
-@dataclass(frozen=True)
-class _Bundled:
-    frame: pd.DataFrame
-    targets: list[str]
-    inputs: dict[str, list[str]] | None
-
-
-BUNDLED = ("sklearn:digits", "sklearn:breast_cancer", "sklearn:diabetes", "penguins")
-
-
-def _bundled(source: str) -> _Bundled | None:
-    if source == "sklearn:digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits(as_frame=True)
-        frame = digits.frame
-        pixels = [c for c in frame.columns if c != "target"]
-        return _Bundled(frame, ["target"], {"pixels": pixels})
-    if source == "sklearn:breast_cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        bunch = load_breast_cancer(as_frame=True)
-        frame = bunch.frame.copy()
-        frame["target"] = np.where(bunch.target == 1, "benign", "malignant")
-        return _Bundled(frame, ["target"], None)
-    if source == "sklearn:diabetes":
-        from sklearn.datasets import load_diabetes
-
-        return _Bundled(load_diabetes(as_frame=True, scaled=False).frame, ["target"], None)
-    if source == "penguins":
-        from palmerpenguins import load_penguins
-
-        return _Bundled(load_penguins(), ["species"], None)
-    return None
-
-
-def read_table(source: str) -> tuple[pd.DataFrame, list[str], dict[str, list[str]] | None]:
-    """The raw table, the set's default targets and its default input grouping."""
-    bundled = _bundled(source)
-    if bundled is not None:
-        return bundled.frame, bundled.targets, bundled.inputs
-    if source.startswith("sklearn:"):
-        raise DataError(f"unknown bundled data set {source!r}; choose one of {', '.join(BUNDLED)}")
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"cannot read {source}: no such file (or a bundled set: {', '.join(BUNDLED)})")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif suffix in (".csv", ".txt", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-        else:
-            raise DataError(f"cannot read {source}: use a .csv or .parquet file")
-    except DataError:
-        raise
-    except Exception as exc:  # every reader failure is the same user problem: an unreadable file
-        reason = one_line(exc)
-        raise DataError(f"cannot read {source}: {reason}") from None
-    if frame.empty or len(frame.columns) < 2:
-        raise DataError(f"{source} has no rows or fewer than two columns")
-    return frame, [], None
 
 
 def safe_name(column: str) -> str:
@@ -244,8 +195,9 @@ def _sha256(frame: pd.DataFrame) -> str:
 
 
 def _targets(frame: pd.DataFrame, config: DataConfig, default: list[str]) -> list[str]:
-    targets = config.targets or default
-    if not targets:
+    """The target columns; a config with label sets only has none (the set's default is not added)."""
+    targets = config.targets or ([] if config.labels else default)
+    if not targets and not config.labels:
         raise DataError("no target: pass --target COLUMN (or data.targets in the config)")
     for name in targets:
         if name not in frame.columns:
@@ -260,7 +212,7 @@ def _targets(frame: pd.DataFrame, config: DataConfig, default: list[str]) -> lis
 def _task_for(name: str, config: DataConfig, series: pd.Series) -> Task:
     task = config.task
     if isinstance(task, dict):
-        unknown = set(task) - set(config.targets)
+        unknown = set(task) - set(config.targets) - set(config.labels)
         if unknown and config.targets:
             raise DataError(f"data.task names columns that are not targets: {', '.join(sorted(unknown))}")
         chosen = task.get(name)
@@ -283,7 +235,8 @@ def _feature_columns(frame: pd.DataFrame, config: DataConfig, targets: list[str]
     if config.features is not None:
         columns = [c for c in config.features if c not in config.drop]
     else:
-        columns = [c for c in frame.columns if c not in targets and c not in config.drop]
+        held = {*targets, *label_columns(config), *config.drop}
+        columns = [c for c in frame.columns if c not in held]
     if not columns:
         raise DataError("no feature columns left")
     return [str(c) for c in columns]
@@ -380,9 +333,11 @@ def prepare(config: DataConfig, seed: int) -> Dataset:
     raw.columns = [str(c) for c in raw.columns]
     fingerprint = _sha256(raw)
     targets = _targets(raw, config, default_targets)
+    check_label_columns(raw, config)
     columns = _feature_columns(raw, config, targets)
-    missing_target = raw[targets].isna().any(axis=1) | (raw[targets].astype(str) == "").any(axis=1)
-    frame = raw.loc[~missing_target, [*columns, *targets]].reset_index(drop=True)
+    truth = [*targets, *label_columns(config)]
+    missing_target = raw[truth].isna().any(axis=1) | (raw[truth].astype(str) == "").any(axis=1)
+    frame = raw.loc[~missing_target, [*columns, *truth]].reset_index(drop=True)
     dropped = int(missing_target.sum())
 
     target_infos = []
@@ -396,6 +351,7 @@ def prepare(config: DataConfig, seed: int) -> Dataset:
             if len(classes) < 2:
                 raise DataError(f"classification target {name!r} has only one class")
         target_infos.append(Target(name, task, classes))
+    target_infos += [Target(name, "multilabel", list(cols)) for name, cols in config.labels.items()]
 
     groups = _input_groups(frame, config, columns, default_inputs)
     first_class = next((t for t in target_infos if t.task == "classification"), None)

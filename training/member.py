@@ -61,7 +61,7 @@ def _take(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarr
 
 def output_kinds(dataset: Dataset) -> list[tuple[str, str, str]]:
     """(output name, target name, kind) per target, in order."""
-    return [(dataset.output_name(t), t.name, t.output_name) for t in dataset.targets]
+    return [(dataset.output_name(t), t.name, t.kind) for t in dataset.targets]
 
 
 def train_member(
@@ -169,9 +169,9 @@ def train_member(
         stopping = np.isin(rows.held_out, rows.early_stopping)
         stop_pred = {k: v[stopping] for k, v in held_pred.items()}
         metrics = {
-            **evaluate(stop_pred, y_stop, kinds, "val"),
-            **evaluate(held_pred, y_held, kinds, "oof"),
-            **evaluate(test_pred, y_test, kinds, "test"),
+            **evaluate(stop_pred, y_stop, kinds, "val", dataset.label_names()),
+            **evaluate(held_pred, y_held, kinds, "oof", dataset.label_names()),
+            **evaluate(test_pred, y_test, kinds, "test", dataset.label_names()),
         }
         val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
         record: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""Held-out metrics: accuracy, NLL, Brier and ECE for classifiers, RMSE and MAE for regressors.
+"""Held-out metrics: accuracy, NLL, Brier and ECE for classifiers, accuracy, log-loss and AUC per
+label for multi-label outputs, RMSE and MAE for regressors.
 
 Pure numpy, so the same numbers come out of the report, the manifest and the unit tests.
 """
@@ -87,8 +88,40 @@ def mae(predictions: np.ndarray, values: np.ndarray) -> float:
     return float(np.mean(np.abs(diff)))
 
 
-def output_metrics(kind: str, prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """The metrics of one output: ``kind`` is 'probabilities' or 'predictions'."""
+def binary_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row: the binary cross-entropy averaged over the labels (natural log), as Keras' loss."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
+    y = np.asarray(labels, dtype=np.float64).reshape(p.shape)
+    return np.asarray(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p), axis=1), dtype=np.float64)
+
+
+def multilabel_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Accuracy (0.5 threshold) and NLL (binary cross-entropy) averaged over the labels, then each
+    label's accuracy, NLL and ROC AUC (AUC only for a label whose rows hold both values)."""
+    from sklearn.metrics import roc_auc_score
+
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64).reshape(p.shape)
+    names = list(names) if names is not None else [str(i) for i in range(p.shape[1])]
+    correct = (p >= 0.5) == (y >= 0.5)
+    out = {"accuracy": float(np.mean(correct)), "nll": float(np.mean(binary_cross_entropy(p, y)))}
+    for j, name in enumerate(names):
+        out[f"{name}_accuracy"] = float(np.mean(correct[:, j]))
+        out[f"{name}_nll"] = float(np.mean(binary_cross_entropy(p[:, j : j + 1], y[:, j : j + 1])))
+        if len(np.unique(y[:, j])) == 2:
+            out[f"{name}_auc"] = float(roc_auc_score(y[:, j], p[:, j]))
+    return out
+
+
+def output_metrics(
+    kind: str, prediction: np.ndarray, truth: np.ndarray, names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The metrics of one output: ``kind`` is 'probabilities', 'multilabel' or 'predictions';
+    ``names`` names a multi-label output's columns."""
+    if kind == "multilabel":
+        return multilabel_metrics(prediction, truth, names)
     if kind == "probabilities":
         labels = np.asarray(truth, dtype=np.int64).reshape(-1)
         return {
@@ -105,16 +138,19 @@ def evaluate(
     truth: Mapping[str, np.ndarray],
     output_targets: Sequence[tuple[str, str, str]],
     prefix: str,
+    labels: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Named metrics of one model or ensemble on one split.
 
     ``output_targets`` lists (output name, target name, kind). One target gives ``<prefix>_<metric>``;
-    several give ``<prefix>_<target>_<metric>``.
+    several give ``<prefix>_<target>_<metric>``. ``labels`` names each multi-label output's columns
+    (``test_urgent_auc``).
     """
     several = len(output_targets) > 1
     result: dict[str, float] = {}
     for output, target, kind in output_targets:
-        for metric, value in output_metrics(kind, outputs[output], truth[output]).items():
+        names = (labels or {}).get(output)
+        for metric, value in output_metrics(kind, outputs[output], truth[output], names).items():
             key = f"{prefix}_{target}_{metric}" if several else f"{prefix}_{metric}"
             result[key] = value
     return result

@@ -18,10 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.combine import FloatArray
+from training.metrics import PROBABILITY_FLOOR, binary_cross_entropy
 
 Rows = npt.NDArray[np.int64]
-
-PROBABILITY_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,9 @@ class OutOfFold:
     answers: dict[str, FloatArray]
     """Per output: (members, rows, width) answers, 0 where the member trained on the row."""
     truth: dict[str, np.ndarray]
-    """Per output: class indices (rows,) or values (rows, 1)."""
+    """Per output: class indices (rows,), 0/1 labels (rows, labels) or values (rows, 1)."""
     kinds: dict[str, str]
-    """Per output: 'probabilities' or 'predictions'."""
+    """Per output: 'probabilities', 'multilabel' or 'predictions'."""
     scales: dict[str, float]
     """Per regression output: the target's variance over every row of the table (the loss divides by it)."""
 
@@ -65,7 +64,7 @@ class OutOfFold:
         scales = {
             name: max(float(np.var(np.asarray(truth[name], dtype=np.float64))), 1e-12)
             for name, kind in kinds.items()
-            if kind != "probabilities"
+            if kind == "predictions"
         }
         return cls(rows, held, answers, truth, dict(kinds), scales)
 
@@ -123,7 +122,8 @@ class OutOfFold:
         return {name: np.einsum("mr,mrk->rk", w, values) for name, values in self.answers.items()}
 
     def row_losses(self, weights: Sequence[float] | FloatArray) -> FloatArray:
-        """Per row: NLL per classification output plus squared error / variance per regression output."""
+        """Per row: NLL per classification output, binary cross-entropy averaged over the labels per
+        multi-label output, and squared error / variance per regression output."""
         return self._losses(self.combined(weights))
 
     def loss(self, weights: Sequence[float] | FloatArray) -> float:
@@ -177,6 +177,8 @@ class OutOfFold:
                 labels = np.asarray(truth[name], dtype=np.int64).reshape(-1)
                 picked = pred[np.arange(len(labels)), labels]
                 total += -np.log(np.clip(picked, PROBABILITY_FLOOR, 1.0))
+            elif kind == "multilabel":
+                total += binary_cross_entropy(pred, np.asarray(truth[name], dtype=np.float64))
             else:
                 values = np.asarray(truth[name], dtype=np.float64).reshape(pred.shape)
                 total += np.sum((pred - values) ** 2, axis=1) / self.scales[name]

@@ -7,10 +7,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+LABEL_METRICS = ("accuracy", "nll", "auc")
+
 
 def metric_columns(report: dict[str, Any]) -> list[str]:
-    """Test metric keys in a stable order (per target when there are several)."""
-    return [k for k in report["ensemble_served"] if k.startswith("test_")]
+    """Test metric keys in a stable order (per target when there are several); a multi-label
+    target's per-label metrics go to :func:`label_rows` instead."""
+    per_label = {key for rows in label_rows(report).values() for _, keys in rows for key in keys.values()}
+    return [k for k in report["ensemble_served"] if k.startswith("test_") and k not in per_label]
+
+
+def label_rows(report: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """Per multi-label target: (label, {metric: report key}) per label, in output order."""
+    several = len(report["outputs"]) > 1
+    out: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for target, labels in report.get("labels", {}).items():
+        prefix = f"test_{target}_" if several else "test_"
+        out[target] = [(label, {m: f"{prefix}{label}_{m}" for m in LABEL_METRICS}) for label in labels]
+    return out
 
 
 def ensemble_rows(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -46,8 +60,25 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for key, label, served in ensemble_rows(report):
         table.add_row(label, "[green]served[/]" if served else "", "", *cells(report[key]))
     console.print(table)
+    for target, rows in label_rows(report).items():
+        console.print(_label_table(report, target, rows))
     kept = sum(1 for m in report["members"] if m["kept"])
     console.print(f"Serving {kept} of {len(report['members'])} members. Weights: {report['weights']['note']}")
     for member in report["members"]:
         if not member["kept"]:
             console.print(f"  dropped {member['name']}: {member['dropped_reason']}", highlight=False)
+
+
+def _label_table(report: dict[str, Any], target: str, rows: list[tuple[str, dict[str, str]]]) -> Table:
+    """One row per label: the served ensemble's accuracy, NLL and AUC, and the kept members' NLL range."""
+    table = Table(title=f"{target}: per label, test split (served ensemble)", title_justify="left")
+    for column in ("label", "accuracy", "nll", "auc", "members' nll"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    served = report["ensemble_served"]
+    kept = [m["metrics"] for m in report["members"] if m["kept"]]
+    for label, keys in rows:
+        cells = [f"{served[keys[m]]:.4f}" if keys[m] in served else "-" for m in LABEL_METRICS]
+        member_nll = [float(m[keys["nll"]]) for m in kept if keys["nll"] in m]
+        spread = f"{min(member_nll):.4f} to {max(member_nll):.4f}" if member_nll else "-"
+        table.add_row(label, *cells, spread)
+    return table

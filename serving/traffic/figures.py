@@ -3,6 +3,8 @@
 * Output kind ``probabilities`` (classification): **agreement**, the fraction of argmax decisions
   (one per row of a ``[batch, classes]`` output; for a single column, the 0.5 threshold) that are
   the same on both sides, and the **mean absolute difference** of the probabilities per element.
+* Output kind ``multilabel``: the same two figures, with one 0.5-threshold decision per label of
+  each row (pooled with neither classification nor regression; it has its own output figures).
 * Output kind ``predictions`` (regression): the **mean absolute difference** per element and the
   **mean relative difference**, ``|y_new - y_ref| / max(|y_ref|, 1e-12)`` per element.
 
@@ -61,10 +63,10 @@ def diff_many(kind: OutputKind, reference: np.ndarray, others: Sequence[np.ndarr
     agreeing: np.ndarray | None = None
     rel_sums: np.ndarray | None = None
     decisions = 0
-    if kind == "probabilities":
-        if ref.ndim >= 2 and ref.shape[-1] > 1:
+    if kind != "predictions":
+        if kind == "probabilities" and ref.ndim >= 2 and ref.shape[-1] > 1:
             same = np.argmax(stack, axis=-1) == np.argmax(ref, axis=-1)
-        else:  # one probability per row: the decision is the 0.5 threshold
+        else:  # one probability per row, or per label (multilabel): the decision is the 0.5 threshold
             same = (stack >= 0.5) == (ref >= 0.5)
         decisions = int(same[0].size)
         agreeing = np.count_nonzero(same.reshape(len(usable), -1), axis=1)
@@ -112,7 +114,7 @@ def figures(total: Diff, kind: OutputKind) -> Figures:
     """The figures of pooled sums of one kind."""
     return Figures(
         rows=total.rows,
-        agreement=total.agreeing / total.decisions if kind == "probabilities" and total.decisions else None,
+        agreement=total.agreeing / total.decisions if kind != "predictions" and total.decisions else None,
         mean_abs_diff=total.abs_sum / total.elements if total.elements else None,
         mean_rel_diff=total.rel_sum / total.elements if kind == "predictions" and total.elements else None,
     )

@@ -151,3 +151,32 @@ def test_one_member_has_no_disagreement_and_zero_spread() -> None:
 def test_an_empty_first_output_disagrees_by_zero() -> None:
     answers = [{"empty": np.zeros((0, 3), np.float32)}, {"empty": np.zeros((0, 3), np.float32)}]
     assert combine.combine(answers, [1, 1]).disagreement == 0.0
+
+
+def test_multilabel_answers_average_per_label_and_disagree_by_decisions() -> None:
+    """Two members, weights 3:1, two rows of three labels, worked by hand."""
+    first = np.array([[0.9, 0.2, 0.6], [0.1, 0.8, 0.4]], dtype=np.float32)
+    second = np.array([[0.1, 0.4, 0.2], [0.3, 0.2, 0.9]], dtype=np.float32)
+    combined = combine.combine(
+        [{"tags": first}, {"tags": second}], [3, 1], spread=True, kinds={"tags": "multilabel"}
+    )
+    # 0.75 * first + 0.25 * second, label by label
+    expected = np.array([[0.7, 0.25, 0.5], [0.15, 0.65, 0.525]])
+    np.testing.assert_allclose(combined.outputs["tags"], expected, rtol=1e-6)
+    assert combined.outputs["tags"].dtype == np.float32
+    # The spread is per label: sqrt(w1 w2) |a - b| for two members.
+    np.testing.assert_allclose(
+        combined.spread["tags"], np.sqrt(0.75 * 0.25) * np.abs(first - second), rtol=1e-5
+    )
+    # Ensemble decisions at 0.5: [1, 0, 1], [0, 1, 1]. The first member decides [1, 0, 1], [0, 1, 0]:
+    # 1 of 6 differs. The second decides [0, 0, 0], [0, 0, 1]: 3 of 6 differ. 0.75/6 + 0.25 * 3/6.
+    assert combined.disagreement == pytest.approx(0.75 * 1 / 6 + 0.25 * 3 / 6)
+    # Without the kind the same answers disagree by their spread, as every other output does.
+    plain = combine.combine([{"tags": first}, {"tags": second}], [3, 1])
+    assert plain.disagreement == pytest.approx(float(np.mean(np.sqrt(0.75 * 0.25) * np.abs(first - second))))
+
+
+def test_multilabel_disagreement_is_zero_when_every_decision_agrees() -> None:
+    answers = [{"tags": np.array([[0.9, 0.1]])}, {"tags": np.array([[0.6, 0.4]])}]
+    assert combine.combine(answers, [1, 1], kinds={"tags": "multilabel"}).disagreement == 0.0
+    assert combine.combine(answers[:1], [1], kinds={"tags": "multilabel"}).disagreement is None

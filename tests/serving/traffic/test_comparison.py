@@ -12,7 +12,7 @@ import pytest
 from contracts.comparison import ComparisonSummary, Latency
 from contracts.manifest import OutputKind
 from serving.traffic.comparison import ComparisonWindow, MemberObservation, SideObservation
-from serving.traffic.figures import diff, latency
+from serving.traffic.figures import diff, figures, latency
 
 KINDS: dict[str, OutputKind] = {"probabilities": "probabilities", "price": "predictions"}
 N_CLASSES = 5
@@ -347,6 +347,18 @@ def test_diff_edge_cases() -> None:
     zero = diff("predictions", np.array([0.0, 2.0]), np.array([0.0, 3.0]))
     assert zero is not None
     assert zero.rel_sum == pytest.approx(0.5)
+
+
+def test_multilabel_outputs_agree_label_by_label_at_the_threshold() -> None:
+    """Two rows of three labels: a [batch, labels] output is not an argmax, every label decides."""
+    ref = np.array([[0.9, 0.2, 0.6], [0.1, 0.8, 0.4]])
+    new = np.array([[0.7, 0.6, 0.6], [0.2, 0.9, 0.3]])
+    labels = diff("multilabel", ref, new)
+    assert labels is not None
+    assert (labels.decisions, labels.agreeing) == (6, 5)  # only row 0, label 1 flips (0.2 -> 0.6)
+    assert labels.abs_sum == pytest.approx(0.2 + 0.4 + 0.0 + 0.1 + 0.1 + 0.1)
+    assert figures(labels, "multilabel").agreement == pytest.approx(5 / 6)
+    assert figures(labels, "multilabel").mean_rel_diff is None
 
 
 def test_summary_json_is_the_documented_schema() -> None:
