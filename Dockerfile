@@ -31,12 +31,14 @@ COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/
 RUN python deploy/docker/requirements.py pyproject.toml serving registry > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY README.md ensemble_cli.py ensemble_demo.py ./
-# The gateway's layers: contracts at the bottom, serving, and registry for the alias source and
-# the sync. No training/: nothing the gateway runs imports it (tests/test_layering.py).
+COPY README.md ./
+# The gateway's layers: contracts at the bottom, serving, registry for the alias source and the
+# sync, and the command line on top. No training/: nothing the gateway runs imports it
+# (tests/test_layering.py); the training commands register only where training/ is installed.
 COPY contracts/ contracts/
 COPY serving/ serving/
 COPY registry/ registry/
+COPY cli/ cli/
 RUN pip install --no-cache-dir --no-deps .
 
 FROM python-base AS gateway
@@ -63,11 +65,12 @@ COPY deploy/docker/requirements.py deploy/docker/
 # tensorflow[and-cuda]: CUDA and cuDNN arrive as wheels, so only the host's NVIDIA driver is needed.
 RUN python deploy/docker/requirements.py pyproject.toml training registry --gpu > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY README.md ensemble_cli.py ensemble_demo.py ./
+COPY README.md ./
 COPY contracts/ contracts/
 COPY serving/ serving/
 COPY registry/ registry/
 COPY training/ training/
+COPY cli/ cli/
 RUN pip install --no-cache-dir --no-deps .
 
 FROM python-base AS trainer

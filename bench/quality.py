@@ -60,7 +60,7 @@ def train(out: Path, data: str, seed: int, members: int, config: dict[str, Any],
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(config or {}))
     command = [
-        sys.executable, "-m", "ensemble_cli", "train", "--config", str(config_file), "--data", data,
+        sys.executable, "-m", "cli", "train", "--config", str(config_file), "--data", data,
         "--members", str(members), "--seed", str(seed), "--workers", str(args.workers),
         "--out", str(out), "--no-track",
     ]  # fmt: skip

@@ -60,7 +60,7 @@ def train(out: Path, data: str, members: int, epochs: int, workers: int) -> floa
         f"members:\n  count: {members}\n  defaults:\n    fit: {{epochs: {epochs}, patience: {epochs}}}\n"
     )
     command = [
-        sys.executable, "-m", "ensemble_cli", "train", "--config", str(config),
+        sys.executable, "-m", "cli", "train", "--config", str(config),
         "--workers", str(workers), "--out", str(out), "--no-track",
     ]  # fmt: skip
     started = time.perf_counter()

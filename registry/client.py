@@ -19,7 +19,7 @@ from registry.defaults import is_local_store, local_artifact_root, tracking_uri
 from registry.errors import NotFound, RegistryError, Unreachable
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient as MlflowClient
 
 CONNECT_ATTEMPTS = 4
 CONNECT_FIRST_DELAY_S = 0.5

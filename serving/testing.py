@@ -209,7 +209,7 @@ def gateway_args(
     """``ensemble serve`` on 127.0.0.1 with one backend address per member."""
     args = [
         "-m",
-        "ensemble_cli",
+        "cli",
         "serve",
         "--manifest",
         str(manifest),

@@ -18,7 +18,7 @@ def test_demo_trains_registers_serves_and_predicts(tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("MLFLOW_TRACKING_URI")
     command = [
-        sys.executable, "-m", "ensemble_cli", "demo", "--once", "--members", "2", "--epochs", "3",
+        sys.executable, "-m", "cli", "demo", "--once", "--members", "2", "--epochs", "3",
         "--out", str(tmp_path / "runs" / "demo"),
         "--rest-port", str(free_port()), "--grpc-port", str(free_port()),
     ]  # fmt: skip

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARENT = textwrap.dedent(
     """
     import sys, time
-    import ensemble_demo
+    from cli import demo as ensemble_demo
     ensemble_demo._ensemble_command = lambda *a: [sys.executable, "-c", "import time; time.sleep(600)"]
     service = ensemble_demo.ServiceProcess("sleeper", [], ensemble_demo.Path(sys.argv[1]))
     with ensemble_demo.exit_on_termination(), ensemble_demo._services([service]):
@@ -83,7 +83,7 @@ def test_demo_refuses_a_port_another_process_holds_before_training(tmp_path: Pat
         taken = holder.getsockname()[1]
         done = subprocess.run(
             [
-                sys.executable, "-m", "ensemble_cli", "demo", "--once", "--out", str(tmp_path / "demo"),
+                sys.executable, "-m", "cli", "demo", "--once", "--out", str(tmp_path / "demo"),
                 "--rest-port", str(taken), "--grpc-port", str(free_port()),
             ],
             cwd=tmp_path, capture_output=True, text=True, timeout=120,

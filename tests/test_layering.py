@@ -4,8 +4,8 @@ contracts/ at the bottom imports no other part; training, registry and serving i
 and themselves, never each other, except the gateway's one lazy way into the registry (its
 manifest-source port); nothing imports the command line but the command line; bench/ and the
 packages never import tests/; the gateway (serving/ outside local_server/) never imports
-TensorFlow, Keras or mlflow; only registry/ imports mlflow. Until the ``cli/`` package exists, the
-command line is ``ensemble_cli.py``, ``ensemble_demo.py`` and each package's ``cli.py``.
+TensorFlow, Keras or mlflow; only registry/ imports mlflow. The command line is the ``cli/``
+package, the one place that composes the parts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LIBRARY = ("training", "registry", "serving")
-PROJECT = ("contracts", *LIBRARY, "cli", "ensemble_cli", "ensemble_demo", "bench", "tests")
+PROJECT = ("contracts", *LIBRARY, "cli", "bench", "tests")
 LAZY_PORTS = {("serving.manifest_source", "registry")}
 """(module, package) pairs allowed only inside a function: the gateway's manifest-source port."""
 GATEWAY_NEVER = ("tensorflow", "keras", "tf_keras", "mlflow")
@@ -89,10 +89,7 @@ def imports(name: str, path: Path, known: set[str]) -> list[Import]:
 
 
 def is_cli(module: str) -> bool:
-    parts = module.split(".")
-    return parts[0] in ("cli", "ensemble_cli", "ensemble_demo") or (
-        len(parts) >= 2 and parts[0] in LIBRARY and parts[1] == "cli"
-    )
+    return module.split(".")[0] == "cli"
 
 
 def violations(module: str, found: list[Import]) -> list[str]:
@@ -158,7 +155,6 @@ BASE = {
     "training/__init__.py": "",
     "training/assemble.py": "from contracts.manifest import x\nfrom . import other\n",
     "training/other.py": "",
-    "training/cli.py": "from registry import sync\nfrom training import assemble\n",
     "registry/__init__.py": "",
     "registry/sync.py": "import mlflow\nfrom contracts import manifest\n",
     "serving/__init__.py": "",
@@ -166,11 +162,13 @@ BASE = {
     "serving/manifest_source.py": "def port():\n    from registry.errors import NotFound\n",
     "serving/local_server/__init__.py": "",
     "serving/local_server/model.py": "import tensorflow as tf\n",
-    "ensemble_cli.py": "from training import cli\nimport serving.core\nimport registry.sync\n",
+    "cli/__init__.py": "",
+    "cli/training.py": "from registry import sync\nfrom training import assemble\n",
+    "cli/main.py": "from cli import training\nimport serving.core\nimport registry.sync\n",
     "bench/__init__.py": "",
     "bench/gateway.py": "from serving.core import x\n",
     "tests/__init__.py": "",
-    "tests/helpers.py": "from training import cli\nimport mlflow\n",
+    "tests/helpers.py": "from cli import training\nimport mlflow\n",
 }
 
 
@@ -200,11 +198,11 @@ def test_a_layered_tree_passes(tmp_path: Path) -> None:
         ({"serving/core.py": "from keras import layers\n"}, "the gateway never imports keras"),
         ({"serving/core.py": "import mlflow.tracking\n"}, "only registry/ imports mlflow"),
         ({"training/assemble.py": "import mlflow\n"}, "only registry/ imports mlflow"),
-        ({"training/assemble.py": "from training import cli\n"}, "only the command line imports"),
-        ({"serving/core.py": "import ensemble_cli\n"}, "only the command line imports"),
+        ({"training/assemble.py": "from cli import training\n"}, "only the command line imports"),
+        ({"serving/core.py": "def f():\n    import cli.main\n"}, "only the command line imports"),
         ({"bench/gateway.py": "from tests.helpers import x\n"}, "only tests import tests/"),
         ({"serving/core.py": "from tests import helpers\n"}, "only tests import tests/"),
-        ({"bench/gateway.py": "import ensemble_demo\n"}, "only the command line imports"),
+        ({"bench/gateway.py": "from cli.demo import x\n"}, "only the command line imports"),
     ],
 )
 def test_an_upward_import_is_caught(tmp_path: Path, extra: dict[str, str], says: str) -> None:

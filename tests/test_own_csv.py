@@ -66,7 +66,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("own-csv")
     _write_csv(root / "my.csv")
     trained = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", "train", "--data", str(root / "my.csv"), "--target", "label",
+        [sys.executable, "-m", "cli", "train", "--data", str(root / "my.csv"), "--target", "label",
          "--members", "2", "--epochs", "3", "--workers", "1", "--out", str(root / "run"), "--no-track"],
         cwd=root, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
@@ -74,7 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     manifest = Manifest.load(root / "run" / "ensemble.json")
     ports = Served(manifest, free_port(), free_port(), free_port(), free_port())
     backend = spawn_process(
-        ["-m", "ensemble_cli", "backend", f"--port={ports.backend_grpc}",
+        ["-m", "cli", "backend", f"--port={ports.backend_grpc}",
          f"--rest_api_port={ports.backend_rest}", "--host=127.0.0.1",
          f"--model_config_file={root / 'run' / 'models' / 'models.config'}"]
     )  # fmt: skip

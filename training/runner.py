@@ -42,7 +42,7 @@ class _Worker:
 
 
 def worker_command(out_dir: Path, indices: Sequence[int], threads: int | None) -> list[str]:
-    command = [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out_dir)]
+    command = [sys.executable, "-m", "cli", "train-member", "--out", str(out_dir)]
     for index in indices:
         command += ["--index", str(index)]
     if threads:

@@ -72,9 +72,9 @@ needs_kubectl = pytest.mark.skipif(kubectl_problem() is not None, reason=kubectl
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def ensemble_cli() -> Any:
+def ensemble_app() -> Any:
     """The ``ensemble`` command group (typer's own click, so duck-typed here)."""
-    from ensemble_cli import build_app
+    from cli.main import build_app
 
     return typer.main.get_command(build_app())
 
@@ -242,7 +242,7 @@ def test_dockerfile_exposes_the_gateway_ports_and_runs_serve() -> None:
     assert exposed == {default_port("grpc_port"), default_port("rest_port")}
     entry = gateway_entrypoint()
     assert entry[0] == "ensemble"
-    parse_cli(ensemble_cli(), entry[1:], "Dockerfile ENTRYPOINT")
+    parse_cli(ensemble_app(), entry[1:], "Dockerfile ENTRYPOINT")
 
 
 def test_dockerfile_healthcheck_probes_the_default_rest_port() -> None:
@@ -375,7 +375,7 @@ def check_tf_serving_command(argv: list[str], image: str, sync_argv: list[str], 
         "the sync runs without --staged-labels, so labels may name versions still loading"
     )
     assert "--staged-labels" not in sync_argv
-    name, params = parse_cli(ensemble_cli(), sync_argv, where)
+    name, params = parse_cli(ensemble_app(), sync_argv, where)
     assert name == "sync"
     repo = str(params["base_path"] or params["model_repo"])
     assert tf_flags["model_config_file"] == f"{repo}/{registry_sync.CONFIG_FILE}"
@@ -393,7 +393,7 @@ def test_k8s_tf_serving_reads_what_the_sync_writes(overlay: str) -> None:
         argv = [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]]
         check_tf_serving_command(command_line(tf_serving), tf_serving["image"], argv, f"{overlay} {name}")
         sync_mounts = {m["name"]: m["mountPath"] for m in sync["volumeMounts"]}
-        _, params = parse_cli(ensemble_cli(), argv, name)
+        _, params = parse_cli(ensemble_app(), argv, name)
         assert sync_mounts["models"] == mounts["models"] == str(params["model_repo"])
         assert params["watch"] is (name == "sync")
 
@@ -406,7 +406,7 @@ def test_compose_tf_serving_reads_what_the_sync_writes() -> None:
     check_tf_serving_command(
         compose_command_line(tf_serving), expand_defaults(tf_serving["image"]), argv[1:], "compose"
     )
-    _, params = parse_cli(ensemble_cli(), argv[1:], "compose sync")
+    _, params = parse_cli(ensemble_app(), argv[1:], "compose sync")
     assert params["watch"] is True
     assert f"models:{params['model_repo']}" in sync["volumes"]
 
@@ -446,7 +446,7 @@ def test_k8s_sync_grace_covers_the_chain_of_polls(overlay: str, monkeypatch: pyt
     gateway = settings_from(k8s_env(objects, container(deployments["gateway"], "gateway")), monkeypatch)
     sync = container(deployments["tf-serving"], "sync")
     _, params = parse_cli(
-        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+        ensemble_app(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
     )
     tf_flags = flags(container(deployments["tf-serving"], "tf-serving")["args"])
     # The sidecar shares the pod's network: its TF Serving is on localhost.
@@ -457,7 +457,7 @@ def test_compose_sync_grace_covers_the_chain_of_polls(monkeypatch: pytest.Monkey
     services = load_compose()["services"]
     environment = {k: expand_defaults(str(v)) for k, v in services["gateway"]["environment"].items()}
     gateway = settings_from(environment, monkeypatch)  # type: ignore[arg-type]
-    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    _, params = parse_cli(ensemble_app(), compose_command_line(services["sync"])[1:], "compose sync")
     tf_flags = flags(compose_command_line(services["tf-serving"])[1:])
     check_grace_and_backend(params, tf_flags, gateway, "tf-serving", "compose")
 
@@ -494,7 +494,7 @@ def test_k8s_sync_metrics_are_scraped() -> None:
     objects = render("overlays/prod")
     sync = container(by_kind(objects, "Deployment")["tf-serving"], "sync")
     _, params = parse_cli(
-        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+        ensemble_app(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
     )
     ports = {p["name"]: p["containerPort"] for p in sync["ports"]}
     assert ports == {"sync-metrics": params["metrics_port"]}
@@ -512,7 +512,7 @@ def test_k8s_sync_metrics_are_scraped() -> None:
 
 def test_compose_sync_metrics_are_scraped() -> None:
     services = load_compose()["services"]
-    _, params = parse_cli(ensemble_cli(), compose_command_line(services["sync"])[1:], "compose sync")
+    _, params = parse_cli(ensemble_app(), compose_command_line(services["sync"])[1:], "compose sync")
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yaml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "sync")
     assert job["static_configs"][0]["targets"] == [f"sync:{params['metrics_port']}"]
@@ -528,7 +528,7 @@ def test_sync_serves_the_aliases_the_gateway_serves(overlay: str) -> None:
     gateway_aliases = GatewaySettings(aliases=env["ENSEMBLE_ALIASES"]).aliases
     sync = container(by_kind(objects, "Deployment")["tf-serving"], "sync")
     _, params = parse_cli(
-        ensemble_cli(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+        ensemble_app(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
     )
     assert params["alias"] == gateway_aliases
     assert params["name"] == env["ENSEMBLE_ENSEMBLE"]
@@ -541,7 +541,7 @@ def test_every_k8s_ensemble_command_parses(overlay: str) -> None:
     found = ensemble_containers(render(overlay))
     assert found
     for where, _, argv in found:
-        parse_cli(ensemble_cli(), argv, f"{overlay} {where}")
+        parse_cli(ensemble_app(), argv, f"{overlay} {where}")
 
 
 def test_every_compose_ensemble_command_parses() -> None:
@@ -549,7 +549,7 @@ def test_every_compose_ensemble_command_parses() -> None:
     for name in ("sync", "trainer", "gateway"):
         argv = compose_command_line(services[name]) or gateway_entrypoint()
         if argv[0] == "ensemble" and len(argv) > 1 and argv[1] != "--help":
-            parse_cli(ensemble_cli(), argv[1:], f"compose {name}")
+            parse_cli(ensemble_app(), argv[1:], f"compose {name}")
 
 
 def mlflow_server_command() -> click.Command:
@@ -626,13 +626,13 @@ def test_training_jobs_match_the_training_config(overlay: str) -> None:
     env = k8s_env(objects, member)
     assert int(str(env["MEMBERS"])) == config.candidate_count
     _, params = parse_cli(
-        ensemble_cli(), [substitute(a, env) for a in command_line(member)[1:]], "train-member"
+        ensemble_app(), [substitute(a, env) for a in command_line(member)[1:]], "train-member"
     )
     config_mount = {m["name"]: m["mountPath"] for m in member["volumeMounts"]}["config"]
     assert str(params["config"]) == f"{config_mount}/training.yaml"
     assemble = container(jobs["assemble"], "assemble")
     _, assemble_params = parse_cli(
-        ensemble_cli(),
+        ensemble_app(),
         [substitute(a, k8s_env(objects, assemble)) for a in command_line(assemble)[1:]],
         "assemble",
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import build_app
 from contracts.model_config import read_model_config
-from ensemble_cli import build_app
 from registry.client import connect
 from registry.resolve import resolve_manifest, resolve_version
 from registry.tracking import record_training

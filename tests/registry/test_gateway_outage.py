@@ -62,7 +62,7 @@ SERVED_SPEC = {
 def gateway(uri: str, backend: str, last_good: Path, ready: str = GATEWAY_READY) -> Iterator[tuple[str, int]]:
     rest, grpc_port = free_port(), free_port()
     args = [
-        "-m", "ensemble_cli", "serve",
+        "-m", "cli", "serve",
         "--tracking-uri", uri, "--ensemble", NAME, "--alias", "champion",
         "--backend", backend, "--last-good-manifest", str(last_good),
         "--host", "127.0.0.1", "--rest-port", str(rest), "--grpc-port", str(grpc_port),
@@ -116,7 +116,7 @@ def test_gateway_starts_while_mlflow_is_down(tmp_path: Path) -> None:
             # A registry that answers "no such ensemble" is a settings error, not an outage to wait out.
             bad_name = subprocess.run(
                 [
-                    sys.executable, "-m", "ensemble_cli", "serve",
+                    sys.executable, "-m", "cli", "serve",
                     "--tracking-uri", server.uri, "--ensemble", "nosuch", "--backend", address,
                     "--rest-port", str(free_port()), "--grpc-port", str(free_port()),
                 ],

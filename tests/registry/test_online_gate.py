@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import build_app
 from contracts.comparison import ComparisonSummary
-from ensemble_cli import build_app
 from registry.errors import InvalidArgument, NotFound, OnlineEvidenceError, Unreachable
 from registry.online_gate import (
     OnlineThresholds,

@@ -141,7 +141,7 @@ class Stack:
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``ensemble ARGS`` as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -194,7 +194,7 @@ def start_syncs(stack: Stack, *extra: str) -> None:
     for repo, port in zip(stack.repos, stack.backend_ports, strict=True):
         proc = spawn_process(
             [
-                "-m", "ensemble_cli", "sync", NAME, "--alias", "champion", "--model-repo", str(repo),
+                "-m", "cli", "sync", NAME, "--alias", "champion", "--model-repo", str(repo),
                 "--watch", "--interval", str(SYNC_INTERVAL_S), "--grace", str(GRACE_S),
                 "--backend", f"127.0.0.1:{port}", "--tracking-uri", stack.server.uri, *extra,
             ]
@@ -232,7 +232,7 @@ def stack(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
             deploy.processes.append(
                 spawn_process(
                     [
-                        "-m", "ensemble_cli", "backend", f"--port={port}", "--host=127.0.0.1",
+                        "-m", "cli", "backend", f"--port={port}", "--host=127.0.0.1",
                         f"--model_config_file={repo / 'models.config'}",
                         f"--model_config_file_poll_wait_seconds={CONFIG_POLL_S}",
                         "--file_system_poll_wait_seconds=1",
@@ -240,7 +240,7 @@ def stack(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
                 )
             )  # fmt: skip
         gateway_args = [
-            "-m", "ensemble_cli", "serve", "--tracking-uri", mlflow_server.uri, "--ensemble", NAME,
+            "-m", "cli", "serve", "--tracking-uri", mlflow_server.uri, "--ensemble", NAME,
             "--alias", "champion", "--host", "127.0.0.1",
             "--rest-port", str(deploy.rest_port), "--grpc-port", str(deploy.grpc_port),
         ]  # fmt: skip

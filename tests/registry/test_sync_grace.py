@@ -198,7 +198,7 @@ def test_sync_usage_errors_exit_2_before_any_registry_call(
 ) -> None:
     from typer.testing import CliRunner
 
-    from ensemble_cli import build_app
+    from cli.main import build_app
 
     dead = "http://127.0.0.1:9"  # never asked: the usage is checked first
     result = CliRunner().invoke(

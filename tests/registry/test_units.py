@@ -125,12 +125,12 @@ def test_no_mlflow_import_at_import_time() -> None:
 
     code = (
         "import sys\n"
-        "import ensemble_cli\n"
-        "import registry, registry.aliases, registry.cli, registry.client, registry.outdir\n"
+        "import cli.main, cli.registry\n"
+        "import registry, registry.aliases, registry.client, registry.outdir\n"
         "import registry.promotion, registry.registration, registry.resolve, registry.sync\n"
         "import registry.tracking, registry.views\n"
         "try:\n"
-        "    ensemble_cli.build_app()(['--help'])\n"
+        "    cli.main.build_app()(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "print('mlflow' in sys.modules)\n"

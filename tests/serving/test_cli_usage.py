@@ -11,12 +11,12 @@ import pytest
 import typer.core
 import typer.main
 
-from ensemble_cli import build_app
+from cli.main import build_app
 
 
 def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -73,7 +73,7 @@ def test_help_at_80_columns_shows_every_flag_name_whole(tmp_path: Path, command:
     assert isinstance(group, typer.core.TyperGroup)
     flags = [name for param in group.commands[command].params for name in param.opts if name.startswith("--")]
     done = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", command, "--help"],
+        [sys.executable, "-m", "cli", command, "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

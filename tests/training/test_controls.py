@@ -161,7 +161,7 @@ def test_cli_rejects_an_unlogged_monitor_before_training(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "ensemble_cli",
+            "cli",
             "train",
             "--config",
             str(config),

@@ -170,7 +170,7 @@ def test_checkpoint_loads_in_a_process_with_only_keras(controlled: Path, tmp_pat
 
 
 def _member_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out), "--index", "0", *extra]
+    return [sys.executable, "-m", "cli", "train-member", "--out", str(out), "--index", "0", *extra]
 
 
 @pytest.mark.timeout(600)

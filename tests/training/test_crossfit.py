@@ -31,7 +31,7 @@ members:
 
 def _ensemble(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "ensemble_cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -238,7 +238,7 @@ def test_diabetes_regression(tmp_path: Path) -> None:
 
 def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
 
 
@@ -347,7 +347,7 @@ def test_bad_input_exits_with_one_line_before_training(
 ) -> None:
     from typer.testing import CliRunner
 
-    from ensemble_cli import build_app
+    from cli.main import build_app
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("members: [1,\n")

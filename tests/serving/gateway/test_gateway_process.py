@@ -588,7 +588,7 @@ def test_gateway_never_imports_tensorflow() -> None:
     code = (
         "import sys, asyncio\n"
         "from serving.settings import GatewaySettings\n"
-        "import serving.app, serving.cli, serving.ensemble, serving.backends\n"
+        "import serving.app, cli.serving, serving.ensemble, serving.backends\n"
         "import serving.rest, serving.grpc\n"
         "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m)\n"
         "print('clean')\n"

@@ -85,7 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     backend = spawn_process(
         [
             "-m",
-            "ensemble_cli",
+            "cli",
             "backend",
             f"--port={backend_grpc}",
             f"--rest_api_port={backend_rest}",

@@ -80,7 +80,7 @@ def _start_backend(config: Path, repo: Path, staging: Path, log: Path) -> Backen
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [
-                sys.executable, "-c", "import ensemble_cli; ensemble_cli.main()", "backend",
+                sys.executable, "-c", "from cli.main import main; main()", "backend",
                 f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1",
                 f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                 "--file_system_poll_wait_seconds=1",

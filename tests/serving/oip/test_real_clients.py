@@ -94,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env["PYTHONPATH"] = str(REPO_ROOT)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "ensemble_cli", "demo", "--members", "2", "--epochs", "3",
+            sys.executable, "-m", "cli", "demo", "--members", "2", "--epochs", "3",
             "--out", str(root / "runs" / "demo"), "--rest-port", str(rest), "--grpc-port", str(grpc),
         ],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -139,7 +139,7 @@ def penguins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     backend_grpc, backend_rest, rest, grpc = free_port(), free_port(), free_port(), free_port()
     backend = spawn_process(
         [
-            "-m", "ensemble_cli", "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}",
+            "-m", "cli", "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}",
             "--host=127.0.0.1", f"--model_config_file={config}",
         ]
     )  # fmt: skip

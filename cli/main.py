@@ -1,8 +1,9 @@
-"""The ``ensemble`` command: one entry point whose subcommands live in each package's ``cli`` module.
+"""The ``ensemble`` command: one typer app composed of the command groups in this package.
 
-Each package registers its own commands and imports its heavy dependencies (TensorFlow, mlflow,
-the gateway) only inside the command that needs them, so ``ensemble --help`` starts instantly.
-Training's commands are there only where ``training/`` is installed: the gateway image has none.
+Each group (cli/training.py, cli/registry.py, cli/serving.py, the demo) imports its heavy
+dependencies (TensorFlow, mlflow, the gateway) only inside the command that needs them, so
+``ensemble --help`` starts instantly. Training's commands are there only where ``training/`` is
+installed: the gateway image has none.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import typer
 
 
 def build_app() -> typer.Typer:
-    from registry import cli as registry_cli
-    from serving import cli as serving_cli
+    from cli import registry as registry_cli
+    from cli import serving as serving_cli
 
     app = typer.Typer(
         name="ensemble",
@@ -27,7 +28,7 @@ def build_app() -> typer.Typer:
         rich_markup_mode=None,
     )
     if training_installed():
-        from training import cli as training_cli
+        from cli import training as training_cli
 
         training_cli.register(app)
     registry_cli.register(app)
@@ -59,7 +60,7 @@ def demo(
     """Train, register, sync, serve and query an ensemble on this machine, on embedded defaults."""
     from rich.console import Console
 
-    import ensemble_demo
+    from cli import demo as ensemble_demo
     from registry.defaults import tracking_uri as resolve_tracking_uri
 
     console = Console()

@@ -1,4 +1,4 @@
-"""Commands of the ``serving``package, registered on the ``ensemble`` app."""
+"""The serving commands (``serve``, ``backend``), registered on the ``ensemble`` app."""
 
 from __future__ import annotations
 

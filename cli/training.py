@@ -1,4 +1,4 @@
-"""Commands of the ``training`` package, registered on the ``ensemble`` app.
+"""The training commands (``train``, ``train-member``, ``assemble``), registered on the ``ensemble`` app.
 
 ``train`` = validate config and data, ``train-member`` for every index in parallel processes,
 then ``assemble`` (and log the run to the registry). The two steps are commands of their own so a

@@ -1,4 +1,4 @@
-"""Commands of the ``registry`` package, registered on the ``ensemble`` app.
+"""The registry commands, registered on the ``ensemble`` app.
 
 ``registry list``, ``registry show``, ``promote``, ``rollback`` and ``sync``. mlflow and rich are
 imported inside the commands, so ``ensemble --help`` stays instant. Every RegistryError becomes a
@@ -19,11 +19,11 @@ from registry.defaults import DEFAULT_SYNC_GRACE_S
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mlflow import MlflowClient
     from rich.console import Console
     from rich.table import Table
 
     from registry.aliases import AliasMove
+    from registry.client import MlflowClient
     from registry.online_gate import OnlineThresholds
 
 TrackingUri = Annotated[

@@ -84,7 +84,7 @@ def exit_on_termination() -> Iterator[None]:
 
 def _ensemble_command(*args: str) -> list[str]:
     """Run the CLI through this interpreter, so the demo works without the venv on PATH."""
-    return [sys.executable, "-m", "ensemble_cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 @dataclass
