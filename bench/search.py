@@ -65,7 +65,7 @@ def search(
     started = time.time()
     processes = []
     for worker in range(workers):
-        command = [sys.executable, "-m", "ensemble_cli", "train-member", "--out", str(out)]
+        command = [sys.executable, "-m", "cli", "train-member", "--out", str(out)]
         command += ["--threads", str(threads)]
         for index in range(worker, trials, workers):
             command += ["--index", str(index)]

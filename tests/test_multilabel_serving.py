@@ -77,7 +77,7 @@ def _offline_ensemble(run: Path, manifest: Manifest) -> tuple[list[dict[str, Any
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("multilabel")
     trained = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", "train", "--config", "examples/multilabel.yaml",
+        [sys.executable, "-m", "cli", "train", "--config", "examples/multilabel.yaml",
          "--members", "2", "--epochs", "4", "--workers", "1", "--out", str(root / "run"), "--no-track"],
         cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
@@ -87,7 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     records, offline = _offline_ensemble(root / "run", manifest)
     ports = [free_port() for _ in range(4)]
     backend = spawn_process(
-        ["-m", "ensemble_cli", "backend", f"--port={ports[1]}", f"--rest_api_port={ports[0]}",
+        ["-m", "cli", "backend", f"--port={ports[1]}", f"--rest_api_port={ports[0]}",
          "--host=127.0.0.1", f"--model_config_file={root / 'run' / 'models' / 'models.config'}"]
     )  # fmt: skip
     address = f"127.0.0.1:{ports[1]}"

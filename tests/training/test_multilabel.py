@@ -97,7 +97,7 @@ def test_the_cli_refuses_bad_labels_with_exit_2_before_training(tmp_path: Path) 
     config = tmp_path / "config.yaml"
     config.write_text(f"data:\n  source: {source}\n  labels: {{tags: [urgent, billing, refund]}}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", "train", "--config", str(config),
+        [sys.executable, "-m", "cli", "train", "--config", str(config),
          "--out", str(tmp_path / "run"), "--no-track"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

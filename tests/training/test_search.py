@@ -56,7 +56,7 @@ def test_grid_over_a_range_without_step_is_refused_in_one_line(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"sampler grid needs a finite space: give fit.learning_rate"):
         load_config(path)
     result = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", "train", "-c", str(path), "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "cli", "train", "-c", str(path), "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -207,7 +207,7 @@ def test_a_storage_that_is_not_a_database_url_is_refused_in_one_line(tmp_path: P
         _config(storage="study.db")
     path = _write(tmp_path, "search:\n  trials: 2\n  keep: 1\n  space:\n    model.width: {choices: [4, 8]}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", "train-member", "-c", str(path),
+        [sys.executable, "-m", "cli", "train-member", "-c", str(path),
          "--out", str(tmp_path / "run"), "--index", "0", "--study-storage", "study.db"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip

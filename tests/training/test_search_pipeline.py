@@ -20,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "ENSEMBLE_STUDY_STORAGE": ""}
 
 def _ensemble(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ensemble_cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -102,7 +102,7 @@ def test_two_train_member_processes_share_one_sqlite_study(tmp_path: Path) -> No
             [
                 sys.executable,
                 "-m",
-                "ensemble_cli",
+                "cli",
                 "train-member",
                 "--out",
                 str(out),
