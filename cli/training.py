@@ -59,17 +59,19 @@ def _track(
     from registry.defaults import tracking_uri as resolve_uri
 
     try:
-        from registry.tracking import log_training
+        from registry.tracking import record_training, training_summary
     except ImportError:
         console.print("[yellow]warning:[/] registry tracking is not available; the run was not logged")
         return True
     uri = resolve_uri(tracking_uri)
     try:
-        log_training(out_dir, uri, register=register, alias=alias)
+        logged = record_training(out_dir, uri, register=register, alias=alias)
     except Exception as exc:  # the run itself is complete; report the registry's problem in one line
         reason = one_line(exc)
         print(f"error: logging to {uri} failed: {reason}", file=sys.stderr)
         return False
+    for line in training_summary(logged):
+        print(line, flush=True)
     return True
 
 

@@ -60,7 +60,7 @@ class MemberOutput:
 
 @dataclass(frozen=True, slots=True)
 class TrainingOutput:
-    """Everything ``log_training`` reads from one output directory."""
+    """Everything ``record_training`` reads from one output directory."""
 
     root: Path
     manifest: Manifest

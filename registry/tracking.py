@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
-
 from contracts import tags as tag
 from registry.aliases import check_alias
 from registry.client import connect, ensure_experiment, translated
@@ -270,17 +268,17 @@ def ui_hint(uri: str) -> str:
     return uri
 
 
-def log_training(out_dir: Path, tracking_uri: str | None, *, register: bool, alias: str | None) -> None:
-    """Log a training output directory to MLflow (and register it), then print a short summary."""
-    logged = record_training(out_dir, tracking_uri, register=register, alias=alias)
+def training_summary(logged: LoggedTraining) -> list[str]:
+    """What a user reads after a run is logged: the parent run, the registered versions, the UI."""
     dropped = f", {len(logged.dropped_run_ids)} not served" if logged.dropped_run_ids else ""
-    typer.echo(
+    lines = [
         f"MLflow: parent run {logged.parent_run_id} "
         f"({len(logged.member_run_ids) + len(logged.dropped_run_ids)} member runs{dropped})"
-    )
+    ]
     if logged.ensemble_version is not None:
         members = ", ".join(f"{name} v{version}" for name, version in logged.member_versions.items())
-        typer.echo(f"registered ensemble version {logged.ensemble_version} (members: {members})")
+        lines.append(f"registered ensemble version {logged.ensemble_version} (members: {members})")
         if logged.alias:
-            typer.echo(f"alias {logged.alias} -> version {logged.ensemble_version}")
-    typer.echo(f"MLflow UI: {ui_hint(logged.tracking_uri)}")
+            lines.append(f"alias {logged.alias} -> version {logged.ensemble_version}")
+    lines.append(f"MLflow UI: {ui_hint(logged.tracking_uri)}")
+    return lines
