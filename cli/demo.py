@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.lifecycle import die_with_parent
+
 DEMO_ENSEMBLE = "digits"
 DEMO_DATA = "sklearn:digits"
 
@@ -47,21 +49,6 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
-
-
-_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the demo dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:  # the demo died before prctl took effect
-        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -104,7 +91,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
+            preexec_fn=die_with_parent,  # prctl only: safe between fork and exec
         )
         log.close()
 
@@ -135,7 +122,7 @@ def _run_step(title: str, args: list[str], log_path: Path, echo: Callable[[str],
     started = time.monotonic()
     # Training shows its own live progress; other steps are short and go to the log.
     if args[0] == "train":
-        result = subprocess.run(_ensemble_command(*args), check=False, preexec_fn=_die_with_parent)
+        result = subprocess.run(_ensemble_command(*args), check=False, preexec_fn=die_with_parent)
     else:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
@@ -144,7 +131,7 @@ def _run_step(title: str, args: list[str], log_path: Path, echo: Callable[[str],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=False,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
     if result.returncode != 0:
         where = "" if args[0] == "train" else f"; see {log_path}"

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from serving.lifecycle import LOG_FORMAT, StartupError
+from serving.lifecycle import LOG_FORMAT, StartupError, die_with_parent
 from serving.metrics import MULTIPROCESS_DIR_ENV
 from serving.settings import GatewaySettings
 
@@ -195,6 +195,7 @@ def _worker_main(sources: tuple[Path | None, dict[str, Any]], index: int, report
     from serving.app import run_loop, serve
     from serving.manifest_source import ManifestLoadError
 
+    die_with_parent()  # a SIGKILLed supervisor takes its workers down: they drain as on SIGTERM
     config_file, overrides = sources
     settings = GatewaySettings.load(config_file, **overrides)
 

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,30 @@ def test_sigterm_drains_every_worker(workers: Workers) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_killed_supervisor_takes_its_workers_down(workers: Workers) -> None:
+    for seed in range(REQUESTS):  # enough requests that both workers have served some
+        _rest_predict(workers.rest, rows(1, seed))
+    pids = {int(pid) for pid, _ in _worker_shares(workers.rest)}
+    assert len(pids) == 2
+    workers.supervisor.kill()  # SIGKILL: no handler runs, only the workers' parent-death signal
+    workers.supervisor.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.2)
+    assert not alive, f"workers {sorted(alive)} outlived their supervisor"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_workers_zero_is_a_usage_error(tmp_path: Path) -> None:
