@@ -79,9 +79,18 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None, *, model_name: str, model_version: str
+    body: bytes,
+    header_length: str | None,
+    *,
+    model_name: str,
+    model_version: str,
+    max_decoded_bytes: int | None = None,
 ) -> RestInferRequest:
-    """Decode an inference request body; InvalidArgument with one line for anything malformed."""
+    """Decode an inference request body; InvalidArgument with one line for anything malformed.
+
+    ``max_decoded_bytes`` bounds what the input tensors decode to together, checked from each
+    tensor's declared shape and datatype before its values are read.
+    """
     json_part, binary = _split(body, header_length)
     doc = _object(load_json(json_part), "the request body")
     request_id = _string(doc.get("id", ""), "'id'")
@@ -92,12 +101,14 @@ def parse_infer_request(
     may_hold_bools = b"true" in json_part or b"false" in json_part
     inputs: list[InputTensor] = []
     offset = 0
+    budget = codec.decode_budget(max_decoded_bytes)
     for index, raw in enumerate(raw_inputs):
         tensor = _object(raw, f"input {index}")
         name = _string(tensor.get("name"), f"input {index} 'name'")
         datatype = _string(tensor.get("datatype"), f"input {name!r} 'datatype'")
         shape = codec.checked_shape(name, tensor.get("shape"))
         tensor_parameters = _parameters(tensor.get("parameters"), f"input {name!r}")
+        codec.charge(budget, name, datatype, shape)
         size = tensor_parameters.get(BINARY_SIZE)
         if size is None:
             if "data" not in tensor:
