@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import collections
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from gateway import machine  # bench/gateway.py, beside this script
+from record import write_result  # bench/record.py
 
 from registry.defaults import DEFAULT_SYNC_GRACE_S
 from registry.sync import minimum_grace_s
@@ -208,13 +208,14 @@ def main() -> None:
                 _log("gateway ready; starting the sync sidecars and the load")
                 result = asyncio.run(_trial(stack, args.per_worker_rps, args.settle_s))
     load_end = round(os.getloadavg()[0], 2)
-    cores = machine()["cores"]
+    info = machine()
+    cores = os.cpu_count() or 1
     meta: dict[str, object] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{machine()['cpu']}, {cores} cores, Python {machine()['python']}",
+        "machine": f"{info['cpu']}, {cores} cores, Python {info['python']}",
         "load_average_start": load_start,
         "load_average_end": load_end,
-        "shared": max(load_start, load_end) > float(cores or 1),
+        "shared": max(load_start, load_end) > cores,
         "settings": SHIPPED.__dict__,
         "minimum_grace_s": minimum_grace_s(
             sync_interval_s=SHIPPED.sync_interval_s,
@@ -226,11 +227,8 @@ def main() -> None:
         "workers": 2,
         "per_worker_rps": args.per_worker_rps,
     }
-    stem = args.out / f"promotion-{dt.datetime.now(dt.UTC):%Y-%m-%d}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({**meta, **result}, indent=2) + "\n")
     report = markdown(result, meta)
-    stem.with_suffix(".md").write_text(report)
+    write_result(args.out, "promotion", {**meta, **result}, report)
     print(report)
 
 

@@ -117,12 +117,14 @@ def write_training_output(
     dropped: int = 0,
     weights: list[float] | None = None,
     spec: dict[str, Any] | None = None,
+    member_prefix: str | None = None,
 ) -> Manifest:
     """Write ``out`` with ``members`` fake SavedModels; ``payload`` tells the models' bytes apart.
 
     ``dropped`` more members are trained but left out of the manifest (a search's trials not kept).
     ``spec`` replaces manifest fields (``inputs``, ``outputs``, ``combiner``) for members that are
     really served: the fake gateway backend's, or real SavedModels copied over the fake ones.
+    Members are registered models ``<member_prefix>-m<i>`` (default: the ensemble's name).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
@@ -139,7 +141,7 @@ def write_training_output(
     refs = []
     report_members = []
     for index in range(members + dropped):
-        model_name = f"{name}-m{index}"
+        model_name = f"{member_prefix or name}-m{index}"
         folder = out / "members" / f"m{index}"
         (folder / "tensorboard" / "train").mkdir(parents=True, exist_ok=True)
         (folder / "tensorboard" / "train" / "events.out.tfevents.0").write_bytes(b"events")
@@ -319,13 +321,19 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def register_tiny_versions(name: str, tracking_uri: str, root: Path) -> dict[int, np.ndarray]:
+def register_tiny_versions(
+    name: str, tracking_uri: str, root: Path, member_prefixes: Mapping[int, str] | None = None
+) -> dict[int, np.ndarray]:
     """Export 2 members x 2 versions, register them as ensemble versions 1 (``champion``) and 2.
 
-    Returns each version's ensemble answer to :data:`FEATURES` and :data:`COLORS`, computed offline.
+    By default both versions' members are versions 1 and 2 of ``<name>-m0`` and ``<name>-m1``;
+    ``member_prefixes`` gives a version members of its own (``<prefix>-m0``, ...), which a gateway
+    can then place on a backend of their own. Returns each version's ensemble answer to
+    :data:`FEATURES` and :data:`COLORS`, computed offline.
     """
     from registry.tracking import record_training
 
+    prefixes = {version: (member_prefixes or {}).get(version, name) for version in TINY_VERSIONS}
     members = [f"{name}-m{i}" for i in range(2)]
     targets = {(v, i): root / f"export-v{v}" / f"m{i}" for v in TINY_VERSIONS for i in range(len(members))}
     answers_file = root / "answers.json"
@@ -341,14 +349,23 @@ def register_tiny_versions(name: str, tracking_uri: str, root: Path) -> dict[int
     for version, info in TINY_VERSIONS.items():
         out = root / f"out-v{version}"
         manifest = write_training_output(
-            out, name, members=len(members), test_nll=info.nll, weights=list(info.weights), spec=TINY_SPEC
+            out,
+            name,
+            members=len(members),
+            test_nll=info.nll,
+            weights=list(info.weights),
+            spec=TINY_SPEC,
+            member_prefix=prefixes[version],
         )
+        members = [member.name for member in manifest.members]
         for index, member in enumerate(members):
             saved = out / "models" / member / "1"
             shutil.rmtree(saved)
             shutil.copytree(targets[(version, index)], saved)
         logged = record_training(out, tracking_uri, register=True, alias="champion" if version == 1 else None)
-        if logged.ensemble_version != version or logged.member_versions != dict.fromkeys(members, version):
+        # Each registered member model counts its own versions.
+        member_version = sum(1 for v in TINY_VERSIONS if v <= version and prefixes[v] == prefixes[version])
+        if logged.ensemble_version != version or set(logged.member_versions.values()) != {member_version}:
             raise RuntimeError(f"{name} was already registered: use a fresh name or a fresh MLflow")
         weights = combine.method_weights(manifest.combiner.method, manifest.weights)
         member_answers = [
