@@ -56,3 +56,12 @@ def append_run(out: Path, name: str, record: dict[str, Any], title: list[str], t
     ]
     with markdown.open("a") as sink:
         sink.write("\n".join(lines) + "\n")
+
+
+def write_result(out: Path, name: str, document: dict[str, Any], report: str) -> Path:
+    """Write one run as ``<name>-<date>.json`` and ``.md`` (a later run that day replaces them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{datetime.now(UTC):%Y-%m-%d}"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(report)
+    return stem

@@ -98,7 +98,11 @@ class Gateway:
             traffic=self.traffic,
         )
         self.oip = OipService(
-            self.core, server_name="tf-ensemble gateway", platform="ensemble", ready=self.check_ready
+            self.core,
+            server_name="tf-ensemble gateway",
+            platform="ensemble",
+            ready=self.check_ready,
+            max_decoded_bytes=settings.max_decoded_bytes,
         )
         self.health = health.aio.HealthServicer()
         self.draining = False

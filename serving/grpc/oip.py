@@ -86,8 +86,12 @@ def _typed_values(name: str, datatype: str, contents: InferTensorContents) -> Se
     return values
 
 
-def infer_request(request: ModelInferRequest) -> InferRequest:
-    """The protocol-neutral request of a ModelInferRequest; InvalidArgument for malformed tensors."""
+def infer_request(request: ModelInferRequest, max_decoded_bytes: int | None = None) -> InferRequest:
+    """The protocol-neutral request of a ModelInferRequest; InvalidArgument for malformed tensors.
+
+    ``max_decoded_bytes`` bounds what the input tensors decode to together, checked from each
+    tensor's declared shape and datatype before its values are read.
+    """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -95,9 +99,11 @@ def infer_request(request: ModelInferRequest) -> InferRequest:
             "give every input's values there, or none"
         )
     inputs: list[InputTensor] = []
+    budget = codec.decode_budget(max_decoded_bytes)
     for index, tensor in enumerate(request.inputs):
         name, datatype = tensor.name, tensor.datatype
         shape = codec.checked_shape(name, list(tensor.shape))
+        codec.charge(budget, name, datatype, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input {name!r} has both contents and raw_input_contents")
@@ -178,7 +184,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
         self, request: ModelInferRequest, context: aio.ServicerContext
     ) -> ModelInferResponse:
         answer = await self.service.infer(
-            infer_request(request), timeout_s=_timeout(context), request_headers=_headers(context)
+            infer_request(request, self.service.max_decoded_bytes),
+            timeout_s=_timeout(context),
+            request_headers=_headers(context),
         )
         response = ModelInferResponse(
             model_name=answer.model_name, model_version=answer.model_version, id=answer.id

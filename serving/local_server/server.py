@@ -31,8 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("serving.local_server")
 
 
-def _oip_service(core: LocalCore) -> OipService:
-    return OipService(core, server_name="tf-ensemble local backend", platform=PLATFORM, ready=core.ready)
+def _oip_service(core: LocalCore, settings: BackendSettings) -> OipService:
+    # The same bound as TF Serving's routes on this backend: what one gRPC message may carry.
+    return OipService(
+        core,
+        server_name="tf-ensemble local backend",
+        platform=PLATFORM,
+        ready=core.ready,
+        max_decoded_bytes=settings.grpc_max_message_bytes,
+    )
 
 
 def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
@@ -50,7 +57,7 @@ def _rest_server(core: LocalCore, settings: BackendSettings) -> Any:
     app.include_router(
         create_tfs_router(core, timeout_s=timeout_s, max_decoded_bytes=settings.grpc_max_message_bytes)
     )
-    app.include_router(create_oip_router(_oip_service(core), timeout_s=timeout_s))
+    app.include_router(create_oip_router(_oip_service(core, settings), timeout_s=timeout_s))
 
     return uvicorn_server(
         app, host=settings.host, port=settings.rest_api_port, grace_s=settings.shutdown_grace_s
@@ -155,7 +162,7 @@ async def serve(settings: BackendSettings) -> None:
     limit = settings.grpc_max_message_bytes
     grpc_server = create_server(
         core,
-        _oip_service(core),
+        _oip_service(core, settings),
         backend.health,
         interceptor=DecodeGuard(),
         max_receive_bytes=limit,

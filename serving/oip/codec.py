@@ -20,19 +20,49 @@ import numpy as np
 from serving.errors import InvalidArgument
 from serving.oip.datatypes import BYTES, numpy_dtype_of
 from serving.tensors import STRING_DTYPE
-from serving.tensors.proto import _as_bytes  # the rule for a string array's elements
+from serving.tensors.proto import (
+    MAX_RANK,
+    _as_bytes,  # the rule for a string array's elements
+    _Budget,  # the decoded-size bound TF Serving's routes use too
+    _check_extent,  # the limits of an addressable shape, as TF Serving's routes check them
+)
 
 _LENGTH: Final = struct.Struct("<I")
 _BOOL_KIND: Final = "b"
 
 
 def checked_shape(tensor: str, shape: Any) -> tuple[int, ...]:
-    """A request tensor's shape: a list of non-negative integers."""
+    """A request tensor's shape: a list of at most :data:`MAX_RANK` non-negative integers."""
     if not isinstance(shape, list | tuple) or any(type(dim) is not int or dim < 0 for dim in shape):
         raise InvalidArgument(
             f"tensor {tensor!r}: shape must be a list of non-negative integers, got {shape!r}"
         )
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(
+            f"tensor {tensor!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} are supported"
+        )
     return tuple(shape)
+
+
+def decode_budget(max_bytes: int | None) -> _Budget:
+    """What one request's input tensors may decode to together (None: no bound)."""
+    return _Budget(max_bytes)
+
+
+def charge(budget: _Budget, tensor: str, datatype: str, shape: Sequence[int]) -> None:
+    """Charge a tensor's decoded size, from its declared shape and datatype, before it is decoded.
+
+    InvalidArgument when the request's tensors together would pass the bound: a small body that
+    declares a huge shape is refused before numpy allocates anything. A ``BYTES`` element counts
+    as one object reference; its text is already in the body.
+    """
+    itemsize = numpy_dtype_of(datatype, tensor).itemsize
+    count = math.prod(shape)
+    try:
+        _check_extent(shape, count, itemsize, datatype)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"tensor {tensor!r}: {exc.message}") from None
+    budget.take(tensor, shape, datatype, count * itemsize)
 
 
 def _count_error(tensor: str, shape: Sequence[int], got: int) -> InvalidArgument:

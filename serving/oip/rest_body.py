@@ -78,10 +78,32 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:length], memoryview(body)[length:]
 
 
+def _requested_outputs(raw_outputs: object) -> dict[str, bool | None]:
+    """The outputs a request names, each with its binary_data choice (None: the request's default)."""
+    if not isinstance(raw_outputs, list):
+        raise InvalidArgument("'outputs' must be a list")
+    binary_outputs: dict[str, bool | None] = {}
+    for index, raw in enumerate(raw_outputs):
+        output = _object(raw, f"output {index}")
+        name = _string(output.get("name"), f"output {index} 'name'")
+        as_binary = _parameters(output.get("parameters"), f"output {name!r}").get(_BINARY_OUTPUT)
+        binary_outputs[name] = None if as_binary is None else bool(as_binary)
+    return binary_outputs
+
+
 def parse_infer_request(
-    body: bytes, header_length: str | None, *, model_name: str, model_version: str
+    body: bytes,
+    header_length: str | None,
+    *,
+    model_name: str,
+    model_version: str,
+    max_decoded_bytes: int | None = None,
 ) -> RestInferRequest:
-    """Decode an inference request body; InvalidArgument with one line for anything malformed."""
+    """Decode an inference request body; InvalidArgument with one line for anything malformed.
+
+    ``max_decoded_bytes`` bounds what the input tensors decode to together, checked from each
+    tensor's declared shape and datatype before its values are read.
+    """
     json_part, binary = _split(body, header_length)
     doc = _object(load_json(json_part), "the request body")
     request_id = _string(doc.get("id", ""), "'id'")
@@ -92,12 +114,14 @@ def parse_infer_request(
     may_hold_bools = b"true" in json_part or b"false" in json_part
     inputs: list[InputTensor] = []
     offset = 0
+    budget = codec.decode_budget(max_decoded_bytes)
     for index, raw in enumerate(raw_inputs):
         tensor = _object(raw, f"input {index}")
         name = _string(tensor.get("name"), f"input {index} 'name'")
         datatype = _string(tensor.get("datatype"), f"input {name!r} 'datatype'")
         shape = codec.checked_shape(name, tensor.get("shape"))
         tensor_parameters = _parameters(tensor.get("parameters"), f"input {name!r}")
+        codec.charge(budget, name, datatype, shape)
         size = tensor_parameters.get(BINARY_SIZE)
         if size is None:
             if "data" not in tensor:
@@ -117,15 +141,7 @@ def parse_infer_request(
     if offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data follow the last input")
 
-    binary_outputs: dict[str, bool | None] = {}
-    raw_outputs = doc.get("outputs", [])
-    if not isinstance(raw_outputs, list):
-        raise InvalidArgument("'outputs' must be a list")
-    for index, raw in enumerate(raw_outputs):
-        output = _object(raw, f"output {index}")
-        name = _string(output.get("name"), f"output {index} 'name'")
-        as_binary = _parameters(output.get("parameters"), f"output {name!r}").get(_BINARY_OUTPUT)
-        binary_outputs[name] = None if as_binary is None else bool(as_binary)
+    binary_outputs = _requested_outputs(doc.get("outputs", []))
     return RestInferRequest(
         request=InferRequest(
             model_name=model_name,

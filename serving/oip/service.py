@@ -165,8 +165,18 @@ def _server_version() -> str:
 class OipService:
     """The protocol on one core; ``platform`` names what serves the models (model metadata)."""
 
-    def __init__(self, core: ServingCore, *, server_name: str, platform: str, ready: Readiness) -> None:
+    def __init__(
+        self,
+        core: ServingCore,
+        *,
+        server_name: str,
+        platform: str,
+        ready: Readiness,
+        max_decoded_bytes: int | None = None,
+    ) -> None:
         self.core = core
+        self.max_decoded_bytes = max_decoded_bytes
+        """What one request's input tensors may decode to together (None: no bound)."""
         self.server_name = server_name
         self.platform = platform
         self._ready = ready

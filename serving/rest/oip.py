@@ -59,6 +59,7 @@ def create_oip_router(service: OipService, *, timeout_s: float | None = None) ->
             request.headers.get(HEADER_LENGTH),
             model_name=name,
             model_version=version,
+            max_decoded_bytes=service.max_decoded_bytes,
         )
         headers = {key.lower(): value for key, value in request.headers.items()}
         answer = await service.infer(parsed.request, timeout_s=timeout_s, request_headers=headers)

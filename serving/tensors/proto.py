@@ -92,16 +92,19 @@ def tensor_shape(proto: TensorProto) -> tuple[int, ...]:
     return shape
 
 
-def _check_extent(shape: tuple[int, ...], count: int, itemsize: int, dtype_enum: int) -> None:
+def _type_name(dtype: int | str) -> str:
+    """A DataType enum's name (TF Serving's routes), or the Open Inference Protocol's datatype as given."""
+    return dtype if isinstance(dtype, str) else data_type_name(dtype)
+
+
+def _check_extent(shape: Sequence[int], count: int, itemsize: int, dtype: int | str) -> None:
     """TensorFlow's "more than 2**63 - 1 elements", and numpy's limit on bytes, which applies even
     when a zero dimension leaves no elements at all."""
     extent = count or math.prod([size or 1 for size in shape])
     if extent > _INT64_MAX:
         raise InvalidArgument(f"Shape {list(shape)} would have more than 2**63 - 1 elements")
     if extent * itemsize > _INT64_MAX:
-        raise InvalidArgument(
-            f"Shape {list(shape)} of {data_type_name(dtype_enum)} is more than 2**63 - 1 bytes"
-        )
+        raise InvalidArgument(f"Shape {list(shape)} of {_type_name(dtype)} is more than 2**63 - 1 bytes")
 
 
 def decoded_nbytes(proto: TensorProto, shape: tuple[int, ...]) -> int:
@@ -162,17 +165,21 @@ def _decode(proto: TensorProto, shape: tuple[int, ...], count: int) -> np.ndarra
 
 @dataclass(slots=True)
 class _Budget:
-    """The bytes one request's inputs may still decode to; None for no bound."""
+    """The bytes one request's inputs may still decode to; None for no bound.
+
+    Shared by every route that decodes request tensors: TF Serving's (``dtype`` a DataType enum)
+    and the Open Inference Protocol's (``dtype`` the protocol's datatype name, such as ``FP32``).
+    """
 
     limit: int | None
     used: int = 0
 
-    def take(self, name: str, shape: Sequence[int], dtype_enum: int, size: int) -> None:
+    def take(self, name: str, shape: Sequence[int], dtype: int | str, size: int) -> None:
         self.used += size
         if self.limit is not None and self.used > self.limit:
             so_far = "" if size == self.used else f"; with the inputs before it, {self.used} bytes"
             raise InvalidArgument(
-                f"tensor parsing error: {name}: shape {list(shape)} of {data_type_name(dtype_enum)} "
+                f"tensor parsing error: {name}: shape {list(shape)} of {_type_name(dtype)} "
                 f"decodes to {size} bytes{so_far}, more than the {self.limit} bytes one request may decode to"
             )
 

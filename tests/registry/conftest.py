@@ -11,87 +11,18 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench.stack import MlflowServer, run_mlflow_server
 from serving.testing import free_port
 
-START_TIMEOUT_S = 120
-
-
-@dataclass(frozen=True)
-class MlflowServer:
-    """A running ``mlflow server``: its tracking URI and the folder with its files."""
-
-    uri: str
-    root: Path
-
-
-def _wait_healthy(uri: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow server did not become healthy:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    # The server forks workers: signal its whole process group, which it leads.
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-@contextmanager
-def run_mlflow_server(backend_store_uri: str, root: Path, port: int | None = None) -> Iterator[MlflowServer]:
-    """Start ``mlflow server`` (proxied artifacts under ``root``) on ``port``; stop it on exit.
-
-    ``port`` defaults to a free one; the same store, root and port again bring back the same
-    server, as after an outage.
-    """
-    port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = root / "mlflow-server.log"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    command = [
-        str(mlflow), "server",
-        "--backend-store-uri", backend_store_uri,
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    # No background job runner: the registry never submits jobs, and its processes compete for CPU.
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    try:
-        _wait_healthy(uri, process, log)
-        yield MlflowServer(uri=uri, root=root)
-    finally:
-        _stop(process)
+__all__ = ["MlflowServer", "run_mlflow_server"]
 
 
 @pytest.fixture(autouse=True)

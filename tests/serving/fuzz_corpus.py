@@ -8,6 +8,11 @@ Each corpus starts from one valid request for a model and its inputs and mixes t
 - random JSON values and random TensorProtos put where the valid request has its values;
 - random byte mutations of the valid body or message.
 
+The same for the Open Inference Protocol's ``infer`` (REST ``/v2/models/NAME/infer``, with and
+without binary tensor data, and gRPC ``ModelInfer``): declared shapes of gigabytes with a few
+bytes of data, shapes no tensor can have, datatypes that do not exist, data that does not fit its
+datatype or shape, malformed binary data and parameters, random values and byte mutations.
+
 The gateway tests and the local backend tests send the same corpus to a real server and check that
 every case is answered without a 5xx / INTERNAL and in TF Serving's error shape.
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.protos import DataType, PredictRequest, TensorProto
+from serving.protos.inference.open_inference_grpc_pb2 import ModelInferRequest
 from serving.tensors import shape_proto
 
 
@@ -361,4 +367,271 @@ def grpc_cases(model: str, inputs: list[Input], random_count: int = 120, seed: i
     for index in range(random_count // 3):
         cases.append(GrpcCase(f"corrupt bytes {index}", _mutated(raw, rng)))
     cases.append(GrpcCase("bad UTF-8 in the model name", b"\x0a\x05\x0a\x03\xff\xfe\xfd"))
+    return cases
+
+
+# --------------------------------------------------------------------------- Open Inference Protocol
+
+_OIP_DATATYPES = {"float32": "FP32", "string": "BYTES"}
+
+
+@dataclass(frozen=True)
+class OipRestCase:
+    label: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def valid_oip_tensors(inputs: list[Input], rows: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """The JSON input tensors of a valid ``infer`` body, values nested in their shape."""
+    rng = random.Random(seed)
+    return [
+        {
+            "name": spec.name,
+            "datatype": _OIP_DATATYPES[spec.dtype],
+            "shape": [rows, *spec.row_shape],
+            "data": [spec.row(rng) for _ in range(rows)],
+        }
+        for spec in inputs
+    ]
+
+
+def valid_oip_rest_body(inputs: list[Input], rows: int = 2, seed: int = 0) -> bytes:
+    return json.dumps({"id": "fuzz", "inputs": valid_oip_tensors(inputs, rows, seed)}).encode()
+
+
+def _oip_catalogue(inputs: list[Input]) -> list[tuple[str, list[dict[str, Any]], bytes]]:
+    """Hostile input tensor lists (JSON part) and the binary data that follows them, if any."""
+    good = valid_oip_tensors(inputs)
+    first = good[0]
+    rest = good[1:]
+
+    def with_first(**fields: Any) -> list[dict[str, Any]]:
+        tensor = {key: value for key, value in first.items() if fields.get(key, "") is not None}
+        tensor.update({key: value for key, value in fields.items() if value is not None})
+        return [tensor, *rest]
+
+    def binary(shape: list[int], size: int, datatype: str = "FP32") -> list[dict[str, Any]]:
+        tensor = {
+            "name": first["name"],
+            "datatype": datatype,
+            "shape": shape,
+            "parameters": {"binary_data_size": size},
+        }
+        return [tensor, *rest]
+
+    return [
+        ("declared [300000, 64], one value", with_first(shape=[300_000, 64], data=[1.0]), b""),
+        ("declared [2^20, 64], one value", with_first(shape=[2**20, 64], data=[1.0]), b""),
+        ("declared [1, 2^40]", with_first(shape=[1, 2**40], data=[1.0]), b""),
+        ("declared [2^31, 2^31]", with_first(shape=[2**31, 2**31], data=[1.0]), b""),
+        ("declared [2^62, 2^62]", with_first(shape=[2**62, 2**62], data=[1.0]), b""),
+        ("declared [0, 2^62, 2^62]", with_first(shape=[0, 2**62, 2**62], data=[]), b""),
+        ("declared 2^63 elements", with_first(shape=[2**63], data=[1.0]), b""),
+        ("70 dimensions", with_first(shape=[1] * 70, data=[1.0]), b""),
+        ("negative dimension", with_first(shape=[-1, 4], data=[1.0]), b""),
+        ("fractional dimension", with_first(shape=[1.5, 4], data=[1.0]), b""),
+        ("shape a string", with_first(shape="[2, 4]"), b""),
+        ("shape missing", with_first(shape=None), b""),
+        ("datatype unknown", with_first(datatype="FP128"), b""),
+        ("datatype lower case", with_first(datatype="fp32"), b""),
+        ("datatype a number", with_first(datatype=11), b""),
+        ("name missing", with_first(name=None), b""),
+        ("name a list", with_first(name=["x"]), b""),
+        ("data missing", with_first(data=None), b""),
+        ("data too short", with_first(data=[1.0]), b""),
+        ("data strings", with_first(data=[["red"] * len(first["data"][0])] * len(first["data"])), b""),
+        ("data booleans", with_first(data=[[True] * len(first["data"][0])] * len(first["data"])), b""),
+        ("data ragged", with_first(data=[[1.0], [1.0, 2.0]]), b""),
+        ("data nested 65", with_first(data=json.loads(_nested(65))), b""),
+        ("BOOL datatype for numbers", with_first(datatype="BOOL"), b""),
+        ("INT8 out of range", with_first(datatype="INT8", shape=[1], data=[300]), b""),
+        ("UINT64 negative", with_first(datatype="UINT64", shape=[1], data=[-1]), b""),
+        ("INT64 beyond 64 bits", with_first(datatype="INT64", shape=[1], data=[2**70]), b""),
+        ("binary [2^40] in 4 bytes", binary([2**40], 4), b"\x00" * 4),
+        ("binary [2^20, 64] in 4 bytes", binary([2**20, 64], 4), b"\x00" * 4),
+        ("binary of the wrong length", binary([2, 4], 7), b"\x00" * 7),
+        ("binary size past the end", binary([2, 4], 32), b"\x00" * 8),
+        ("binary size negative", binary([2, 4], -1), b""),
+        ("binary size a string", binary([2, 4], "32"), b"\x00" * 32),  # type: ignore[arg-type]
+        ("binary BYTES cut in a prefix", binary([1], 2, "BYTES"), b"\x05\x00"),
+        ("binary BYTES element past the end", binary([1], 6, "BYTES"), b"\xff\xff\x00\x00ab"),
+        ("data and binary both", [{**first, "parameters": {"binary_data_size": 4}}, *rest], b"\x00" * 4),
+        ("shared memory", with_first(parameters={"shared_memory_region": "r"}), b""),
+        ("parameters a list", with_first(parameters=[1]), b""),
+        ("unknown input", [*good, {**first, "name": "nope"}], b""),
+        ("duplicate input", [*good, first], b""),
+    ]
+
+
+def oip_rest_cases(
+    model: str, inputs: list[Input], random_count: int = 120, seed: int = 16
+) -> list[OipRestCase]:
+    """The catalogue, hostile bodies and headers, random values and mutations for REST ``infer``."""
+    rng = random.Random(seed)
+    infer = f"/v2/models/{model}/infer"
+    good = valid_oip_rest_body(inputs)
+    json_only: dict[str, str] = {"content-type": "application/json"}
+    cases: list[OipRestCase] = []
+    for label, tensors, data in _oip_catalogue(inputs):
+        part = json.dumps({"id": "fuzz", "inputs": tensors}).encode()
+        headers = dict(json_only)
+        if data or any("binary_data_size" in (t.get("parameters") or {}) for t in tensors):
+            headers = {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(len(part)),
+            }
+        cases.append(OipRestCase(label, infer, part + data, headers))
+    text = good.decode()
+    bodies: list[tuple[str, bytes]] = [
+        ("empty", b""),
+        ("not an object", b"[1, 2]"),
+        ("inputs missing", b'{"id": "x"}'),
+        ("inputs empty", b'{"inputs": []}'),
+        ("inputs an object", b'{"inputs": {"x": [1]}}'),
+        ("id a number", text.replace('"fuzz"', "5").encode()),
+        ("outputs an object", text[:-1].encode() + b', "outputs": {"name": "probabilities"}}'),
+        ("output without a name", text[:-1].encode() + b', "outputs": [{}]}'),
+        ("truncated", good[: len(good) // 2]),
+        ("lone surrogate name", text.replace('"name": "', '"name": "\\ud800', 1).encode()),
+        ("utf-16", text.encode("utf-16")),
+        ("1e309", text.replace("0.", "1e309, 0.", 1).encode()),
+        ("inputs nested 990", b'{"inputs": ' + _nested(990).encode() + b"}"),
+    ]
+    cases += [OipRestCase(label, infer, body, json_only) for label, body in bodies]
+    for label, length in [
+        ("header length abc", "abc"),
+        ("header length past the end", "999999"),
+        ("header length -1", "-1"),
+    ]:
+        cases.append(OipRestCase(label, infer, good, {"inference-header-content-length": length}))
+    for label, path in [
+        ("non-ASCII digit version", f"/v2/models/{model}/versions/%D9%A1/infer"),
+        ("unknown model", "/v2/models/nope/infer"),
+        ("unknown version", f"/v2/models/{model}/versions/nope/infer"),
+        ("long name", f"/v2/models/{'m' * 5000}/infer"),
+    ]:
+        cases.append(OipRestCase(label, path, good, json_only))
+    doc = json.loads(good)
+    for index in range(random_count):
+        if index % 2:
+            cases.append(OipRestCase(f"mutated body {index}", infer, _mutated(good, rng), json_only))
+            continue
+        tensors = [dict(tensor) for tensor in doc["inputs"]]
+        tensor = rng.choice(tensors)
+        tensor[rng.choice(["data", "shape", "datatype", "name", "parameters"])] = _random_json(rng)
+        cases.append(
+            OipRestCase(f"random field {index}", infer, json.dumps({"inputs": tensors}).encode(), json_only)
+        )
+    return cases
+
+
+def valid_oip_grpc_request(
+    model: str, inputs: list[Input], rows: int = 2, seed: int = 0
+) -> ModelInferRequest:
+    request = ModelInferRequest(model_name=model, id="fuzz")
+    for tensor in valid_oip_tensors(inputs, rows, seed):
+        added = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        flat = _flatten(tensor["data"])
+        if tensor["datatype"] == "BYTES":
+            added.contents.bytes_contents.extend(value.encode() for value in flat)
+        else:
+            added.contents.fp32_contents.extend(flat)
+    return request
+
+
+def _flatten(data: Any) -> list[Any]:
+    return [leaf for item in data for leaf in _flatten(item)] if isinstance(data, list) else [data]
+
+
+def oip_grpc_cases(model: str, inputs: list[Input], random_count: int = 80, seed: int = 16) -> list[GrpcCase]:
+    """Hostile ``ModelInfer`` requests: declared shapes, datatypes, contents, raw data, corrupt bytes."""
+    rng = random.Random(seed)
+    good = valid_oip_grpc_request(model, inputs)
+    cases: list[GrpcCase] = []
+
+    def variant(label: str, change: Any) -> None:
+        request = ModelInferRequest()
+        request.CopyFrom(good)
+        change(request)
+        cases.append(GrpcCase(label, request.SerializeToString()))
+
+    def shape(dims: list[int], values: int = 1) -> Any:
+        def change(request: ModelInferRequest) -> None:
+            tensor = request.inputs[0]
+            del tensor.shape[:]
+            tensor.shape.extend(dims)
+            tensor.ClearField("contents")
+            tensor.contents.fp32_contents.extend([1.0] * values)
+
+        return change
+
+    for label, dims in [
+        ("declared [300000, 64], one value", [300_000, 64]),
+        ("declared [2^20, 64], one value", [2**20, 64]),
+        ("declared [1, 2^40]", [1, 2**40]),
+        ("declared [2^31, 2^31]", [2**31, 2**31]),
+        ("declared [2^62, 2^62]", [2**62, 2**62]),
+        ("declared [0, 2^62, 2^62]", [0, 2**62, 2**62]),
+        ("negative dimension", [-1, 4]),
+        ("70 dimensions", [1] * 70),
+        ("300 dimensions", [1] * 300),
+    ]:
+        variant(label, shape(dims))
+
+    def raw(dims: list[int], data: bytes, datatype: str = "FP32") -> Any:
+        def change(request: ModelInferRequest) -> None:
+            for tensor in request.inputs:
+                tensor.ClearField("contents")
+            request.inputs[0].datatype = datatype
+            del request.inputs[0].shape[:]
+            request.inputs[0].shape.extend(dims)
+            request.raw_input_contents.extend([data] + [b"\x00" * 32] * (len(request.inputs) - 1))
+
+        return change
+
+    variant("raw [2^40] in 4 bytes", raw([2**40], b"\x00" * 4))
+    variant("raw [2^20, 64] in 4 bytes", raw([2**20, 64], b"\x00" * 4))
+    variant("raw of the wrong length", raw([2, 4], b"\x00" * 7))
+    variant("raw BYTES cut in a prefix", raw([1], b"\x05\x00", "BYTES"))
+    variant("raw for some inputs only", lambda r: r.raw_input_contents.extend([b"\x00" * 4] * 5))
+    for datatype in ["", "FP128", "fp32", "BF16", "BYTES", "BOOL", "INT8"]:
+        variant(f"datatype {datatype!r}", lambda r, d=datatype: setattr(r.inputs[0], "datatype", d))
+    variant("wrong contents field", lambda r: r.inputs[0].contents.int_contents.extend([1, 2]))
+    variant("too many values", lambda r: r.inputs[0].contents.fp32_contents.extend([1.0] * 9))
+    variant("empty model name", lambda r: setattr(r, "model_name", ""))
+    variant("unknown model", lambda r: setattr(r, "model_name", "nope"))
+    variant("unknown version", lambda r: setattr(r, "model_version", "nope"))
+    variant("non-ASCII digit version", lambda r: setattr(r, "model_version", "\u0661"))
+    variant("no inputs", lambda r: r.ClearField("inputs"))
+    variant(
+        "classification output",
+        lambda r: r.outputs.add(name="probabilities").parameters["classification"].int64_param,
+    )
+    for index in range(random_count):
+
+        def randomly(request: ModelInferRequest) -> None:
+            tensor = request.inputs[0]
+            del tensor.shape[:]
+            tensor.shape.extend(
+                rng.choice(_DIMS[:3] + _DIMS[6:]) for _ in range(rng.choice([0, 1, 2, 3, 65]))
+            )
+            tensor.datatype = rng.choice(["FP32", "FP64", "INT32", "BYTES", "BOOL", "FP16", "nope"])
+            tensor.ClearField("contents")
+            field = rng.choice(["fp32_contents", "int_contents", "bytes_contents", "bool_contents", "none"])
+            count = rng.choice([0, 1, 2, 7, 100])
+            if field == "fp32_contents":
+                tensor.contents.fp32_contents.extend(rng.uniform(-1e38, 1e38) for _ in range(count))
+            elif field == "int_contents":
+                tensor.contents.int_contents.extend(rng.randint(-(2**31), 2**31 - 1) for _ in range(count))
+            elif field == "bytes_contents":
+                tensor.contents.bytes_contents.extend(rng.randbytes(3) for _ in range(count))
+            elif field == "bool_contents":
+                tensor.contents.bool_contents.extend(rng.random() < 0.5 for _ in range(count))
+
+        variant(f"random tensor {index}", randomly)
+    serialized = good.SerializeToString()
+    for index in range(random_count // 3):
+        cases.append(GrpcCase(f"corrupt bytes {index}", _mutated(serialized, rng)))
     return cases

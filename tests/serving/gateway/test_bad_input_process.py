@@ -22,16 +22,27 @@ import pytest
 from contracts.manifest import Manifest
 from serving.errors import http_status
 from serving.protos import DataType, PredictionServiceStub, PredictRequest, PredictResponse, TensorProto
+from serving.protos.inference.open_inference_grpc_pb2 import ModelInferResponse
 from serving.tensors import from_tensor_proto, shape_proto, to_tensor_proto
 from serving.testing import N_FEATURES
 from tests.conftest import raw_http
-from tests.serving.fuzz_corpus import Input, grpc_cases, rest_cases, valid_rest_body
+from tests.serving.fuzz_corpus import (
+    Input,
+    grpc_cases,
+    oip_grpc_cases,
+    oip_rest_cases,
+    rest_cases,
+    valid_oip_grpc_request,
+    valid_oip_rest_body,
+    valid_rest_body,
+)
 from tests.serving.gateway.test_gateway_process import Deployment, deployment, offline, rows
 
 pytestmark = pytest.mark.slow
 
 INPUTS = [Input("x", "float32", (N_FEATURES,))]
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +150,89 @@ def test_grpc_fuzz_corpus_never_internal_and_good_requests_still_answered(runnin
         return problems
 
     assert asyncio.run(scenario()) == []
+    _no_member_was_blamed(running)
+
+
+def test_oip_rest_fuzz_corpus_never_5xx_always_one_line_json_and_good_requests_still_answered(
+    running: Deployment,
+) -> None:
+    """The Open Inference Protocol's REST ``infer`` under the same rules: every malformed request is
+    a 4xx with a one-line JSON error, before any member is called, and the gateway keeps serving."""
+    manifest = Manifest.load(running.manifest_path)
+    good = valid_oip_rest_body(INPUTS)
+    x = np.array(orjson.loads(good)["inputs"][0]["data"], np.float32)
+    expected = offline(manifest, x)
+    cases = oip_rest_cases("toy", INPUTS)
+    assert len(cases) > 150
+    problems: list[str] = []
+    refused = 0
+    with httpx.Client(timeout=30) as client:
+        for case in cases:
+            answer = client.post(f"{running.url}{case.path}", content=case.body, headers=case.headers)
+            refused += answer.status_code >= 400
+            problem = _rest_problem(answer)
+            if problem is None and answer.status_code >= 400 and "\n" in answer.json()["error"]:
+                problem = f"a multi-line error: {answer.text[:200]}"
+            if problem:
+                problems.append(f"{case.label}: {problem}")
+            after = client.post(f"{running.url}/v2/models/toy/infer", content=good)
+            if after.status_code != 200:
+                problems.append(f"good request after {case.label}: {after.status_code} {after.text[:200]}")
+            else:
+                data = after.json()["outputs"][0]["data"]
+                np.testing.assert_allclose(np.reshape(data, expected.shape), expected, atol=1e-6)
+    assert problems == []
+    assert refused > len(cases) // 2
+    _no_member_was_blamed(running)
+
+
+def test_oip_rest_declared_size_is_bounded_before_decoding(running: Deployment) -> None:
+    """A few bytes that declare a tensor over the decoded-size bound get TF Serving's routes' message."""
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**20, 64], "data": [1.0]}]})
+    answer = httpx.post(f"{running.url}/v2/models/toy/infer", content=body, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": f"tensor parsing error: x: shape [{2**20}, 64] of FP32 decodes to {2**28} bytes, "
+        f"more than the {2**20} bytes one request may decode to"
+    }
+
+
+def test_oip_grpc_fuzz_corpus_never_internal_and_good_requests_still_answered(running: Deployment) -> None:
+    manifest = Manifest.load(running.manifest_path)
+    good = valid_oip_grpc_request("toy", INPUTS)
+    x = np.array(good.inputs[0].contents.fp32_contents, np.float32).reshape(list(good.inputs[0].shape))
+    expected = offline(manifest, x)
+    cases = oip_grpc_cases("toy", INPUTS)
+    assert len(cases) > 100
+
+    async def scenario() -> tuple[list[str], int, str]:
+        problems: list[str] = []
+        refused = 0
+        oversized = ""
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            infer = channel.unary_unary(MODEL_INFER, response_deserializer=ModelInferResponse.FromString)
+            for case in cases:
+                try:
+                    await infer(case.request, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    refused += 1
+                    details = exc.details() or ""
+                    if http_status(exc.code()) >= 500 or "\n" in details:
+                        problems.append(f"{case.label}: {exc.code().name} {details}")
+                    if case.label == "declared [2^20, 64], one value":
+                        oversized = f"{exc.code().name} {details}"
+                answer: ModelInferResponse = await infer(good.SerializeToString(), timeout=30)
+                got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(expected.shape)
+                np.testing.assert_allclose(got, expected, atol=1e-6)
+        return problems, refused, oversized
+
+    problems, refused, oversized = asyncio.run(scenario())
+    assert problems == []
+    assert refused > len(cases) // 2
+    assert oversized == (
+        f"INVALID_ARGUMENT tensor parsing error: x: shape [{2**20}, 64] of FP32 decodes to {2**28} bytes, "
+        f"more than the {2**20} bytes one request may decode to"
+    )
     _no_member_was_blamed(running)
 
 

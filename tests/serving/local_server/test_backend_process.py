@@ -289,6 +289,57 @@ def test_fuzz_corpus_never_5xx_or_internal_and_good_requests_still_answered(back
     assert problems == []
 
 
+def test_oip_fuzz_corpus_never_5xx_or_internal_and_good_requests_still_answered(backend: Backend) -> None:
+    """The Open Inference Protocol's hostile corpus (REST and gRPC ``infer``) against the backend."""
+    import grpc
+
+    from serving.errors import http_status
+    from serving.protos.inference.open_inference_grpc_pb2 import ModelInferRequest, ModelInferResponse
+    from tests.serving.fuzz_corpus import Input, oip_grpc_cases, oip_rest_cases
+
+    inputs = [Input("features", "float32", (3,)), Input("color", "string", ())]
+    expected = _expected(backend.repo / "m" / "2")
+    tensors = [
+        {"name": "features", "datatype": "FP32", "shape": [len(FEATURES), 3], "data": FEATURES},
+        {"name": "color", "datatype": "BYTES", "shape": [len(COLORS)], "data": COLORS},
+    ]
+    good = json.dumps({"inputs": tensors}).encode()
+    problems: list[str] = []
+    with httpx.Client(timeout=30) as client:
+        for case in oip_rest_cases("m", inputs, random_count=80):
+            answer = client.post(f"{backend.url}{case.path}", content=case.body, headers=case.headers)
+            if answer.status_code >= 500 or answer.headers.get("content-type") != "application/json":
+                problems.append(f"{case.label}: {answer.status_code} {answer.text[:200]}")
+            elif answer.status_code >= 400 and (
+                set(answer.json()) != {"error"} or "\n" in answer.json()["error"]
+            ):
+                problems.append(f"{case.label}: not a one-line JSON error: {answer.text[:200]}")
+            after = client.post(f"{backend.url}/v2/models/m/infer", content=good)
+            assert after.status_code == 200, f"after {case.label}: {after.text}"
+            data = after.json()["outputs"][0]["data"]
+            np.testing.assert_allclose(np.reshape(data, expected.shape), expected, rtol=1e-6)
+
+    request = ModelInferRequest(model_name="m")
+    features = request.inputs.add(name="features", datatype="FP32", shape=[len(FEATURES), 3])
+    features.contents.fp32_contents.extend(value for row in FEATURES for value in row)
+    color = request.inputs.add(name="color", datatype="BYTES", shape=[len(COLORS)])
+    color.contents.bytes_contents.extend(c.encode() for c in COLORS)
+    with grpc.insecure_channel(f"127.0.0.1:{backend.grpc_port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", response_deserializer=ModelInferResponse.FromString
+        )
+        for grpc_case in oip_grpc_cases("m", inputs, random_count=60):
+            try:
+                infer(grpc_case.request, timeout=30)
+            except grpc.RpcError as exc:
+                if http_status(exc.code()) >= 500:
+                    problems.append(f"{grpc_case.label}: {exc.code().name} {exc.details()}")
+            answer = infer(request.SerializeToString(), timeout=30)
+            got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(expected.shape)
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert problems == []
+
+
 def _health(port: int) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
