@@ -34,6 +34,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/shadow.py
 	$(BIN)/python bench/oip.py
 
 clean:
