@@ -191,8 +191,11 @@ def all_ensemble_env_names() -> dict[str, str]:
 
 
 def test_every_ensemble_variable_is_a_gateway_setting() -> None:
+    from training.study import STORAGE_ENV  # the one variable the training pods read
+
     names = all_ensemble_env_names()
     assert "ENSEMBLE_BACKENDS" in names, "the scan found the gateway's variables"
+    assert names.pop(STORAGE_ENV, "").startswith("k8s/"), "the training Job names the study's storage"
     fields = set(GatewaySettings.model_fields)
     unknown = {name: where for name, where in names.items() if name[len(ENV_PREFIX) :].lower() not in fields}
     assert not unknown, f"not fields of GatewaySettings: {unknown}"
