@@ -399,9 +399,10 @@ def sync(
 ) -> None:
     """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
     from registry import sync as sync_module
+    from registry.sync_plan import LabelPolicy
 
     aliases = alias or ["champion"]
-    policy: sync_module.LabelPolicy = "staged" if staged_labels else "immediate"
+    policy: LabelPolicy = "staged" if staged_labels else "immediate"
     if metrics_port is not None and not watch:
         typer.echo("error: --metrics-port needs --watch", err=True)
         raise typer.Exit(2)
