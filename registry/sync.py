@@ -3,7 +3,9 @@
 One pass: resolve each alias to its manifest, download the member versions they need (each into a
 hidden folder, then renamed into place), write ``models.config`` (a specific version policy and one
 version label per alias) to a temporary file and rename it over the old one, and only then prune
-version folders that the config no longer lists. A pass that changes nothing writes nothing.
+version folders that the config no longer lists. A pass that changes nothing writes nothing. The
+decisions are pure (labels and entries in :mod:`registry.sync_plan`, the grace rule here);
+:mod:`registry.sync_files` owns the files (state, downloads, pruning).
 
 Make before break (the grace rule): a version that an alias named stays on disk and listed in
 ``models.config`` for ``grace_s`` after the first pass that found no alias naming it, and, when a
