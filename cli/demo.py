@@ -19,10 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from cli.demo_queries import (
+    backend_ready,
+    gateway_ready,
+    grpc_predict_all,
+    http_json,
+    load_test_rows,
+)
 from serving.lifecycle import die_with_parent
 
 DEMO_ENSEMBLE = "digits"
@@ -150,73 +156,6 @@ def _registered(tracking_uri: str, name: str, alias: str) -> bool:
     return True
 
 
-def _http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
-    import httpx
-
-    response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=10)
-    return response.status_code, response.json(), dict(response.headers)
-
-
-def _backend_ready(rest_port: int, members: list[str]) -> bool:
-    for member in members:
-        status, doc, _ = _http_json(f"http://127.0.0.1:{rest_port}/v1/models/{member}")
-        states = [v.get("state") for v in doc.get("model_version_status", [])] if status == 200 else []
-        if "AVAILABLE" not in states:
-            return False
-    return True
-
-
-def _gateway_ready(rest_port: int) -> bool:
-    import httpx
-
-    return httpx.get(f"http://127.0.0.1:{rest_port}/readyz", timeout=2).status_code == 200
-
-
-@dataclass
-class TestRows:
-    features: dict[str, np.ndarray]
-    labels: np.ndarray
-    classes: list[str]
-
-
-def _test_rows(out_dir: Path) -> TestRows:
-    from training.config import load_config
-    from training.data import prepare
-
-    config = load_config(out_dir / "config.yaml")
-    dataset = prepare(config.data, config.seed)
-    target = dataset.targets[0]
-    labels = dataset.labels(dataset.test_rows)[dataset.output_name(target)]
-    # Sent as a client writes them: in the served shapes (a single column is one value a row).
-    features = dataset.features(dataset.test_rows)
-    served = {g.name: features[g.name].reshape([-1, *g.shape[1:]]) for g in dataset.inputs}
-    return TestRows(served, labels, list(target.classes))
-
-
-def _grpc_predict_all(grpc_port: int, rows: TestRows, batch: int = 64) -> tuple[np.ndarray, list[float]]:
-    import grpc
-
-    from serving.protos import PredictionServiceStub, PredictRequest
-    from serving.tensors import from_tensor_proto, to_tensor_proto
-
-    n = len(rows.labels)
-    predictions: list[np.ndarray] = []
-    latencies_ms: list[float] = []
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        stub = PredictionServiceStub(channel)
-        for start in range(0, n, batch):
-            request = PredictRequest()
-            request.model_spec.name = DEMO_ENSEMBLE
-            request.model_spec.signature_name = "serving_default"
-            for name, array in rows.features.items():
-                request.inputs[name].CopyFrom(to_tensor_proto(array[start : start + batch]))
-            began = time.perf_counter()
-            response = stub.Predict(request, timeout=10)
-            latencies_ms.append((time.perf_counter() - began) * 1000)
-            predictions.append(from_tensor_proto(response.outputs["probabilities"]))
-    return np.concatenate(predictions), latencies_ms
-
-
 def _show_predictions(
     out_dir: Path, rest_port: int, grpc_port: int, echo: Callable[[str], None]
 ) -> dict[str, float]:
@@ -225,11 +164,11 @@ def _show_predictions(
 
     from training.metrics import output_metrics
 
-    rows = _test_rows(out_dir)
+    rows = load_test_rows(out_dir)
     sample = {name: array[:5] for name, array in rows.features.items()}
     body = {"instances": [{name: array[i].tolist() for name, array in sample.items()} for i in range(5)]}
     url = f"http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}/labels/champion:predict"
-    status, doc, headers = _http_json(url, body)
+    status, doc, headers = http_json(url, body)
     if status != 200:
         raise DemoError(f"REST predict answered {status}: {doc}")
     table = Table(title=f"REST  POST /v1/models/{DEMO_ENSEMBLE}/labels/champion:predict  (5 test rows)")
@@ -243,7 +182,7 @@ def _show_predictions(
     Console().print(table)
     echo(f"  members answered: {headers.get('x-ensemble-members', '?')}")
 
-    probs, latencies = _grpc_predict_all(grpc_port, rows)
+    probs, latencies = grpc_predict_all(grpc_port, DEMO_ENSEMBLE, rows)
     metrics = output_metrics("probabilities", probs, rows.labels)
     echo(f"[bold]gRPC  PredictionService/Predict[/bold] on all {len(rows.labels)} test rows, 64 a call:")
     echo(
@@ -277,28 +216,7 @@ def run_demo(
     """Run every step; return the metrics measured through the gateway."""
     logs = out_dir / "logs"
     repo = out_dir / "model-repo"
-    reuse = (
-        not retrain
-        and (out_dir / "ensemble.json").exists()
-        and _registered(tracking_uri, DEMO_ENSEMBLE, "champion")
-    )
-    if reuse:
-        echo(
-            f"1. reusing the ensemble in {out_dir} (registered as {DEMO_ENSEMBLE}@champion);"
-            " --retrain trains anew"
-        )
-    else:
-        echo(f"1. training a quick ensemble of {members} members on {DEMO_DATA}")
-        _run_step(
-            "training",
-            [
-                "train", "--data", DEMO_DATA, "--name", DEMO_ENSEMBLE, "--members", str(members),
-                "--epochs", str(epochs), "--out", str(out_dir), "--tracking-uri", tracking_uri,
-                "--register", "--alias", "champion",
-            ],
-            logs / "train.log",
-            echo,
-        )  # fmt: skip
+    _train_or_reuse(out_dir, tracking_uri, members=members, epochs=epochs, retrain=retrain, echo=echo)
 
     echo("2. syncing the TF Serving model repository from the registry")
     _run_step(
@@ -321,6 +239,67 @@ def run_demo(
 
     manifest = resolve_manifest(tracking_uri, DEMO_ENSEMBLE, "champion")
     member_names = [m.name for m in manifest.members]
+    plan = _plan_services(repo, logs, tracking_uri, rest_port=rest_port, grpc_port=grpc_port)
+    backend, gateway = plan.backend, plan.gateway
+    with _services([backend, gateway]):
+        ports = f"gRPC {plan.backend_grpc}, REST {plan.backend_rest}"
+        echo(f"3. starting the local backend ({ports}) and the gateway")
+        backend.start()
+        backend.wait_until(lambda: backend_ready(plan.backend_rest, member_names), timeout_s=180)
+        gateway.start()
+        gateway.wait_until(lambda: gateway_ready(rest_port), timeout_s=60)
+        echo(f"   gateway: REST http://127.0.0.1:{rest_port}  gRPC 127.0.0.1:{grpc_port}")
+
+        echo("4. sample predictions")
+        metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
+        _echo_offline(manifest.metrics, echo)
+        if not once:
+            _serve_until_interrupted(backend, gateway, rest_port, echo)
+    return metrics
+
+
+def _train_or_reuse(
+    out_dir: Path, tracking_uri: str, *, members: int, epochs: int, retrain: bool, echo: Callable[[str], None]
+) -> None:
+    """Step 1: reuse the registered demo ensemble in ``out_dir``, or train and register one."""
+    reuse = (
+        not retrain
+        and (out_dir / "ensemble.json").exists()
+        and _registered(tracking_uri, DEMO_ENSEMBLE, "champion")
+    )
+    if reuse:
+        echo(
+            f"1. reusing the ensemble in {out_dir} (registered as {DEMO_ENSEMBLE}@champion);"
+            " --retrain trains anew"
+        )
+        return
+    echo(f"1. training a quick ensemble of {members} members on {DEMO_DATA}")
+    _run_step(
+        "training",
+        [
+            "train", "--data", DEMO_DATA, "--name", DEMO_ENSEMBLE, "--members", str(members),
+            "--epochs", str(epochs), "--out", str(out_dir), "--tracking-uri", tracking_uri,
+            "--register", "--alias", "champion",
+        ],
+        out_dir / "logs" / "train.log",
+        echo,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _ServicePlan:
+    """The backend and gateway the demo will start, with the backend's ports (picked, not yet bound)."""
+
+    backend: ServiceProcess
+    gateway: ServiceProcess
+    backend_grpc: int
+    backend_rest: int
+
+
+def _plan_services(
+    repo: Path, logs: Path, tracking_uri: str, *, rest_port: int, grpc_port: int
+) -> _ServicePlan:
+    """The local backend serving ``repo`` and the gateway in front of it; nothing is started yet."""
     backend_grpc, backend_rest = free_port(), free_port()
     backend = ServiceProcess(
         "local backend",
@@ -339,37 +318,31 @@ def run_demo(
         ],
         logs / "gateway.log",
     )  # fmt: skip
-    with _services([backend, gateway]):
-        echo(f"3. starting the local backend (gRPC {backend_grpc}, REST {backend_rest}) and the gateway")
-        backend.start()
-        backend.wait_until(lambda: _backend_ready(backend_rest, member_names), timeout_s=180)
-        gateway.start()
-        gateway.wait_until(lambda: _gateway_ready(rest_port), timeout_s=60)
-        echo(f"   gateway: REST http://127.0.0.1:{rest_port}  gRPC 127.0.0.1:{grpc_port}")
+    return _ServicePlan(backend, gateway, backend_grpc, backend_rest)
 
-        echo("4. sample predictions")
-        metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
-        offline = manifest.metrics.get("test_accuracy")
-        offline_nll = manifest.metrics.get("test_nll")
-        if offline is not None:
-            nll_part = f"  NLL {offline_nll:.4f}" if offline_nll is not None else ""
-            echo(f"  offline accuracy {offline:.4f}{nll_part}  (same ensemble, evaluated in training)")
-        if not once:
-            echo(
-                "\nServing until Ctrl-C. Try:\n"
-                f"  curl -s http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}\n"
-                f"  curl -s http://127.0.0.1:{rest_port}/v2/models/{DEMO_ENSEMBLE}\n"
-                f"  curl -s http://127.0.0.1:{rest_port}/metrics | grep ^ensemble_\n"
-            )
-            with contextlib.suppress(KeyboardInterrupt):
-                while (
-                    backend.proc
-                    and backend.proc.poll() is None
-                    and gateway.proc
-                    and gateway.proc.poll() is None
-                ):
-                    time.sleep(0.5)
-    return metrics
+
+def _echo_offline(manifest_metrics: dict[str, float], echo: Callable[[str], None]) -> None:
+    """The accuracy and NLL training measured, to compare with what the gateway just measured."""
+    offline = manifest_metrics.get("test_accuracy")
+    offline_nll = manifest_metrics.get("test_nll")
+    if offline is not None:
+        nll_part = f"  NLL {offline_nll:.4f}" if offline_nll is not None else ""
+        echo(f"  offline accuracy {offline:.4f}{nll_part}  (same ensemble, evaluated in training)")
+
+
+def _serve_until_interrupted(
+    backend: ServiceProcess, gateway: ServiceProcess, rest_port: int, echo: Callable[[str], None]
+) -> None:
+    """Keep both services up until Ctrl-C or until either exits."""
+    echo(
+        "\nServing until Ctrl-C. Try:\n"
+        f"  curl -s http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}\n"
+        f"  curl -s http://127.0.0.1:{rest_port}/v2/models/{DEMO_ENSEMBLE}\n"
+        f"  curl -s http://127.0.0.1:{rest_port}/metrics | grep ^ensemble_\n"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        while backend.proc and backend.proc.poll() is None and gateway.proc and gateway.proc.poll() is None:
+            time.sleep(0.5)
 
 
 def default_out_dir() -> Path:

@@ -1,6 +1,6 @@
 """The ``ensemble`` command: one typer app composed of the command groups in this package.
 
-Each group (cli/training.py, cli/registry.py, cli/serving.py, the demo) imports its heavy
+Each group (cli/training.py, cli/registry.py, cli/sync.py, cli/serving.py, the demo) imports its heavy
 dependencies (TensorFlow, mlflow, the gateway) only inside the command that needs them, so
 ``ensemble --help`` starts instantly. Training's commands are there only where ``training/`` is
 installed: the gateway image has none.
@@ -18,6 +18,7 @@ import typer
 def build_app() -> typer.Typer:
     from cli import registry as registry_cli
     from cli import serving as serving_cli
+    from cli import sync as sync_cli
 
     app = typer.Typer(
         name="ensemble",
@@ -32,6 +33,7 @@ def build_app() -> typer.Typer:
 
         training_cli.register(app)
     registry_cli.register(app)
+    sync_cli.register(app)
     serving_cli.register(app)
     if training_installed():  # the demo trains its ensemble first
         app.command("demo")(demo)

@@ -1,20 +1,18 @@
 """The registry commands, registered on the ``ensemble`` app.
 
-``registry list``, ``registry show``, ``promote``, ``rollback`` and ``sync``. mlflow and rich are
-imported inside the commands, so ``ensemble --help`` stays instant. Every RegistryError becomes a
-one-line message on stderr and a non-zero exit, never a traceback.
+``registry list``, ``registry show``, ``promote`` and ``rollback``; ``sync`` (cli/sync.py) shares
+this module's ``--tracking-uri`` option and error handling. mlflow and rich are imported inside the
+commands, so ``ensemble --help`` stays instant. Every RegistryError becomes a one-line message on
+stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-
-from registry.defaults import DEFAULT_SYNC_GRACE_S
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,7 +35,8 @@ TrackingUri = Annotated[
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
+def one_line_errors() -> Iterator[None]:
+    """Turn a RegistryError into ``error: ...`` on stderr and its exit code."""
     from registry.errors import RegistryError
 
     try:
@@ -47,7 +46,8 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _client(tracking_uri: str | None) -> MlflowClient:
+def connect_client(tracking_uri: str | None) -> MlflowClient:
+    """A client for ``tracking_uri`` (the default store when None); mlflow is imported only now."""
     from registry.client import connect
 
     return connect(tracking_uri)
@@ -80,8 +80,8 @@ def registry_list(
 
     from registry.views import list_models
 
-    with _one_line_errors():
-        rows = list_models(_client(tracking_uri), include_members=members)
+    with one_line_errors():
+        rows = list_models(connect_client(tracking_uri), include_members=members)
     if not rows:
         typer.echo("no registered ensembles")
         return
@@ -100,9 +100,9 @@ def registry_show(
     from registry.resolve import parse_ref
 
     console = _console()
-    with _one_line_errors():
+    with one_line_errors():
         parsed = parse_ref(ref)
-        client = _client(tracking_uri)
+        client = connect_client(tracking_uri)
         if parsed.alias is None and parsed.version is None:
             _show_ensemble(console, client, parsed.name)
         else:
@@ -279,7 +279,7 @@ def promote(
             "max_error_rate_increase": max_error_rate_increase,
         },
     )
-    with _one_line_errors():
+    with one_line_errors():
         check = None
         if online is not None and thresholds is not None:
             from registry.online_gate import check_gateway_url, fetch_evidence
@@ -287,7 +287,7 @@ def promote(
             evidence = fetch_evidence(check_gateway_url(online), name, token=gateway_token)
             check = promotion.OnlineCheck(evidence, thresholds)
         result = promotion.promote(
-            _client(tracking_uri),
+            connect_client(tracking_uri),
             name,
             version,
             alias,
@@ -339,121 +339,9 @@ def rollback(
     """Move ALIAS back to the version it pointed at before its last move."""
     from registry import promotion
 
-    with _one_line_errors():
-        move = promotion.rollback(_client(tracking_uri), name, alias, reason=reason)
+    with one_line_errors():
+        move = promotion.rollback(connect_client(tracking_uri), name, alias, reason=reason)
     typer.echo(f"{name}@{alias}: version {move.from_version} -> version {move.to_version} (rollback)")
-
-
-def sync(
-    name: Annotated[str, typer.Argument(help="Ensemble (registered model) name.")],
-    model_repo: Annotated[
-        Path, typer.Option("--model-repo", help="TF Serving model repository to write.", file_okay=False)
-    ],
-    alias: Annotated[
-        list[str] | None, typer.Option("--alias", help="Alias to serve as a version label; repeatable.")
-    ] = None,
-    base_path: Annotated[
-        str | None,
-        typer.Option(
-            "--base-path",
-            help="Repository path as TF Serving sees it (e.g. /models); default: the real path.",
-        ),
-    ] = None,
-    staged_labels: Annotated[
-        bool,
-        typer.Option(
-            "--staged-labels",
-            help="Move a label only to a version the previous config already listed "
-            "(for TF Serving without --allow_version_labels_for_unavailable_models).",
-        ),
-    ] = False,
-    grace: Annotated[
-        float,
-        typer.Option(
-            "--grace",
-            min=0.0,
-            help="Seconds a version stays listed and on disk after no alias names it any more "
-            "(make before break; see docs/registry.md for the minimum).",
-        ),
-    ] = DEFAULT_SYNC_GRACE_S,
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            "--backend",
-            help="gRPC HOST:PORT of the TF Serving this repository feeds: an old version is pruned "
-            "only once the versions the aliases name are AVAILABLE there.",
-        ),
-    ] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Keep syncing every --interval seconds.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between passes.")] = 30.0,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            "--metrics-port",
-            min=1,
-            max=65535,
-            help="With --watch: serve Prometheus metrics of the passes on this port (/metrics).",
-        ),
-    ] = None,
-    tracking_uri: TrackingUri = None,
-) -> None:
-    """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
-    from registry import sync as sync_module
-
-    aliases = alias or ["champion"]
-    policy: sync_module.LabelPolicy = "staged" if staged_labels else "immediate"
-    if metrics_port is not None and not watch:
-        typer.echo("error: --metrics-port needs --watch", err=True)
-        raise typer.Exit(2)
-    if backend is not None:
-        host, sep, port = backend.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            typer.echo(f"error: --backend {backend!r} must be HOST:PORT", err=True)
-            raise typer.Exit(2)
-    with _one_line_errors():
-        client = _client(tracking_uri)
-        available = None
-        if backend is not None:
-            # The command line composes the parts: serving asks the backend, the sync only calls it.
-            from serving.availability import backend_availability
-
-            available = backend_availability(backend)
-
-        def once() -> sync_module.SyncResult:
-            return sync_module.sync_once(
-                client,
-                name,
-                aliases,
-                model_repo,
-                base_path=base_path,
-                label_policy=policy,
-                grace_s=grace,
-                available=available,
-            )
-
-        if not watch:
-            typer.echo(once().summary())
-            return
-    report: Callable[[str], None] = lambda line: typer.echo(line, err=True)  # noqa: E731
-    on_pass = None
-    if metrics_port is not None:
-        from registry.sync_metrics import SyncMetrics
-
-        metrics = SyncMetrics()
-        try:
-            metrics.serve(metrics_port)
-        except OSError as exc:
-            typer.echo(f"error: cannot serve metrics on port {metrics_port}: {exc.strerror or exc}", err=True)
-            raise typer.Exit(1) from None
-        on_pass = metrics.record
-    typer.echo(
-        f"syncing {name}@{','.join(aliases)} into {model_repo} every {interval:g}s (grace {grace:g}s)",
-        err=True,
-    )
-    try:
-        sync_module.watch(once, interval_s=interval, report=report, on_pass=on_pass)
-    except KeyboardInterrupt:
-        typer.echo("stopped", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -464,4 +352,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(registry_app, name="registry")
     app.command("promote")(promote)
     app.command("rollback")(rollback)
-    app.command("sync")(sync)

@@ -17,13 +17,12 @@ from contracts.manifest import Manifest
 from registry.aliases import move_alias
 from registry.client import translated
 from registry.errors import RegistryError
+from registry.logged import LoggedTraining
 from registry.outdir import TrainingOutput
 from registry.resolve import MANIFEST_ARTIFACT_DIR, MANIFEST_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from registry.tracking import LoggedTraining
 
 SAVED_MODEL_ARTIFACT = "saved_model"
 """Artifact folder of a member run holding its SavedModel; the member version's source."""

@@ -3,7 +3,9 @@
 One pass: resolve each alias to its manifest, download the member versions they need (each into a
 hidden folder, then renamed into place), write ``models.config`` (a specific version policy and one
 version label per alias) to a temporary file and rename it over the old one, and only then prune
-version folders that the config no longer lists. A pass that changes nothing writes nothing.
+version folders that the config no longer lists. A pass that changes nothing writes nothing. The
+decisions are pure (labels and entries in :mod:`registry.sync_plan`, the grace rule here);
+:mod:`registry.sync_files` owns the files (state, downloads, pruning).
 
 Make before break (the grace rule): a version that an alias named stays on disk and listed in
 ``models.config`` for ``grace_s`` after the first pass that found no alias naming it, and, when a
@@ -22,10 +24,6 @@ its old version (kept on disk), and the next pass (``--watch``) moves it.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from contracts.errors import one_line
-from contracts.files import atomic_write_text
 from contracts.manifest import Manifest
 from contracts.model_config import (
     ModelConfigError,
@@ -43,20 +40,25 @@ from contracts.model_config import (
     write_model_config,
 )
 from registry.aliases import check_alias
-from registry.client import translated
 from registry.defaults import DEFAULT_SYNC_GRACE_S
 from registry.errors import InvalidArgument, NotFound, RegistryError
 from registry.promotion import check_members
 from registry.resolve import load_manifest, version_for_alias
+from registry.sync_files import (
+    SyncState,
+    download_version,
+    has_version,
+    prune_versions,
+    read_state,
+    write_state,
+)
+from registry.sync_plan import LabelPolicy, plan_entries, plan_labels
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
 CONFIG_FILE = "models.config"
-STATE_DIR = ".ensemble-sync"
-INCOMING_PREFIX = ".incoming-"
-LabelPolicy = Literal["immediate", "staged"]
 
 GATEWAY_CHECK_S = 2.0
 """What a gateway's poll itself may take: the registry call and the members' status check (1 s)."""
@@ -182,75 +184,6 @@ def apply_grace(
     return kept, since_now, why
 
 
-def _state_path(repo: Path, name: str) -> Path:
-    return repo / STATE_DIR / f"{name}.json"
-
-
-@dataclass(slots=True)
-class _State:
-    """What earlier passes of one ensemble's sync put in the repository.
-
-    ``models``: the models it manages (other entries of a shared models.config are left alone).
-    ``sources``: ``"<model>/<version>"`` -> the registry source it was downloaded from, so a
-    version folder that came from elsewhere (say, a local training export) is never mistaken
-    for the registered version with the same number.
-    ``unnamed_since``: ``"<model>/<version>"`` -> when a pass first found no alias naming it.
-    """
-
-    models: set[str] = field(default_factory=set)
-    sources: dict[str, str] = field(default_factory=dict)
-    unnamed_since: dict[str, float] = field(default_factory=dict)
-
-
-def _read_state(repo: Path, name: str) -> _State:
-    try:
-        data = json.loads(_state_path(repo, name).read_text())
-        return _State(
-            set(data["models"]),
-            dict(data.get("sources", {})),
-            {str(k): float(v) for k, v in dict(data.get("unnamed_since", {})).items()},
-        )
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return _State()
-
-
-def _write_state(repo: Path, name: str, state: _State) -> None:
-    data = {
-        "ensemble": name,
-        "models": sorted(state.models),
-        "sources": dict(sorted(state.sources.items())),
-        "unnamed_since": dict(sorted(state.unnamed_since.items())),
-    }
-    atomic_write_text(_state_path(repo, name), json.dumps(data, indent=1) + "\n")
-
-
-def _download_version(client: MlflowClient, repo: Path, model: str, version: int, state: _State) -> bool:
-    """Put ``model`` version ``version`` at ``<repo>/<model>/<version>/``; False if it was already there."""
-    target = repo / model / str(version)
-    key = f"{model}/{version}"
-    with translated(f"downloading {model} version {version}"):
-        from mlflow.artifacts import download_artifacts
-
-        source = str(client.get_model_version_download_uri(model, str(version)))
-        if (target / "saved_model.pb").is_file() and state.sources.get(key) == source:
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Downloaded next to its final place, so the rename is atomic and TF Serving (which ignores
-        # non-numeric folders) never sees half a SavedModel.
-        with tempfile.TemporaryDirectory(prefix=INCOMING_PREFIX, dir=target.parent) as tmp:
-            local = Path(
-                download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
-            )
-            if not (local / "saved_model.pb").is_file():
-                raise RegistryError(f"{model} version {version}: {source} holds no saved_model.pb")
-            if target.exists():
-                # Not what the registry holds under this number (or incomplete): swap it out.
-                os.replace(target, Path(tmp) / "replaced")
-            os.replace(local, target)
-    state.sources[key] = source
-    return True
-
-
 def sync_once(
     client: MlflowClient,
     name: str,
@@ -269,6 +202,59 @@ def sync_once(
     ``backend_availability``); ``now`` is
     the wall-clock time of the pass (tests set it).
     """
+    repo = _checked_repo(aliases, repo)
+    manifests, skipped = _resolve_aliases(client, name, aliases)
+    config_path = repo / CONFIG_FILE
+    try:
+        old_entries = read_model_config(config_path) if config_path.exists() else []
+    except ModelConfigError as exc:
+        raise InvalidArgument(f"cannot update {config_path}: {exc}") from None
+    previous = {entry.name: entry for entry in old_entries}
+    plan = plan_labels(manifests, previous, label_policy)
+    result = SyncResult(
+        config=config_path,
+        changed=False,
+        versions=plan.versions,
+        labels=plan.labels,
+        deferred=plan.deferred,
+        skipped=skipped,
+    )
+
+    state = read_state(repo, name)
+    for model, versions in result.versions.items():
+        for version in versions:
+            if download_version(client, repo, model, version, state):
+                result.downloaded.append((model, version))
+    _keep_in_grace(
+        result,
+        previous,
+        state,
+        now=time.time() if now is None else now,
+        grace_s=grace_s,
+        on_disk=lambda model, version: has_version(repo, model, version),
+        available=available,
+    )
+
+    managed = state.models | set(result.versions)
+    entries = plan_entries(previous, managed, result.versions, result.labels, repo, base_path)
+    try:
+        unchanged = config_path.exists() and dumps_model_config(entries) == dumps_model_config(old_entries)
+        if not unchanged:
+            # Atomic (temporary file, then rename): TF Serving polls the file and never reads half of it.
+            write_model_config(config_path, entries)
+            result.changed = True
+    except ModelConfigError as exc:
+        raise InvalidArgument(f"cannot write {config_path}: {exc}") from None
+    state.forget_unlisted(result.versions)
+    write_state(repo, name, state)
+
+    # Pruned only now, with the new config in place: nothing still listed loses its folder.
+    result.pruned, result.prune_failed = prune_versions(repo, managed, result.versions)
+    return result
+
+
+def _checked_repo(aliases: Sequence[str], repo: Path) -> Path:
+    """The repository as an absolute, existing directory, once the aliases are known to be valid."""
     if not aliases:
         raise InvalidArgument("sync needs at least one --alias")
     for alias in aliases:
@@ -277,7 +263,13 @@ def sync_once(
     if repo.exists() and not repo.is_dir():
         raise InvalidArgument(f"{repo} is not a directory")
     repo.mkdir(parents=True, exist_ok=True)
+    return repo
 
+
+def _resolve_aliases(
+    client: MlflowClient, name: str, aliases: Sequence[str]
+) -> tuple[dict[str, Manifest], list[str]]:
+    """Each set alias's checked manifest, and the optional aliases that point at nothing yet."""
     manifests: dict[str, Manifest] = {}
     skipped: list[str] = []
     for position, alias in enumerate(aliases):
@@ -293,39 +285,20 @@ def sync_once(
         manifest = load_manifest(client, name, version)
         check_members(client, manifest)
         manifests[alias] = manifest
+    return manifests, skipped
 
-    config_path = repo / CONFIG_FILE
-    try:
-        old_entries = read_model_config(config_path) if config_path.exists() else []
-    except ModelConfigError as exc:
-        raise InvalidArgument(f"cannot update {config_path}: {exc}") from None
-    previous = {entry.name: entry for entry in old_entries}
 
-    wanted: dict[str, dict[str, int]] = {}  # model -> alias -> version
-    for alias, manifest in manifests.items():
-        for member in manifest.members:
-            wanted.setdefault(member.name, {})[alias] = member.version
-
-    result = SyncResult(config=config_path, changed=False, versions={}, labels={}, skipped=skipped)
-    for model, by_alias in sorted(wanted.items()):
-        labels: dict[str, int] = {}
-        old = previous.get(model)
-        for alias, version in by_alias.items():
-            if label_policy == "staged" and (old is None or version not in (old.versions or [])):
-                if old is not None and alias in old.labels:
-                    labels[alias] = old.labels[alias]  # stays where TF Serving has it loaded
-                result.deferred.append(f"{model}@{alias}")
-            else:
-                labels[alias] = version
-        result.versions[model] = sorted(set(by_alias.values()) | set(labels.values()))
-        result.labels[model] = labels
-
-    state = _read_state(repo, name)
-    for model, versions in result.versions.items():
-        for version in versions:
-            if _download_version(client, repo, model, version, state):
-                result.downloaded.append((model, version))
-
+def _keep_in_grace(
+    result: SyncResult,
+    previous: Mapping[str, ModelEntry],
+    state: SyncState,
+    *,
+    now: float,
+    grace_s: float,
+    on_disk: Callable[[str, int], bool],
+    available: AvailableFn | None,
+) -> None:
+    """Add to ``result`` the versions the grace rule keeps listed, and update their clocks in ``state``."""
     named = {model: set(versions) for model, versions in result.versions.items()}
     listed = {
         model: entry.versions or []
@@ -333,63 +306,11 @@ def sync_once(
         if model in state.models or model in named
     }
     kept, state.unnamed_since, result.kept = apply_grace(
-        named,
-        listed,
-        state.unnamed_since,
-        now=time.time() if now is None else now,
-        grace_s=grace_s,
-        on_disk=lambda model, version: (repo / model / str(version) / "saved_model.pb").is_file(),
-        available=available,
+        named, listed, state.unnamed_since, now=now, grace_s=grace_s, on_disk=on_disk, available=available
     )
     for model, retained in kept.items():
         result.versions[model] = sorted(named.get(model, set()) | retained)
         result.labels.setdefault(model, {})
-
-    managed = state.models | set(result.versions)
-    entries = [entry for model, entry in sorted(previous.items()) if model not in managed]
-    entries += [
-        ModelEntry(
-            name=model,
-            base_path=f"{base_path.rstrip('/')}/{model}" if base_path else str(repo / model),
-            versions=versions,
-            labels=result.labels[model],
-        )
-        for model, versions in result.versions.items()
-    ]
-    try:
-        unchanged = config_path.exists() and dumps_model_config(entries) == dumps_model_config(old_entries)
-        if not unchanged:
-            # Atomic (temporary file, then rename): TF Serving polls the file and never reads half of it.
-            write_model_config(config_path, entries)
-            result.changed = True
-    except ModelConfigError as exc:
-        raise InvalidArgument(f"cannot write {config_path}: {exc}") from None
-    state.models = set(result.versions)
-    state.sources = {
-        key: source
-        for key, source in state.sources.items()
-        if int(key.rpartition("/")[2]) in result.versions.get(key.rpartition("/")[0], [])
-    }
-    _write_state(repo, name, state)
-
-    # Pruned only now, with the new config in place: nothing still listed loses its folder.
-    for model in sorted(managed):
-        folder = repo / model
-        if not folder.is_dir():
-            continue
-        keep = set(result.versions.get(model, []))
-        for child in folder.iterdir():
-            if child.is_dir() and child.name.isdigit() and int(child.name) not in keep:
-                try:
-                    shutil.rmtree(child)
-                except OSError as exc:
-                    # Unlisted already; the next pass finds the folder again and retries.
-                    result.prune_failed.append(f"{model}/{child.name}: {exc.strerror or exc}")
-                    continue
-                result.pruned.append((model, int(child.name)))
-        if model not in result.versions and not any(folder.iterdir()):
-            folder.rmdir()
-    return result
 
 
 PassOutcome = Literal["ok", "registry_error", "filesystem_error", "error"]

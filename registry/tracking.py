@@ -13,7 +13,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from registry.client import connect, ensure_experiment, translated
 from registry.defaults import is_local_store
 from registry.defaults import tracking_uri as default_tracking_uri
 from registry.errors import InvalidArgument
+from registry.logged import LoggedTraining
 from registry.outdir import MemberOutput, TrainingOutput, flatten, numeric_items, read_training_output
 from registry.registration import SAVED_MODEL_ARTIFACT, register_training
 
@@ -32,22 +32,6 @@ if TYPE_CHECKING:
 
 _PARAM_VALUE_LIMIT = 6000
 _BATCH = 100
-
-
-@dataclass(slots=True)
-class LoggedTraining:
-    """What :func:`record_training` logged and registered."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    member_run_ids: list[str]
-    """The served members' runs, in the manifest's order."""
-    member_versions: dict[str, int] = field(default_factory=dict)
-    dropped_run_ids: list[str] = field(default_factory=list)
-    """Runs of members trained but not served (search trials not kept, pruned members)."""
-    ensemble_version: int | None = None
-    alias: str | None = None
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
