@@ -45,7 +45,7 @@ def too_long(package: str) -> list[str]:
     [
         "serving",
         "contracts",
-        pytest.param("training", marks=STEP_C),
+        "training",
         pytest.param("registry", marks=STEP_C),
         pytest.param("cli", marks=STEP_C),
     ],
