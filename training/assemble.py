@@ -23,6 +23,7 @@ from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
 from training.labels import as_decisions
 from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
+from training.member import output_kinds
 from training.metrics import evaluate
 from training.oof import OutOfFold
 from training.plots import Entry
@@ -105,11 +106,32 @@ def write_models_config(layout: Layout, refs: list[MemberRef]) -> None:
     write_model_config(layout.models_config, entries)
 
 
+@dataclass
+class AssemblyPlan:
+    """Everything ``assemble`` writes, decided before anything is written."""
+
+    members: list[MemberResult]
+    dataset: Dataset
+    test_truth: dict[str, np.ndarray]
+    decision: Decision
+    manifest: Manifest
+    report: dict[str, Any]
+
+
 def assemble(out_dir: Path) -> dict[str, Any]:
     """Weights, evaluation, manifest, report and plots for the run in ``out_dir``; returns the report."""
     layout = Layout(out_dir)
+    plan = plan_assembly(layout)
+    plan.manifest.save(layout.manifest)
+    write_models_config(layout, plan.manifest.members)
+    layout.write_json(layout.report, plan.report)
+    _plots(layout, plan.members, plan.decision, plan.dataset, plan.test_truth, plan.report)
+    return plan.report
+
+
+def plan_assembly(layout: Layout) -> AssemblyPlan:
+    """Read the members' answers, decide the weights and evaluate: the manifest and report to write."""
     config = layout.load_config()
-    name = ensemble_name(config)
     dataset = prepare(config.data, config.seed)
     if layout.dataset.is_file():
         recorded = json.loads(layout.dataset.read_text())
@@ -118,15 +140,34 @@ def assemble(out_dir: Path) -> dict[str, Any]:
     members = load_members(layout, config.candidate_count, skip_unfinished=bool(config.search.trials))
     if not members:
         raise TrainingError("no trial of the search finished: nothing to assemble")
-    kind_list = [(dataset.output_name(t), t.name, t.kind) for t in dataset.targets]
     test_truth = dataset.labels(dataset.test_rows)
-
     decision = decide(config, out_of_fold(members, dataset), pruned_reasons([m.record for m in members]))
+    ensembles = _ensemble_metrics(members, dataset, test_truth, decision)
+    manifest = _manifest(config, dataset, members, decision, ensembles["ensemble_served"])
+    report: dict[str, Any] = {
+        "ensemble": manifest.name,
+        "weights_method": config.assemble.weights,
+        "searched": bool(config.search.trials),
+        "split": {"method": config.data.split.method, "folds": _folds(config)},
+        "weights": decision.summary(),
+        "members": [_member_entry(i, m, decision) for i, m in enumerate(members)],
+        **ensembles,
+        "outputs": output_kinds(dataset),
+        "labels": {t.name: t.classes for t in dataset.targets if t.task == "multilabel"},
+        "models_config": str(layout.models_config),
+    }
+    return AssemblyPlan(members, dataset, test_truth, decision, manifest, report)
+
+
+def _ensemble_metrics(
+    members: list[MemberResult], dataset: Dataset, test_truth: dict[str, np.ndarray], decision: Decision
+) -> dict[str, dict[str, float]]:
+    """Test metrics of the served ensemble, and of the uniform and learned ones it was chosen from."""
 
     def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]
         combined = combine_outputs([members[i].test for i in used], w[used])
-        return evaluate(combined, test_truth, kind_list, "test", dataset.label_names())
+        return evaluate(combined, test_truth, output_kinds(dataset), "test", dataset.label_names())
 
     served_test = test_metrics(decision.weights)
     ensembles: dict[str, dict[str, float]] = {"ensemble_served": served_test}
@@ -136,14 +177,24 @@ def assemble(out_dir: Path) -> dict[str, Any]:
         ensembles["ensemble_learned"] = (
             served_test if decision.served == "learned" else test_metrics(decision.learned)
         )
+    return ensembles
 
+
+def _manifest(
+    config: TrainConfig,
+    dataset: Dataset,
+    members: list[MemberResult],
+    decision: Decision,
+    served_test: dict[str, float],
+) -> Manifest:
+    """The served ensemble: its members with non-zero weight, its tensors, metrics and provenance."""
     refs = [
         MemberRef(name=m.name, version=int(m.record["version"]), weight=float(decision.weights[i]))
         for i, m in enumerate(members)
         if decision.weights[i] > 0
     ]
-    manifest = Manifest(
-        name=name,
+    return Manifest(
+        name=ensemble_name(config),
         members=refs,
         combiner=Combiner(
             method="mean" if decision.served == "uniform" else "weighted_mean",
@@ -164,24 +215,6 @@ def assemble(out_dir: Path) -> dict[str, Any]:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ),
     )
-    manifest.save(layout.manifest)
-    write_models_config(layout, refs)
-
-    report: dict[str, Any] = {
-        "ensemble": name,
-        "weights_method": config.assemble.weights,
-        "searched": bool(config.search.trials),
-        "split": {"method": config.data.split.method, "folds": _folds(config)},
-        "weights": decision.summary(),
-        "members": [_member_entry(i, m, decision) for i, m in enumerate(members)],
-        **ensembles,
-        "outputs": kind_list,
-        "labels": {t.name: t.classes for t in dataset.targets if t.task == "multilabel"},
-        "models_config": str(layout.models_config),
-    }
-    layout.write_json(layout.report, report)
-    _plots(layout, members, decision, dataset, test_truth, report)
-    return report
 
 
 def _folds(config: TrainConfig) -> int | None:

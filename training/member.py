@@ -12,17 +12,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from contracts.errors import one_line
-from training.config import ensemble_name, member_base
+from training.config import MemberConfig, TrainConfig, ensemble_name, member_base
 from training.data import Dataset, prepare
-from training.folds import member_rows
+from training.folds import MemberRows, member_rows
 from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
 from training.progress import MemberProgress, write_progress
+
+if TYPE_CHECKING:
+    from training.search import PruningCallback
+    from training.study import Trial
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -64,6 +69,45 @@ def output_kinds(dataset: Dataset) -> list[tuple[str, str, str]]:
     return [(dataset.output_name(t), t.name, t.kind) for t in dataset.targets]
 
 
+@dataclass
+class _Parts:
+    """A member's features and labels on its fit, early-stopping and held-out rows, and on test."""
+
+    x_fit: dict[str, np.ndarray]
+    y_fit: dict[str, np.ndarray]
+    x_stop: dict[str, np.ndarray]
+    y_stop: dict[str, np.ndarray]
+    x_held: dict[str, np.ndarray]
+    y_held: dict[str, np.ndarray]
+    x_test: dict[str, np.ndarray]
+    y_test: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, dataset: Dataset, rows: MemberRows) -> _Parts:
+        return cls(
+            dataset.features(rows.fit),
+            dataset.labels(rows.fit),
+            dataset.features(rows.early_stopping),
+            dataset.labels(rows.early_stopping),
+            dataset.features(rows.held_out),
+            dataset.labels(rows.held_out),
+            dataset.features(dataset.test_rows),
+            dataset.labels(dataset.test_rows),
+        )
+
+
+@dataclass
+class _Exported:
+    """A member's SavedModel and its answers, read back from the export, on held-out and test rows."""
+
+    model_name: str
+    version: int
+    path: Path
+    held: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    max_diff: float
+
+
 def train_member(
     out_dir: Path,
     index: int,
@@ -79,29 +123,12 @@ def train_member(
     """
     quiet_tensorflow(threads)
     import keras
-    import tensorflow as tf
 
     from training import search
-    from training.architectures import build_model, losses
-    from training.callbacks import fit_callbacks, optimizer
-    from training.controls import accuracy_metrics
-    from training.export import (
-        load_signature,
-        next_version,
-        run_signature,
-        save_member,
-        verify_round_trip,
-    )
-    from training.metrics import evaluate
-    from training.resume import starting_point
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
+    _pin_threads(threads)
     layout = Layout(out_dir)
     config = layout.load_config()
-    name = ensemble_name(config)
     member_dir = layout.member_dir(index)
     member_dir.mkdir(parents=True, exist_ok=True)
     progress = MemberProgress(index=index, state="starting")
@@ -115,93 +142,27 @@ def train_member(
         hparams = trial.hparams if trial is not None else member_base(config, index)
         pruning = search.PruningCallback(trial) if trial is not None else None
         keras.utils.set_random_seed(seed)
-
         rows = member_rows(config, dataset, index, seed)
-        x_fit, y_fit = dataset.features(rows.fit), dataset.labels(rows.fit)
-        x_stop, y_stop = dataset.features(rows.early_stopping), dataset.labels(rows.early_stopping)
-        x_held, y_held = dataset.features(rows.held_out), dataset.labels(rows.held_out)
-        x_test, y_test = dataset.features(dataset.test_rows), dataset.labels(dataset.test_rows)
-
-        fit = hparams.fit
-        steps = int(np.ceil(len(rows.fit) / fit.batch_size))
-        model = build_model(hparams.model, dataset, rows.fit)
-        loss, loss_weights = losses(dataset, fit.loss_weights, rows.fit)
-        model.compile(
-            optimizer=optimizer(fit, steps),
-            loss=loss,
-            loss_weights=loss_weights,
-            metrics=accuracy_metrics(dataset),
-        )
-        model, start = starting_point(member_dir, model, fit.early_stopping.monitor, resume=resume)
-        progress.epochs = fit.epochs
-        progress.epoch = start.epoch if start is not None else 0
-        history = model.fit(
-            _dataset(x_fit, y_fit, fit.batch_size, seed),
-            validation_data=_dataset(x_stop, y_stop, 1024, None),
-            epochs=fit.epochs,
-            initial_epoch=progress.epoch,
-            callbacks=[
-                *fit_callbacks(fit, config.logging, member_dir, progress, steps, start),
-                *([pruning.keras()] if pruning is not None else []),
-            ],
-            shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
-            verbose=0,
+        parts = _Parts.of(dataset, rows)
+        model, history = _fit(
+            config, dataset, hparams, rows, parts, seed, member_dir, progress, pruning, resume
         )
         train_seconds = time.monotonic() - started
 
         progress.state = "exporting"
         write_progress(member_dir, progress)
-        model_name = f"{name}-m{index}"
-        version = next_version(layout.model_dir(model_name))
-        export_path = layout.model_dir(model_name) / str(version)
-        save_member(model, dataset, export_path)
-        signature = load_signature(export_path)
-        held_pred = run_signature(signature, x_held)
-        test_pred = run_signature(signature, x_test)
-        max_diff = verify_round_trip(model, export_path, held_pred, x_held)
-        # The rows it never trained on and its answers there (the weights are learned on these),
-        # and its test answers for the report.
-        arrays: dict[str, Any] = {OOF_ROWS: rows.held_out}
-        arrays.update({f"{OOF_PREFIX}{k}": v for k, v in held_pred.items()})
-        arrays.update({f"{TEST_PREFIX}{k}": v for k, v in test_pred.items()})
-        np.savez_compressed(layout.member_predictions(index), **arrays)
-        kinds = output_kinds(dataset)
-        stopping = np.isin(rows.held_out, rows.early_stopping)
-        stop_pred = {k: v[stopping] for k, v in held_pred.items()}
-        metrics = {
-            **evaluate(stop_pred, y_stop, kinds, "val", dataset.label_names()),
-            **evaluate(held_pred, y_held, kinds, "oof", dataset.label_names()),
-            **evaluate(test_pred, y_test, kinds, "test", dataset.label_names()),
-        }
+        exported = _export(layout, f"{ensemble_name(config)}-m{index}", model, dataset, parts)
+        _save_predictions(layout, index, rows, exported)
+        record = _member_record(config, dataset, index, seed, hparams, rows, parts, exported)
         val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
-        record: dict[str, Any] = {
-            "index": index,
-            "model_name": model_name,
-            "version": version,
-            "seed": seed,
-            "hyperparameters": hparams.model_dump(mode="json"),
-            "bootstrap": config.members.bootstrap,
-            "fold": rows.fold,
-            "rows": {
-                "fit": len(rows.fit),
-                "early_stopping": len(rows.early_stopping),
-                "out_of_fold": len(rows.held_out),
-            },
-            "metrics": metrics,
-            "best_val_loss": float(min(val_losses)) if val_losses else None,
-            "epochs_trained": progress.epoch,  # counting the epochs before a resume
-            "train_seconds": round(train_seconds, 3),
-            "export_path": str(export_path.resolve()),
-            "export_max_abs_diff": max_diff,
-        }
+        record["best_val_loss"] = float(min(val_losses)) if val_losses else None
+        record["epochs_trained"] = progress.epoch  # counting the epochs before a resume
+        record["train_seconds"] = round(train_seconds, 3)
+        record["export_path"] = str(exported.path.resolve())
+        record["export_max_abs_diff"] = exported.max_diff
         if trial is not None:
             assert pruning is not None
-            record["trial"] = {"number": trial.number, "pruned_at_epoch": pruning.pruned_at}
-            if pruning.pruned_at is not None:
-                trial.finish("pruned")
-            else:  # a trial whose every val_loss was NaN has no value to rank it by
-                best = record["best_val_loss"]
-                trial.finish("complete" if best is not None else "fail", best)
+            _finish_trial(trial, pruning, record)
         layout.write_json(member_dir / "member.json", record)
         progress.state = "done"
         write_progress(member_dir, progress)
@@ -213,6 +174,133 @@ def train_member(
         progress.message = one_line(exc)
         write_progress(member_dir, progress)
         raise
+
+
+def _pin_threads(threads: int | None) -> None:
+    """Hold TensorFlow's own thread pools to ``threads`` when several workers share the cores."""
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _fit(
+    config: TrainConfig,
+    dataset: Dataset,
+    hparams: MemberConfig,
+    rows: MemberRows,
+    parts: _Parts,
+    seed: int,
+    member_dir: Path,
+    progress: MemberProgress,
+    pruning: PruningCallback | None,
+    resume: bool,
+) -> tuple[Any, Any]:
+    """Build, compile and fit the member (from its checkpoint with ``resume``); the model and its history."""
+    from training.architectures import build_model, losses
+    from training.callbacks import fit_callbacks, optimizer
+    from training.controls import accuracy_metrics
+    from training.resume import starting_point
+
+    fit = hparams.fit
+    steps = int(np.ceil(len(rows.fit) / fit.batch_size))
+    model = build_model(hparams.model, dataset, rows.fit)
+    loss, loss_weights = losses(dataset, fit.loss_weights, rows.fit)
+    model.compile(
+        optimizer=optimizer(fit, steps),
+        loss=loss,
+        loss_weights=loss_weights,
+        metrics=accuracy_metrics(dataset),
+    )
+    model, start = starting_point(member_dir, model, fit.early_stopping.monitor, resume=resume)
+    progress.epochs = fit.epochs
+    progress.epoch = start.epoch if start is not None else 0
+    history = model.fit(
+        _dataset(parts.x_fit, parts.y_fit, fit.batch_size, seed),
+        validation_data=_dataset(parts.x_stop, parts.y_stop, 1024, None),
+        epochs=fit.epochs,
+        initial_epoch=progress.epoch,
+        callbacks=[
+            *fit_callbacks(fit, config.logging, member_dir, progress, steps, start),
+            *([pruning.keras()] if pruning is not None else []),
+        ],
+        shuffle=False,  # the tf.data pipeline shuffles, with the member's seed
+        verbose=0,
+    )
+    return model, history
+
+
+def _export(layout: Layout, model_name: str, model: Any, dataset: Dataset, parts: _Parts) -> _Exported:
+    """Save the next version of the member's SavedModel and check its answers against the model's."""
+    from training.export import load_signature, next_version, run_signature, save_member, verify_round_trip
+
+    version = next_version(layout.model_dir(model_name))
+    export_path = layout.model_dir(model_name) / str(version)
+    save_member(model, dataset, export_path)
+    signature = load_signature(export_path)
+    held_pred = run_signature(signature, parts.x_held)
+    test_pred = run_signature(signature, parts.x_test)
+    max_diff = verify_round_trip(model, export_path, held_pred, parts.x_held)
+    return _Exported(model_name, version, export_path, held_pred, test_pred, max_diff)
+
+
+def _save_predictions(layout: Layout, index: int, rows: MemberRows, exported: _Exported) -> None:
+    """The rows it never trained on and its answers there (the weights are learned on these), and
+    its test answers for the report."""
+    arrays: dict[str, Any] = {OOF_ROWS: rows.held_out}
+    arrays.update({f"{OOF_PREFIX}{k}": v for k, v in exported.held.items()})
+    arrays.update({f"{TEST_PREFIX}{k}": v for k, v in exported.test.items()})
+    np.savez_compressed(layout.member_predictions(index), **arrays)
+
+
+def _member_record(
+    config: TrainConfig,
+    dataset: Dataset,
+    index: int,
+    seed: int,
+    hparams: MemberConfig,
+    rows: MemberRows,
+    parts: _Parts,
+    exported: _Exported,
+) -> dict[str, Any]:
+    """member.json's identity, rows and metrics; the caller adds how the fit and export went."""
+    from training.metrics import evaluate
+
+    kinds = output_kinds(dataset)
+    stopping = np.isin(rows.held_out, rows.early_stopping)
+    stop_pred = {k: v[stopping] for k, v in exported.held.items()}
+    labels = dataset.label_names()
+    metrics = {
+        **evaluate(stop_pred, parts.y_stop, kinds, "val", labels),
+        **evaluate(exported.held, parts.y_held, kinds, "oof", labels),
+        **evaluate(exported.test, parts.y_test, kinds, "test", labels),
+    }
+    return {
+        "index": index,
+        "model_name": exported.model_name,
+        "version": exported.version,
+        "seed": seed,
+        "hyperparameters": hparams.model_dump(mode="json"),
+        "bootstrap": config.members.bootstrap,
+        "fold": rows.fold,
+        "rows": {
+            "fit": len(rows.fit),
+            "early_stopping": len(rows.early_stopping),
+            "out_of_fold": len(rows.held_out),
+        },
+        "metrics": metrics,
+    }
+
+
+def _finish_trial(trial: Trial, pruning: PruningCallback, record: dict[str, Any]) -> None:
+    """Record the trial in member.json and tell the study how it ended."""
+    record["trial"] = {"number": trial.number, "pruned_at_epoch": pruning.pruned_at}
+    if pruning.pruned_at is not None:
+        trial.finish("pruned")
+    else:  # a trial whose every val_loss was NaN has no value to rank it by
+        best = record["best_val_loss"]
+        trial.finish("complete" if best is not None else "fail", best)
 
 
 def read_member(out_dir: Path, index: int) -> dict[str, Any]:

@@ -99,6 +99,64 @@ class _PlainReporter:
             self.console.print(f"{label}: {p.state}{epoch}{message}", highlight=False)
 
 
+class _Pool:
+    """The worker processes of one run: starts them, notes which members failed and why, stops them."""
+
+    def __init__(self, layout: Layout, indices: Sequence[int], threads: int | None) -> None:
+        self.layout = layout
+        self.indices = list(indices)
+        self.threads = threads
+        self.running: list[_Worker] = []
+        self.failed: dict[int, str] = {}
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+    def states(self) -> list[MemberProgress]:
+        return [read_progress(self.layout.member_dir(i), i) for i in self.indices]
+
+    def launch(self, number: int, chunk: list[int]) -> None:
+        for index in chunk:
+            member_dir = self.layout.member_dir(index)
+            member_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ("progress.json", "member.json", "predictions.npz"):
+                (member_dir / stale).unlink(missing_ok=True)
+        log = (self.layout.members / f"worker{number}.log").open("wb")
+        command = worker_command(self.layout.root, chunk, self.threads)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.running.append(_Worker(chunk, process, log))
+
+    def reap(self) -> None:
+        """Forget the workers that exited; a failed one's unfinished members fail with its reason."""
+        for worker in list(self.running):
+            code = worker.process.poll()
+            if code is None:
+                continue
+            worker.log.close()
+            self.running.remove(worker)
+            if code == 0:
+                continue
+            log_tail = _last_line(Path(worker.log.name))
+            for index in worker.indices:
+                progress = read_progress(self.layout.member_dir(index), index)
+                if progress.state == "done":
+                    continue
+                if progress.state == "waiting":
+                    self.failed[index] = "not trained: its worker stopped"
+                else:
+                    self.failed[index] = progress.message or log_tail or f"exit code {code}"
+
+    def stop(self) -> None:
+        """Terminate the workers still running, killing any that do not exit within 10 seconds."""
+        for worker in self.running:
+            worker.process.terminate()
+        for worker in self.running:
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.log.close()
+
+
 def run_members(
     out_dir: Path, indices: Sequence[int], workers: int, console: Console, threads: int | None = None
 ) -> None:
@@ -108,79 +166,36 @@ def run_members(
     workers = max(1, min(workers, total))
     if threads is None and workers > 1:
         threads = max(1, available_cores() // workers)
-    running: list[_Worker] = []
-    failed: dict[int, str] = {}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    pool = _Pool(layout, indices, threads)
     started = time.monotonic()
-
-    def states() -> list[MemberProgress]:
-        return [read_progress(layout.member_dir(i), i) for i in indices]
-
-    def launch(number: int, chunk: list[int]) -> None:
-        for index in chunk:
-            member_dir = layout.member_dir(index)
-            member_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("progress.json", "member.json", "predictions.npz"):
-                (member_dir / stale).unlink(missing_ok=True)
-        log = (layout.members / f"worker{number}.log").open("wb")
-        process = subprocess.Popen(
-            worker_command(out_dir, chunk, threads), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        running.append(_Worker(chunk, process, log))
-
-    def reap() -> None:
-        for worker in list(running):
-            code = worker.process.poll()
-            if code is None:
-                continue
-            worker.log.close()
-            running.remove(worker)
-            if code == 0:
-                continue
-            log_tail = _last_line(Path(worker.log.name))
-            for index in worker.indices:
-                progress = read_progress(layout.member_dir(index), index)
-                if progress.state == "done":
-                    continue
-                if progress.state == "waiting":
-                    failed[index] = "not trained: its worker stopped"
-                else:
-                    failed[index] = progress.message or log_tail or f"exit code {code}"
-
     every = layout.load_config().logging.every
     plain = None if console.is_terminal else _PlainReporter(console, total, every)
     live = (
-        Live(_table(states(), total, 0.0), console=console, refresh_per_second=4) if plain is None else None
+        Live(_table(pool.states(), total, 0.0), console=console, refresh_per_second=4)
+        if plain is None
+        else None
     )
     try:
         if live is not None:
             live.start()
         for number, chunk in enumerate(assign(indices, workers)):
-            launch(number, chunk)
-        while running:
+            pool.launch(number, chunk)
+        while pool.running:
             time.sleep(POLL_SECONDS)
-            reap()
-            current = states()
+            pool.reap()
+            current = pool.states()
             if live is not None:
                 live.update(_table(current, total, time.monotonic() - started))
             elif plain is not None:
                 plain.update(current)
     finally:
-        for worker in running:
-            worker.process.terminate()
-        for worker in running:
-            try:
-                worker.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
-            worker.log.close()
+        pool.stop()
         if live is not None:
             live.stop()
-    if failed:
-        details = "; ".join(f"m{i}: {msg}" for i, msg in sorted(failed.items()))
+    if pool.failed:
+        details = "; ".join(f"m{i}: {msg}" for i, msg in sorted(pool.failed.items()))
         raise TrainingError(
-            f"{len(failed)} of {total} members failed ({details}); logs in {layout.members}/worker*.log"
+            f"{len(pool.failed)} of {total} members failed ({details}); logs in {layout.members}/worker*.log"
         )
 
 

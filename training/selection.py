@@ -140,17 +140,9 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
     decision = Decision(
         uniform_full, "uniform", "", dropped, eligible, oof_rows=own.size, informative_rows=informative.size
     )
-    if informative.size == 0:
-        decision.note = (
-            f"uniform: every row was held out by one member only ({_why_alone(config)}), so out of "
-            "fold no weighting can be told from uniform"
-        )
-        return decision
-    if informative.size < MIN_INFORMATIVE_ROWS:
-        decision.note = (
-            f"uniform: only {informative.size} rows were held out by two or more members, fewer than "
-            f"{MIN_INFORMATIVE_ROWS}: too few to trust a learned weighting"
-        )
+    too_few = _too_few_rows(config, informative.size)
+    if too_few is not None:
+        decision.note = too_few
         return decision
 
     prune = config.assemble.prune
@@ -163,14 +155,7 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
 
     grid = _shrinkages(config)
     finish = _finisher(groups, prune)
-    held_out = {s: np.zeros(informative.size) for s in grid}
-    uniform_rows = np.zeros(informative.size)
-    for train, test in _cv_groups(informative.size, config.seed):
-        learned = learn(informative.take(train))
-        scored = informative.take(test)
-        for s in grid:
-            held_out[s][test] = scored.row_losses(finish(learned, s))
-        uniform_rows[test] = scored.row_losses(weights.uniform(len(eligible)))
+    held_out, uniform_rows = _cross_validate(config, informative, learn, finish, grid)
     # Ties go to the larger shrinkage: nearer uniform unless the rows say otherwise.
     best = min(sorted(grid, reverse=True), key=lambda s: float(np.sum(held_out[s])))
     decision.shrinkage = best
@@ -200,6 +185,40 @@ def _learned(config: TrainConfig, table: OutOfFold, eligible: list[int], dropped
     if prune:
         _prune(config, own, eligible, decision)
     return decision
+
+
+def _too_few_rows(config: TrainConfig, rows: int) -> str | None:
+    """Why ``rows`` informative rows cannot tell a learned weighting from uniform; None if they can."""
+    if rows == 0:
+        return (
+            f"uniform: every row was held out by one member only ({_why_alone(config)}), so out of "
+            "fold no weighting can be told from uniform"
+        )
+    if rows < MIN_INFORMATIVE_ROWS:
+        return (
+            f"uniform: only {rows} rows were held out by two or more members, fewer than "
+            f"{MIN_INFORMATIVE_ROWS}: too few to trust a learned weighting"
+        )
+    return None
+
+
+def _cross_validate(
+    config: TrainConfig,
+    informative: OutOfFold,
+    learn: Callable[[OutOfFold], FloatArray],
+    finish: Callable[[FloatArray, float], FloatArray],
+    grid: list[float],
+) -> tuple[dict[float, FloatArray], FloatArray]:
+    """Per shrinkage, each informative row's loss under weights learned without it; and uniform's."""
+    held_out: dict[float, FloatArray] = {s: np.zeros(informative.size) for s in grid}
+    uniform_rows: FloatArray = np.zeros(informative.size)
+    for train, test in _cv_groups(informative.size, config.seed):
+        learned = learn(informative.take(train))
+        scored = informative.take(test)
+        for s in grid:
+            held_out[s][test] = scored.row_losses(finish(learned, s))
+        uniform_rows[test] = scored.row_losses(weights.uniform(informative.members))
+    return held_out, uniform_rows
 
 
 def clearly_better(candidate: FloatArray, baseline: FloatArray) -> bool:
