@@ -69,7 +69,7 @@ def open_study(config: TrainConfig, url: str, seed: int) -> Any:
     """The run's study in ``url``, created by the first worker; ``seed`` seeds this worker's sampler
     (workers sharing one seed would draw the same values)."""
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine: dict[str, Any] = {}
@@ -86,8 +86,9 @@ def open_study(config: TrainConfig, url: str, seed: int) -> Any:
                     grace_period=config.search.grace,
                 )
             break
-        except OperationalError:
-            # Workers starting together race to create the schema; the loser finds it made.
+        except (OperationalError, IntegrityError):
+            # Workers starting together race to create the schema (a locked database, or the
+            # alembic version row inserted twice); the loser finds it made on the next try.
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
