@@ -149,14 +149,14 @@ def combine(
         outputs[name] = weighted_mean(stack, weights)
         first_disagrees = i == 0 and len(member_outputs) > 1
         by_decision = first_disagrees and (kinds or {}).get(name) == "multilabel"
-        if by_decision:
-            disagreement = decision_disagreement(stack, outputs[name], weights)
         if spread or (first_disagrees and not by_decision):
             output_spread = weighted_spread(stack, weights)
             if spread:
                 spreads[name] = output_spread
-            if first_disagrees and not by_decision:
-                disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
+        if by_decision:
+            disagreement = decision_disagreement(stack, outputs[name], weights)
+        elif first_disagrees:
+            disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
     return Combined(outputs, spreads, disagreement)
 
 
