@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.run_layout import RunLayout
 from cli.demo_queries import (
     backend_ready,
     gateway_ready,
@@ -264,7 +265,7 @@ def _train_or_reuse(
     """Step 1: reuse the registered demo ensemble in ``out_dir``, or train and register one."""
     reuse = (
         not retrain
-        and (out_dir / "ensemble.json").exists()
+        and RunLayout(out_dir).manifest.exists()
         and _registered(tracking_uri, DEMO_ENSEMBLE, "champion")
     )
     if reuse:
