@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from contracts.run_layout import RunLayout
 from cli.demo_queries import (
     backend_ready,
     gateway_ready,
@@ -30,6 +29,7 @@ from cli.demo_queries import (
     http_json,
     load_test_rows,
 )
+from contracts.run_layout import RunLayout
 from serving.lifecycle import die_with_parent
 
 DEMO_ENSEMBLE = "digits"
