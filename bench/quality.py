@@ -75,12 +75,11 @@ def train(out: Path, data: str, seed: int, members: int, config: dict[str, Any],
 
 def read_run(out: Path) -> dict[str, Any]:
     """The figures of one run from its report.json, on its first target's headline metric."""
-    from contracts.run_layout import RunLayout
+    from contracts.run_layout import RunLayout, read_record
     from contracts.run_records import Report
     from training.assemble import primary_metric
-    from training.layout import read
 
-    report = read(RunLayout(out).report, Report)
+    report = read_record(RunLayout(out).report, Report)
     metric = primary_metric(report)
     members = [m.metrics[metric] for m in report.members]
     learned = report.ensemble_learned

@@ -427,7 +427,7 @@ def register_tiny_versions(
         )
         members = [member.name for member in manifest.members]
         for index, member in enumerate(members):
-            saved = out / "models" / member / "1"
+            saved = RunLayout(out).saved_model(member, 1)
             shutil.rmtree(saved)
             shutil.copytree(targets[(version, index)], saved)
         logged = record_training(out, tracking_uri, register=True, alias="champion" if version == 1 else None)

@@ -227,20 +227,19 @@ def train_member(
         problem = storage_problem(study_storage) if study_storage is not None else None
         if problem:
             raise TrainingError(f"--study-storage: {problem}")
+        layout = RunLayout(out)
         if config is not None:
             prepare_run(resolve_config(config, {}, None), out)
-        elif not RunLayout(out).config.is_file():
-            raise TrainingError(
-                f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first"
-            )
-        count = load_config(RunLayout(out)).candidate_count
+        elif not layout.config.is_file():
+            raise TrainingError(f"{layout.config} not found: pass --config or run `ensemble train` first")
+        count = load_config(layout).candidate_count
         bad = [i for i in index if not 0 <= i < count]
         if bad:
             raise TrainingError(f"--index {bad[0]} is out of range: members are 0 to {count - 1}")
         from training.member import train_member as run
 
         for i in index:
-            if resume and RunLayout(out).member_file(i).is_file():
+            if resume and layout.member_file(i).is_file():
                 print(f"member {i}: already trained, nothing to resume", flush=True)
                 continue
             record = run(out, i, threads=threads, resume=resume, study_storage=study_storage)

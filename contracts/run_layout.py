@@ -142,15 +142,16 @@ def write_record(path: Path, record: BaseModel) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def read_record(path: Path, kind: type[Record]) -> Record:
-    """The record in ``path``; RecordError in one line names the file and the first bad field."""
+def read_record(path: Path, kind: type[Record], *, error: type[Exception] = RecordError) -> Record:
+    """The record in ``path``; ``error`` (each part passes its own) in one line names the file and
+    the first bad field."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecordError(f"{path} is missing") from None
+        raise error(f"{path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path} is not valid JSON: {exc}") from None
+        raise error(f"{path} is not valid JSON: {exc}") from None
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
-        raise RecordError(f"{path}: {validation_summary(exc, what=kind.__name__)}") from None
+        raise error(f"{path}: {validation_summary(exc, what=kind.__name__)}") from None

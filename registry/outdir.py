@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from contracts.errors import validation_summary
 from contracts.manifest import Manifest
-from contracts.run_layout import MemberFolder, Record, RecordError, RunLayout, read_record
+from contracts.run_layout import MemberFolder, Record, RunLayout, read_record
 from contracts.run_records import DatasetSummary, MemberRecord, Report
 from registry.errors import InvalidArgument
 
@@ -111,15 +111,9 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _read(path: Path, kind: type[Record]) -> Record:
-    try:
-        return read_record(path, kind)
-    except RecordError as exc:
-        raise InvalidArgument(str(exc)) from None
-
-
 def _optional(path: Path, kind: type[Record]) -> Record | None:
-    return _read(path, kind) if path.is_file() else None
+    """The record, or None when the folder has none (an older run's report, a copied folder)."""
+    return read_record(path, kind, error=InvalidArgument) if path.is_file() else None
 
 
 def read_training_output(root: Path) -> TrainingOutput:
@@ -139,7 +133,7 @@ def read_training_output(root: Path) -> TrainingOutput:
     for folder in layout.member_folders():
         if not folder.record.is_file():
             continue
-        record = _read(folder.record, MemberRecord)
+        record = read_record(folder.record, MemberRecord, error=InvalidArgument)
         saved_model = layout.saved_model(record.model_name, record.version)
         if not (saved_model / "saved_model.pb").is_file():
             raise InvalidArgument(f"{saved_model} has no saved_model.pb")

@@ -16,13 +16,13 @@ import numpy as np
 
 from contracts.combine import combine_outputs
 from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, Provenance, TensorSpec
-from contracts.run_layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, RunLayout, write_record
+from contracts.run_layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, RunLayout, read_record, write_record
 from contracts.run_records import DatasetSummary, MemberRecord, Report, ReportMember, ReportSplit
 from training.config import TrainConfig, ensemble_name
 from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
 from training.labels import as_decisions
-from training.layout import load_config, read
+from training.layout import load_config
 from training.member import output_kinds
 from training.metrics import evaluate
 from training.oof import OutOfFold
@@ -57,7 +57,7 @@ def load_members(layout: RunLayout, count: int, *, skip_unfinished: bool = False
             continue
         if not member_file.is_file() or not predictions.is_file():
             raise TrainingError(f"member m{index} has not finished ({member_file} is missing)")
-        record = read(member_file, MemberRecord)
+        record = read_record(member_file, MemberRecord, error=TrainingError)
         with np.load(predictions) as npz:
             if OOF_ROWS not in npz.files:
                 raise TrainingError(
@@ -134,7 +134,7 @@ def plan_assembly(layout: RunLayout) -> AssemblyPlan:
     config = load_config(layout)
     dataset = prepare(config.data, config.seed)
     if layout.dataset.is_file():
-        recorded = read(layout.dataset, DatasetSummary)
+        recorded = read_record(layout.dataset, DatasetSummary, error=TrainingError)
         if recorded.test_fingerprint != dataset.test_fingerprint:
             raise TrainingError("the data changed since the members were trained (test fingerprint differs)")
     members = load_members(layout, config.candidate_count, skip_unfinished=bool(config.search.trials))

@@ -1,14 +1,13 @@
-"""Training's reads of its own run folder: the resolved config, and records as TrainingErrors.
+"""Training's own read of its run folder: the resolved config, as a TrainConfig.
 
 The paths and records themselves are :mod:`contracts.run_layout` and :mod:`contracts.run_records`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contracts.run_layout import Record, RecordError, RunLayout, read_record
+from contracts.run_layout import RunLayout
 from training.errors import TrainingError
 
 if TYPE_CHECKING:
@@ -22,11 +21,3 @@ def load_config(layout: RunLayout) -> TrainConfig:
     if not layout.config.is_file():
         raise TrainingError(f"{layout.config} not found: is {layout.root} a training output directory?")
     return load(layout.config)
-
-
-def read(path: Path, kind: type[Record]) -> Record:
-    """A run record; a missing or invalid one is a one-line TrainingError naming the file."""
-    try:
-        return read_record(path, kind)
-    except RecordError as exc:
-        raise TrainingError(str(exc)) from None

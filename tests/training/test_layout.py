@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ def _run(tmp_path: Path) -> RunLayout:
     shutil.copytree(RUN_BEFORE, tmp_path / "run")
     layout = RunLayout(tmp_path / "run")
     for index in (0, 1):
-        arrays = {OOF_ROWS: np.arange(3), f"{OOF_PREFIX}probabilities": np.full((3, 10), 0.1)}
-        np.savez(layout.member_predictions(index), **arrays, **{f"{TEST_PREFIX}probabilities": np.eye(10)})
+        arrays: dict[str, Any] = {OOF_ROWS: np.arange(3), f"{TEST_PREFIX}probabilities": np.eye(10)}
+        arrays[f"{OOF_PREFIX}probabilities"] = np.full((3, 10), 0.1)
+        np.savez(layout.member_predictions(index), **arrays)
     return layout
 
 
