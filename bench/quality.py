@@ -75,24 +75,27 @@ def train(out: Path, data: str, seed: int, members: int, config: dict[str, Any],
 
 def read_run(out: Path) -> dict[str, Any]:
     """The figures of one run from its report.json, on its first target's headline metric."""
+    from contracts.run_layout import RunLayout, read_record
+    from contracts.run_records import Report
     from training.assemble import primary_metric
 
-    report = json.loads((out / "report.json").read_text())
+    report = read_record(RunLayout(out).report, Report)
     metric = primary_metric(report)
-    members = [float(m["metrics"][metric]) for m in report["members"]]
+    members = [m.metrics[metric] for m in report.members]
+    learned = report.ensemble_learned
     return {
         "metric": metric,
         "members": members,
         "best_member": min(members),
         "mean_member": statistics.fmean(members),
-        "uniform": float(report["ensemble_uniform"][metric]),
-        "learned": float(report["ensemble_learned"][metric]) if "ensemble_learned" in report else None,
-        "served": float(report["ensemble_served"][metric]),
-        "served_members": sum(1 for m in report["members"] if m["kept"]),
-        "weights": [round(float(m["weight"]), 4) for m in report["members"]],
-        "weights_served": report["weights"]["served"],
-        "weights_note": report["weights"]["note"],
-        "informative_rows": report["weights"]["informative_rows"],
+        "uniform": report.ensemble_uniform[metric],
+        "learned": learned[metric] if learned is not None else None,
+        "served": report.ensemble_served[metric],
+        "served_members": sum(1 for m in report.members if m.kept),
+        "weights": [round(m.weight, 4) for m in report.members],
+        "weights_served": report.weights.served,
+        "weights_note": report.weights.note,
+        "informative_rows": report.weights.informative_rows,
     }
 
 

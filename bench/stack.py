@@ -31,6 +31,19 @@ import orjson
 
 from contracts import combine
 from contracts.manifest import Manifest
+from contracts.run_layout import RunLayout, write_record
+from contracts.run_records import (
+    DatasetRows,
+    DatasetSummary,
+    InputSummary,
+    MemberRecord,
+    Report,
+    ReportMember,
+    ReportSplit,
+    RowCounts,
+    SplitSummary,
+    WeightsSummary,
+)
 from serving.protos import PredictionServiceStub, PredictRequest
 from serving.tensors import from_tensor_proto, to_tensor_proto
 from serving.testing import free_port, spawn_process, stop_process, wait_ready
@@ -125,52 +138,33 @@ def write_training_output(
     ``spec`` replaces manifest fields (``inputs``, ``outputs``, ``combiner``) for members that are
     really served: the fake gateway backend's, or real SavedModels copied over the fake ones.
     Members are registered models ``<member_prefix>-m<i>`` (default: the ensemble's name).
+    The records (member.json, dataset.json, report.json) are training's own, with made-up figures.
     """
+    layout = RunLayout(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
-    dataset = {
-        "source": "sklearn:digits",
-        "fingerprint": "f" * 64,
-        "test_fingerprint": test_fingerprint,
-        "targets": ["digit"],
-        "tasks": {"digit": "classification"},
-        "rows": 1797,
-        "inputs": ["pixels"],
-    }
-    (out / "dataset.json").write_text(json.dumps(dataset))
+    layout.config.write_text(f"name: {name}\nmembers: {members}\ntraining:\n  epochs: {epochs}\n")
+    write_record(layout.dataset, _fake_dataset(test_fingerprint))
     refs = []
     report_members = []
     for index in range(members + dropped):
-        model_name = f"{member_prefix or name}-m{index}"
-        folder = out / "members" / f"m{index}"
-        (folder / "tensorboard" / "train").mkdir(parents=True, exist_ok=True)
-        (folder / "tensorboard" / "train" / "events.out.tfevents.0").write_bytes(b"events")
-        info = {
-            "index": index,
-            "model_name": model_name,
-            "version": 1,
-            "seed": 100 + index,
-            "hyperparameters": {"units": 32 * (index + 1), "dropout": 0.1, "optimizer": {"lr": 0.001}},
-            "metrics": {"val_nll": test_nll + 0.01 * index, "test_nll": test_nll + 0.02 * index},
-            "epochs_trained": epochs,
-            "train_seconds": 1.5,
-        }
-        (folder / "member.json").write_text(json.dumps(info))
-        rows = ["epoch,loss,val_loss,lr"]
-        rows += [f"{e},{1.0 / (e + 1):.4f},{1.1 / (e + 1):.4f},0.001" for e in range(epochs)]
-        (folder / "history.csv").write_text("\n".join(rows) + "\n")
-        (folder / "checkpoint.keras").write_bytes(b"keras")
-        saved = out / "models" / model_name / "1"
-        (saved / "variables").mkdir(parents=True, exist_ok=True)
-        (saved / "saved_model.pb").write_bytes(f"{model_name}:{payload}".encode())
-        (saved / "variables" / "variables.index").write_bytes(b"index")
+        record = _fake_member(layout, index, f"{member_prefix or name}-m{index}", test_nll, epochs, payload)
         kept = index < members
+        weight = (weights[index] if weights else 1.0 / members) if kept else 0.0
         if kept:
-            refs.append(
-                {"name": model_name, "version": 1, "weight": weights[index] if weights else 1.0 / members}
-            )
+            refs.append({"name": record.model_name, "version": 1, "weight": weight})
         report_members.append(
-            {"name": model_name, "kept": kept, "dropped_reason": None if kept else "not kept by the search"}
+            ReportMember(
+                index=index,
+                name=record.model_name,
+                version=1,
+                fold=None,
+                weight=weight,
+                kept=kept,
+                dropped_reason=None if kept else "not kept by the search",
+                hyperparameters=record.hyperparameters,
+                epochs_trained=epochs,
+                metrics=record.metrics,
+            )
         )
     manifest = Manifest.model_validate(
         {
@@ -197,16 +191,90 @@ def write_training_output(
             **(spec or {}),
         }
     )
-    manifest.save(out / "ensemble.json")
-    report = {
-        "ensemble": {"test_nll": test_nll},
-        "members": report_members,
-        "weights": {"served": "uniform", "note": "uniform: assemble.weights is uniform"},
-    }
-    (out / "report.json").write_text(json.dumps(report))
-    (out / "plots").mkdir(exist_ok=True)
-    (out / "plots" / "calibration.png").write_bytes(b"\x89PNG")
+    manifest.save(layout.manifest)
+    write_record(layout.report, _fake_report(layout, name, report_members, test_nll))
+    layout.plots.mkdir(exist_ok=True)
+    (layout.plots / "calibration.png").write_bytes(b"\x89PNG")
     return manifest
+
+
+def _fake_dataset(test_fingerprint: str) -> DatasetSummary:
+    return DatasetSummary(
+        source="sklearn:digits",
+        fingerprint="f" * 64,
+        test_fingerprint=test_fingerprint,
+        targets=["digit"],
+        tasks={"digit": "classification"},
+        classes={"digit": [str(c) for c in range(10)]},
+        labels={},
+        outputs={"digit": "probabilities"},
+        rows=DatasetRows(total=1797, train=1257, validation=180, test=360, dropped_missing_target=0),
+        inputs=[
+            InputSummary(name="pixels", dtype="float32", shape=[-1, 64], kind="numeric", columns=["pixels"])
+        ],
+        split=SplitSummary(method="holdout", fold_rows=[]),
+    )
+
+
+def _fake_member(
+    layout: RunLayout, index: int, model_name: str, test_nll: float, epochs: int, payload: str
+) -> MemberRecord:
+    """Member ``index``'s folder (record, history, checkpoint, logs) and a fake SavedModel."""
+    folder = layout.member(index)
+    (folder.tensorboard / "train").mkdir(parents=True, exist_ok=True)
+    (folder.tensorboard / "train" / "events.out.tfevents.0").write_bytes(b"events")
+    saved = layout.saved_model(model_name, 1)
+    record = MemberRecord(
+        index=index,
+        model_name=model_name,
+        version=1,
+        seed=100 + index,
+        hyperparameters={"units": 32 * (index + 1), "dropout": 0.1, "optimizer": {"lr": 0.001}},
+        bootstrap=False,
+        fold=None,
+        rows=RowCounts(fit=1257, early_stopping=180, out_of_fold=180),
+        metrics={"val_nll": test_nll + 0.01 * index, "test_nll": test_nll + 0.02 * index},
+        best_val_loss=test_nll + 0.01 * index,
+        epochs_trained=epochs,
+        train_seconds=1.5,
+        export_path=str(saved.resolve()),
+        export_max_abs_diff=0.0,
+    )
+    write_record(folder.record, record)
+    rows = ["epoch,loss,val_loss,lr"]
+    rows += [f"{e},{1.0 / (e + 1):.4f},{1.1 / (e + 1):.4f},0.001" for e in range(epochs)]
+    folder.history.write_text("\n".join(rows) + "\n")
+    folder.checkpoint.write_bytes(b"keras")
+    (saved / "variables").mkdir(parents=True, exist_ok=True)
+    (saved / "saved_model.pb").write_bytes(f"{model_name}:{payload}".encode())
+    (saved / "variables" / "variables.index").write_bytes(b"index")
+    return record
+
+
+def _fake_report(layout: RunLayout, name: str, members: list[ReportMember], test_nll: float) -> Report:
+    served = {"test_nll": test_nll}
+    return Report(
+        ensemble=name,
+        weights_method="uniform",
+        searched=False,
+        split=ReportSplit(method="holdout", folds=None),
+        weights=WeightsSummary(
+            served="uniform",
+            note="uniform: assemble.weights is uniform",
+            shrinkage=None,
+            out_of_fold_rows=0,
+            informative_rows=0,
+            oof_loss_uniform=None,
+            oof_loss_learned=None,
+            learned=None,
+        ),
+        members=members,
+        ensemble_served=served,
+        ensemble_uniform=served,
+        outputs=[("probabilities", "digit", "probabilities")],
+        labels={},
+        models_config=str(layout.models_config),
+    )
 
 
 # The promotion stack: a 2-member ensemble of the tiny Keras member of
@@ -359,7 +427,7 @@ def register_tiny_versions(
         )
         members = [member.name for member in manifest.members]
         for index, member in enumerate(members):
-            saved = out / "models" / member / "1"
+            saved = RunLayout(out).saved_model(member, 1)
             shutil.rmtree(saved)
             shutil.copytree(targets[(version, index)], saved)
         logged = record_training(out, tracking_uri, register=True, alias="champion" if version == 1 else None)

@@ -29,6 +29,7 @@ from cli.demo_queries import (
     http_json,
     load_test_rows,
 )
+from contracts.run_layout import RunLayout
 from serving.lifecycle import die_with_parent
 
 DEMO_ENSEMBLE = "digits"
@@ -264,7 +265,7 @@ def _train_or_reuse(
     """Step 1: reuse the registered demo ensemble in ``out_dir``, or train and register one."""
     reuse = (
         not retrain
-        and (out_dir / "ensemble.json").exists()
+        and RunLayout(out_dir).manifest.exists()
         and _registered(tracking_uri, DEMO_ENSEMBLE, "champion")
     )
     if reuse:

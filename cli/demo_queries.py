@@ -49,10 +49,11 @@ class TestRows:
 
 def load_test_rows(out_dir: Path) -> TestRows:
     """The test rows of the training in ``out_dir``, prepared from its config as training did."""
+    from contracts.run_layout import RunLayout
     from training.config import load_config
     from training.data import prepare
 
-    config = load_config(out_dir / "config.yaml")
+    config = load_config(RunLayout(out_dir).config)
     dataset = prepare(config.data, config.seed)
     target = dataset.targets[0]
     labels = dataset.labels(dataset.test_rows)[dataset.output_name(target)]

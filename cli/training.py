@@ -76,13 +76,15 @@ def _track(
 
 
 def _assemble_and_report(out_dir: Path, console: Console) -> None:
+    from contracts.run_layout import RunLayout
     from training.assemble import assemble
     from training.report import print_report
 
+    layout = RunLayout(out_dir)
     report = assemble(out_dir)
     print_report(report, console)
-    console.print(f"Manifest: {out_dir / 'ensemble.json'}", f"Report: {out_dir / 'report.json'}", sep="   ")
-    console.print(f"Plots: {out_dir / 'plots'}")
+    console.print(f"Manifest: {layout.manifest}", f"Report: {layout.report}", sep="   ")
+    console.print(f"Plots: {layout.plots}")
 
 
 TrackingUriOpt = Annotated[
@@ -215,8 +217,9 @@ def train_member(
 
     Several --index values train those members one after another in this process.
     """
+    from contracts.run_layout import RunLayout
     from training.errors import TrainingError
-    from training.layout import Layout
+    from training.layout import load_config
     from training.prepare import prepare_run, resolve_config
     from training.search_config import storage_problem
 
@@ -224,26 +227,25 @@ def train_member(
         problem = storage_problem(study_storage) if study_storage is not None else None
         if problem:
             raise TrainingError(f"--study-storage: {problem}")
+        layout = RunLayout(out)
         if config is not None:
             prepare_run(resolve_config(config, {}, None), out)
-        elif not Layout(out).config.is_file():
-            raise TrainingError(
-                f"{out / 'config.yaml'} not found: pass --config or run `ensemble train` first"
-            )
-        count = Layout(out).load_config().candidate_count
+        elif not layout.config.is_file():
+            raise TrainingError(f"{layout.config} not found: pass --config or run `ensemble train` first")
+        count = load_config(layout).candidate_count
         bad = [i for i in index if not 0 <= i < count]
         if bad:
             raise TrainingError(f"--index {bad[0]} is out of range: members are 0 to {count - 1}")
         from training.member import train_member as run
 
         for i in index:
-            if resume and Layout(out).member_file(i).is_file():
+            if resume and layout.member_file(i).is_file():
                 print(f"member {i}: already trained, nothing to resume", flush=True)
                 continue
             record = run(out, i, threads=threads, resume=resume, study_storage=study_storage)
             print(
-                f"member {i}: {record['model_name']} v{record['version']} "
-                f"({record['epochs_trained']} epochs, {record['train_seconds']:.1f}s)",
+                f"member {i}: {record.model_name} v{record.version} "
+                f"({record.epochs_trained} epochs, {record.train_seconds:.1f}s)",
                 flush=True,
             )
     except TrainingError as exc:

@@ -1,10 +1,6 @@
 """Reading a training output directory: the files ``ensemble train`` writes, as typed records.
 
-Layout (written by training)::
-
-    <out>/config.yaml  <out>/dataset.json  <out>/ensemble.json  <out>/report.json  <out>/plots/*.png
-    <out>/members/m<i>/member.json  history.csv  checkpoint.keras  tensorboard/  predictions.npz
-    <out>/models/<ensemble>-m<i>/<version>/   (SavedModel)
+The folder's layout and its records are :mod:`contracts.run_layout` and :mod:`contracts.run_records`.
 """
 
 from __future__ import annotations
@@ -20,6 +16,8 @@ from pydantic import ValidationError
 
 from contracts.errors import validation_summary
 from contracts.manifest import Manifest
+from contracts.run_layout import MemberFolder, Record, RunLayout, read_record
+from contracts.run_records import DatasetSummary, MemberRecord, Report
 from registry.errors import InvalidArgument
 
 
@@ -27,26 +25,25 @@ from registry.errors import InvalidArgument
 class MemberOutput:
     """One trained member: its folder, ``member.json`` and exported SavedModel."""
 
-    index: int
-    folder: Path
-    info: dict[str, Any]
+    folder: MemberFolder
+    record: MemberRecord
     saved_model: Path
 
     @property
-    def model_name(self) -> str:
-        return str(self.info["model_name"])
+    def index(self) -> int:
+        return self.record.index
 
     @property
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(self.info.get("hyperparameters") or {})
+    def model_name(self) -> str:
+        return self.record.model_name
 
     @property
     def metrics(self) -> dict[str, float]:
-        return numeric_items(self.info.get("metrics") or {})
+        return numeric_items(self.record.metrics)
 
     def history(self) -> list[tuple[int, dict[str, float]]]:
         """Per-epoch metrics from ``history.csv`` as ``(step, {name: value})``, step from 'epoch'."""
-        path = self.folder / "history.csv"
+        path = self.folder.history
         if not path.is_file():
             return []
         rows: list[tuple[int, dict[str, float]]] = []
@@ -62,31 +59,29 @@ class MemberOutput:
 class TrainingOutput:
     """Everything ``record_training`` reads from one output directory."""
 
-    root: Path
+    layout: RunLayout
     manifest: Manifest
-    dataset: dict[str, Any]
+    dataset: DatasetSummary | None
+    """None when the folder has no dataset.json."""
     members: list[MemberOutput]
     """The manifest's members, in its order: the ones served."""
-    report: dict[str, Any] = field(default_factory=dict)
+    report: Report | None = None
+    """None when the folder has no report.json."""
     trained: list[MemberOutput] = field(default_factory=list)
     """Every trained member (search trials and dropped members too), by index."""
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
 
     def status(self, member: MemberOutput) -> tuple[bool, float, str]:
         """(served, weight, why not) of a trained member, from the manifest and the report."""
         weights = {ref.name: ref.weight for ref in self.manifest.members}
-        entries = {str(m.get("name")): m for m in self.report.get("members", []) if isinstance(m, dict)}
         if member.model_name in weights:
             return True, weights[member.model_name], ""
-        reason = entries.get(member.model_name, {}).get("dropped_reason")
-        return False, 0.0, str(reason or "not in the manifest")
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
+        entry = self.report.member(member.model_name) if self.report is not None else None
+        reason = entry.dropped_reason if entry is not None else None
+        return False, 0.0, reason or "not in the manifest"
 
 
 def numeric_items(values: dict[str, Any]) -> dict[str, float]:
@@ -116,44 +111,39 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidArgument(f"{path} is missing: not a training output directory") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"{path} is not valid JSON: {exc}") from None
+def _optional(path: Path, kind: type[Record]) -> Record | None:
+    """The record, or None when the folder has none (an older run's report, a copied folder)."""
+    return read_record(path, kind, error=InvalidArgument) if path.is_file() else None
 
 
 def read_training_output(root: Path) -> TrainingOutput:
     """Read and check a training output directory; InvalidArgument says what is missing."""
     if not root.is_dir():
         raise InvalidArgument(f"{root} is not a directory")
+    layout = RunLayout(root)
     try:
-        manifest = Manifest.load(root / "ensemble.json")
+        manifest = Manifest.load(layout.manifest)
     except FileNotFoundError:
-        raise InvalidArgument(
-            f"{root / 'ensemble.json'} is missing: not a training output directory"
-        ) from None
+        raise InvalidArgument(f"{layout.manifest} is missing: not a training output directory") from None
     except ValidationError as exc:
-        raise InvalidArgument(f"{root / 'ensemble.json'}: {validation_summary(exc)}") from None
-    dataset = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
-    report = _read_json(root / "report.json") if (root / "report.json").is_file() else {}
+        raise InvalidArgument(f"{layout.manifest}: {validation_summary(exc)}") from None
+    dataset = _optional(layout.dataset, DatasetSummary)
+    report = _optional(layout.report, Report)
     by_name: dict[str, MemberOutput] = {}
-    for folder in sorted((root / "members").glob("m*")):
-        if not (folder / "member.json").is_file():
+    for folder in layout.member_folders():
+        if not folder.record.is_file():
             continue
-        info = _read_json(folder / "member.json")
-        saved_model = root / "models" / str(info["model_name"]) / str(info["version"])
+        record = read_record(folder.record, MemberRecord, error=InvalidArgument)
+        saved_model = layout.saved_model(record.model_name, record.version)
         if not (saved_model / "saved_model.pb").is_file():
             raise InvalidArgument(f"{saved_model} has no saved_model.pb")
-        by_name[str(info["model_name"])] = MemberOutput(int(info["index"]), folder, info, saved_model)
+        by_name[record.model_name] = MemberOutput(folder, record, saved_model)
     members = []
     for ref in manifest.members:
         if ref.name not in by_name:
-            raise InvalidArgument(f"manifest member {ref.name!r} has no folder under {root / 'members'}")
+            raise InvalidArgument(f"manifest member {ref.name!r} has no folder under {layout.members}")
         members.append(by_name[ref.name])
     trained = sorted(by_name.values(), key=lambda m: m.index)
     return TrainingOutput(
-        root=root, manifest=manifest, dataset=dataset, members=members, report=report, trained=trained
+        layout=layout, manifest=manifest, dataset=dataset, members=members, report=report, trained=trained
     )

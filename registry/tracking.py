@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contracts import tags as tag
+from contracts.run_records import DatasetSummary, TrialRecord
 from registry.aliases import check_alias
 from registry.client import connect, ensure_experiment, translated
 from registry.defaults import is_local_store
@@ -75,38 +76,39 @@ def _log_if_exists(client: MlflowClient, run_id: str, path: Path, artifact_path:
         client.log_artifact(run_id, str(path), artifact_path)
 
 
-def _log_dataset_input(client: MlflowClient, run_id: str, dataset: dict[str, Any]) -> None:
+def _log_dataset_input(client: MlflowClient, run_id: str, dataset: DatasetSummary | None) -> None:
     """The dataset as an MLflow dataset input: name, source and fingerprint, no rows."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    fingerprint = str(dataset.get("fingerprint", ""))
-    if not fingerprint:
+    if dataset is None or not dataset.fingerprint:
         return
-    source = str(dataset.get("source", "unknown"))
     entity = Dataset(
-        name=source,
-        digest=fingerprint[:36],
+        name=dataset.source,
+        digest=dataset.fingerprint[:36],
         source_type="external",
-        source=json.dumps({"uri": source}),
-        profile=json.dumps({key: dataset[key] for key in ("rows", "targets", "tasks") if key in dataset}),
+        source=json.dumps({"uri": dataset.source}),
+        profile=json.dumps(
+            {"rows": dataset.rows.model_dump(), "targets": dataset.targets, "tasks": dataset.tasks}
+        ),
     )
     client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
 
 
-def _dataset_tags(dataset: dict[str, Any]) -> dict[str, str]:
+def _dataset_tags(dataset: DatasetSummary | None) -> dict[str, str]:
+    """The data's source and fingerprints; empty values when the folder has no dataset.json."""
     return {
-        tag.DATASET_SOURCE: str(dataset.get("source", "")),
-        tag.DATASET_FINGERPRINT: str(dataset.get("fingerprint", "")),
-        tag.DATASET_TEST_FINGERPRINT: str(dataset.get("test_fingerprint", "")),
+        tag.DATASET_SOURCE: dataset.source if dataset is not None else "",
+        tag.DATASET_FINGERPRINT: dataset.fingerprint if dataset is not None else "",
+        tag.DATASET_TEST_FINGERPRINT: dataset.test_fingerprint if dataset is not None else "",
     }
 
 
-def _trial_tags(trial: Any, served: bool) -> dict[str, str]:
+def _trial_tags(trial: TrialRecord | None, served: bool) -> dict[str, str]:
     """A search trial's number and fate; nothing for a member of a run without a search."""
-    if not isinstance(trial, dict):
+    if trial is None:
         return {}
-    fate = "pruned" if trial.get("pruned_at_epoch") is not None else "kept" if served else "not kept"
-    return {tag.TRIAL_NUMBER: str(trial.get("number", "")), tag.TRIAL_FATE: fate}
+    fate = "pruned" if trial.pruned_at_epoch is not None else "kept" if served else "not kept"
+    return {tag.TRIAL_NUMBER: str(trial.number), tag.TRIAL_FATE: fate}
 
 
 def _log_member(
@@ -123,28 +125,29 @@ def _log_member(
     }
     if reason:
         tags[tag.DROPPED_REASON] = reason
-    tags.update(_trial_tags(member.info.get("trial"), served))
+    record = member.record
+    tags.update(_trial_tags(record.trial, served))
     run = client.create_run(experiment_id, run_name=member.model_name, tags=tags)
     run_id = str(run.info.run_id)
-    params = flatten(member.hyperparameters)
+    params = flatten(record.hyperparameters)
     params.update(
         {
-            "member.index": str(member.index),
-            "member.seed": str(member.info.get("seed", "")),
-            "member.fold": str(member.info.get("fold", "")),
-            "member.epochs_trained": str(member.info.get("epochs_trained", "")),
-            tag.DATASET_FINGERPRINT: str(output.dataset.get("fingerprint", "")),
+            "member.index": str(record.index),
+            "member.seed": str(record.seed),
+            "member.fold": str(record.fold),
+            "member.epochs_trained": str(record.epochs_trained),
+            tag.DATASET_FINGERPRINT: _dataset_tags(output.dataset)[tag.DATASET_FINGERPRINT],
         }
     )
     _log_params(client, run_id, params)
     final = member.metrics
-    if "train_seconds" in member.info:
-        final["train_seconds"] = float(member.info["train_seconds"])
+    final["train_seconds"] = record.train_seconds
     final["ensemble_weight"] = weight
     _log_metrics(client, run_id, [*member.history(), (0, final)])
     client.log_artifacts(run_id, str(member.saved_model), SAVED_MODEL_ARTIFACT)
-    for name in ("member.json", "history.csv", "checkpoint.keras", "predictions.npz", "tensorboard"):
-        _log_if_exists(client, run_id, member.folder / name, "tensorboard" if name == "tensorboard" else None)
+    tensorboard = member.folder.tensorboard
+    for path in member.folder.artifacts():
+        _log_if_exists(client, run_id, path, tensorboard.name if path == tensorboard else None)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -200,10 +203,11 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
     }
     params.update({f"weight.{member.name}": f"{member.weight:.6f}" for member in manifest.members})
     params.update({f"weight.{m.model_name}": "0.000000" for m in output.trained if not output.status(m)[0]})
-    if output.config_file.is_file():
+    layout = output.layout
+    if layout.config.is_file():
         import yaml
 
-        config = yaml.safe_load(output.config_file.read_text()) or {}
+        config = yaml.safe_load(layout.config.read_text()) or {}
         if isinstance(config, dict):
             params.update({f"config.{key}": value for key, value in flatten(config).items()})
     _log_params(client, run_id, params)
@@ -212,19 +216,20 @@ def _log_parent(client: MlflowClient, run_id: str, output: TrainingOutput) -> No
         for m in output.trained
         if not output.status(m)[0]
     }
-    note = (output.report.get("weights") or {}).get("note")
-    if note:
-        run_tags[tag.WEIGHTS_NOTE] = str(note)
+    report = output.report
+    if report is not None and report.weights.note:
+        run_tags[tag.WEIGHTS_NOTE] = report.weights.note
     _log_tags(client, run_id, run_tags)
     metrics = dict(manifest.metrics)
-    metrics.update(_report_metrics(output.report))
+    if report is not None:
+        metrics.update(_report_metrics(report.model_dump(exclude_unset=True)))
     _log_metrics(client, run_id, [(0, metrics)])
     _log_dataset_input(client, run_id, output.dataset)
-    for path in (output.config_file, output.root / "dataset.json", output.root / "report.json"):
+    for path in (layout.config, layout.dataset, layout.report):
         _log_if_exists(client, run_id, path)
-    _log_if_exists(client, run_id, output.plots, "plots")
+    _log_if_exists(client, run_id, layout.plots, "plots")
     # The training-time manifest; the registered one (member versions rewritten) goes to manifest/.
-    _log_if_exists(client, run_id, output.root / "ensemble.json", "training")
+    _log_if_exists(client, run_id, layout.manifest, "training")
 
 
 def _report_metrics(report: dict[str, Any], prefix: str = "report.") -> dict[str, float]:

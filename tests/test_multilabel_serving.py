@@ -57,12 +57,13 @@ class Served:
 
 
 def _offline_ensemble(run: Path, manifest: Manifest) -> tuple[list[dict[str, Any]], np.ndarray]:
+    from contracts.run_layout import RunLayout
     from training.assemble import load_members
     from training.data import prepare
-    from training.layout import Layout
+    from training.layout import load_config
 
-    layout = Layout(run)
-    config = layout.load_config()
+    layout = RunLayout(run)
+    config = load_config(layout)
     dataset = prepare(config.data, config.seed)
     members = {m.name: m for m in load_members(layout, config.candidate_count)}
     answers = [members[ref.name].test for ref in manifest.members]

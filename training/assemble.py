@@ -8,21 +8,21 @@ ones the gateway will serve.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from contracts.combine import combine_outputs
 from contracts.manifest import Combiner, Manifest, MemberRef, OutputSpec, Provenance, TensorSpec
+from contracts.run_layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, RunLayout, read_record, write_record
+from contracts.run_records import DatasetSummary, MemberRecord, Report, ReportMember, ReportSplit
 from training.config import TrainConfig, ensemble_name
 from training.data import Dataset, prepare, safe_name
 from training.errors import TrainingError
 from training.labels import as_decisions
-from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
+from training.layout import load_config
 from training.member import output_kinds
 from training.metrics import evaluate
 from training.oof import OutOfFold
@@ -36,17 +36,17 @@ from training.selection import Decision, decide
 class MemberResult:
     """A finished member: its record, the rows it never trained on and its answers there and on test."""
 
-    record: dict[str, Any]
+    record: MemberRecord
     oof_rows: np.ndarray
     oof: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
 
     @property
     def name(self) -> str:
-        return str(self.record["model_name"])
+        return self.record.model_name
 
 
-def load_members(layout: Layout, count: int, *, skip_unfinished: bool = False) -> list[MemberResult]:
+def load_members(layout: RunLayout, count: int, *, skip_unfinished: bool = False) -> list[MemberResult]:
     """Every member's results; a missing or outdated one is an error naming the member, unless
     ``skip_unfinished`` (a search goes on without its failed trials) leaves it out."""
     results = []
@@ -57,7 +57,7 @@ def load_members(layout: Layout, count: int, *, skip_unfinished: bool = False) -
             continue
         if not member_file.is_file() or not predictions.is_file():
             raise TrainingError(f"member m{index} has not finished ({member_file} is missing)")
-        record = json.loads(member_file.read_text())
+        record = read_record(member_file, MemberRecord, error=TrainingError)
         with np.load(predictions) as npz:
             if OOF_ROWS not in npz.files:
                 raise TrainingError(
@@ -95,7 +95,7 @@ def _output_specs(dataset: Dataset, sample: dict[str, np.ndarray]) -> list[Outpu
     return specs
 
 
-def write_models_config(layout: Layout, refs: list[MemberRef]) -> None:
+def write_models_config(layout: RunLayout, refs: list[MemberRef]) -> None:
     """``<out>/models/models.config`` for TF Serving: the manifest's members, each at its version."""
     from contracts.model_config import ModelEntry, write_model_config
 
@@ -115,54 +115,58 @@ class AssemblyPlan:
     test_truth: dict[str, np.ndarray]
     decision: Decision
     manifest: Manifest
-    report: dict[str, Any]
+    report: Report
 
 
-def assemble(out_dir: Path) -> dict[str, Any]:
+def assemble(out_dir: Path) -> Report:
     """Weights, evaluation, manifest, report and plots for the run in ``out_dir``; returns the report."""
-    layout = Layout(out_dir)
+    layout = RunLayout(out_dir)
     plan = plan_assembly(layout)
     plan.manifest.save(layout.manifest)
     write_models_config(layout, plan.manifest.members)
-    layout.write_json(layout.report, plan.report)
+    write_record(layout.report, plan.report)
     _plots(layout, plan.members, plan.decision, plan.dataset, plan.test_truth, plan.report)
     return plan.report
 
 
-def plan_assembly(layout: Layout) -> AssemblyPlan:
+def plan_assembly(layout: RunLayout) -> AssemblyPlan:
     """Read the members' answers, decide the weights and evaluate: the manifest and report to write."""
-    config = layout.load_config()
+    config = load_config(layout)
     dataset = prepare(config.data, config.seed)
     if layout.dataset.is_file():
-        recorded = json.loads(layout.dataset.read_text())
-        if recorded.get("test_fingerprint") != dataset.test_fingerprint:
+        recorded = read_record(layout.dataset, DatasetSummary, error=TrainingError)
+        if recorded.test_fingerprint != dataset.test_fingerprint:
             raise TrainingError("the data changed since the members were trained (test fingerprint differs)")
     members = load_members(layout, config.candidate_count, skip_unfinished=bool(config.search.trials))
     if not members:
         raise TrainingError("no trial of the search finished: nothing to assemble")
     test_truth = dataset.labels(dataset.test_rows)
     decision = decide(config, out_of_fold(members, dataset), pruned_reasons([m.record for m in members]))
-    ensembles = _ensemble_metrics(members, dataset, test_truth, decision)
-    manifest = _manifest(config, dataset, members, decision, ensembles["ensemble_served"])
-    report: dict[str, Any] = {
-        "ensemble": manifest.name,
-        "weights_method": config.assemble.weights,
-        "searched": bool(config.search.trials),
-        "split": {"method": config.data.split.method, "folds": _folds(config)},
-        "weights": decision.summary(),
-        "members": [_member_entry(i, m, decision) for i, m in enumerate(members)],
-        **ensembles,
-        "outputs": output_kinds(dataset),
-        "labels": {t.name: t.classes for t in dataset.targets if t.task == "multilabel"},
-        "models_config": str(layout.models_config),
-    }
+    served, uniform, learned = _ensemble_metrics(members, dataset, test_truth, decision)
+    manifest = _manifest(config, dataset, members, decision, served)
+    report = Report(
+        ensemble=manifest.name,
+        weights_method=config.assemble.weights,
+        searched=bool(config.search.trials),
+        split=ReportSplit(method=config.data.split.method, folds=_folds(config)),
+        weights=decision.summary(),
+        members=[_member_entry(i, m, decision) for i, m in enumerate(members)],
+        ensemble_served=served,
+        ensemble_uniform=uniform,
+        outputs=output_kinds(dataset),
+        labels={t.name: t.classes for t in dataset.targets if t.task == "multilabel"},
+        models_config=str(layout.models_config),
+    )
+    if learned is not None:  # set only when there is one: report.json has no "ensemble_learned" otherwise
+        report.ensemble_learned = learned
     return AssemblyPlan(members, dataset, test_truth, decision, manifest, report)
 
 
 def _ensemble_metrics(
     members: list[MemberResult], dataset: Dataset, test_truth: dict[str, np.ndarray], decision: Decision
-) -> dict[str, dict[str, float]]:
-    """Test metrics of the served ensemble, and of the uniform and learned ones it was chosen from."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, float] | None]:
+    """Test metrics of the served ensemble, and of the uniform and learned (None: not learned) ones
+    it was chosen from."""
 
     def test_metrics(w: np.ndarray) -> dict[str, float]:
         used = [i for i in range(len(members)) if w[i] > 0]
@@ -170,14 +174,11 @@ def _ensemble_metrics(
         return evaluate(combined, test_truth, output_kinds(dataset), "test", dataset.label_names())
 
     served_test = test_metrics(decision.weights)
-    ensembles: dict[str, dict[str, float]] = {"ensemble_served": served_test}
-    uniform = decision.served == "uniform"
-    ensembles["ensemble_uniform"] = served_test if uniform else test_metrics(decision.uniform)
+    uniform = served_test if decision.served == "uniform" else test_metrics(decision.uniform)
+    learned = None
     if decision.learned is not None:
-        ensembles["ensemble_learned"] = (
-            served_test if decision.served == "learned" else test_metrics(decision.learned)
-        )
-    return ensembles
+        learned = served_test if decision.served == "learned" else test_metrics(decision.learned)
+    return served_test, uniform, learned
 
 
 def _manifest(
@@ -189,7 +190,7 @@ def _manifest(
 ) -> Manifest:
     """The served ensemble: its members with non-zero weight, its tensors, metrics and provenance."""
     refs = [
-        MemberRef(name=m.name, version=int(m.record["version"]), weight=float(decision.weights[i]))
+        MemberRef(name=m.name, version=m.record.version, weight=float(decision.weights[i]))
         for i, m in enumerate(members)
         if decision.weights[i] > 0
     ]
@@ -221,38 +222,40 @@ def _folds(config: TrainConfig) -> int | None:
     return config.fold_count if config.data.split.method == "cross_fit" else None
 
 
-def _member_entry(index: int, member: MemberResult, decision: Decision) -> dict[str, Any]:
-    return {
-        "index": member.record.get("index", index),
-        "name": member.name,
-        "version": int(member.record["version"]),
-        "fold": member.record.get("fold"),
-        "weight": float(decision.weights[index]),
-        "kept": index not in decision.dropped,
-        "dropped_reason": decision.dropped.get(index),
-        "hyperparameters": member.record.get("hyperparameters", {}),
-        "epochs_trained": member.record.get("epochs_trained"),
-        "metrics": dict(member.record["metrics"]),
-    }
+def _member_entry(index: int, member: MemberResult, decision: Decision) -> ReportMember:
+    """The member at ``index`` of the assembled members (every finished one, in index order)."""
+    record = member.record
+    return ReportMember(
+        index=record.index,
+        name=member.name,
+        version=record.version,
+        fold=record.fold,
+        weight=float(decision.weights[index]),
+        kept=index not in decision.dropped,
+        dropped_reason=decision.dropped.get(index),
+        hyperparameters=record.hyperparameters,
+        epochs_trained=record.epochs_trained,
+        metrics=dict(record.metrics),
+    )
 
 
 def _plots(
-    layout: Layout,
+    layout: RunLayout,
     members: list[MemberResult],
     decision: Decision,
     dataset: Dataset,
     test_truth: dict[str, np.ndarray],
-    report: dict[str, Any],
+    report: Report,
 ) -> None:
     """Learning curves, and per target a calibration (or predicted-vs-actual) and a comparison plot."""
     from training import plots
 
     layout.plots.mkdir(parents=True, exist_ok=True)
     plots.learning_curves(
-        {m.name: layout.member_dir(int(m.record["index"])) / "history.csv" for m in members},
+        {m.name: layout.member(m.record.index).history for m in members},
         layout.plots / "learning_curves.png",
         dropped={members[i].name for i in decision.dropped},
-        validated_on="its own fold" if report["split"]["method"] == "cross_fit" else "validation split",
+        validated_on="its own fold" if report.split.method == "cross_fit" else "validation split",
     )
     used = [i for i in range(len(members)) if decision.weights[i] > 0]
     combined = combine_outputs([members[i].test for i in used], decision.weights[used])
@@ -263,7 +266,7 @@ def _plots(
         metric = target_metric(report, target.name)
         about = f" of {target.name}" if several else ""
         if target.task != "regression":
-            best = min(range(len(members)), key=lambda i: float(members[i].record["metrics"][metric]))
+            best = min(range(len(members)), key=lambda i: members[i].record.metrics[metric])
             truth = test_truth[output]
             plots.reliability_diagram(
                 {
@@ -293,27 +296,27 @@ def _served_label(decision: Decision) -> str:
     return {"learned": "learned weights", "uniform": "uniform", "given": "given weights"}[decision.served]
 
 
-def _comparison(report: dict[str, Any], metric: str) -> list[Entry]:
+def _comparison(report: Report, metric: str) -> list[Entry]:
     """(label, value, role) per member and per ensemble, for the members-vs-ensemble plot."""
     rows: list[Entry] = []
-    for member in report["members"]:
-        role = "member" if member["kept"] else "dropped"
-        rows.append((member["name"], float(member["metrics"][metric]), role))
-    for key, label, served in ensemble_rows(report):
-        rows.append((label, float(report[key][metric]), "served" if served else "ensemble"))
+    for member in report.members:
+        role = "member" if member.kept else "dropped"
+        rows.append((member.name, member.metrics[metric], role))
+    for metrics, label, served in ensemble_rows(report):
+        rows.append((label, metrics[metric], "served" if served else "ensemble"))
     return rows
 
 
-def target_metric(report: dict[str, Any], target: str) -> str:
+def target_metric(report: Report, target: str) -> str:
     """A target's headline test metric key: NLL for a classifier, RMSE for a regressor."""
-    several = len(report["outputs"]) > 1
-    for _output, name, kind in report["outputs"]:
+    several = len(report.outputs) > 1
+    for _output, name, kind in report.outputs:
         if name == target:
             metric = "rmse" if kind == "predictions" else "nll"
             return f"test_{name}_{metric}" if several else f"test_{metric}"
     raise KeyError(target)
 
 
-def primary_metric(report: dict[str, Any]) -> str:
+def primary_metric(report: Report) -> str:
     """The first target's headline test metric."""
-    return target_metric(report, report["outputs"][0][1])
+    return target_metric(report, report.outputs[0][1])

@@ -10,10 +10,11 @@ from typing import Any, TextIO
 
 import keras
 
+from contracts.run_layout import MemberFolder
 from training.config import FitConfig, LoggingConfig
 from training.controls import drives_rate, scheduled_rate
 from training.progress import MemberProgress, epoch_line, write_progress
-from training.resume import CHECKPOINT, ResumePoint, write_resume_point
+from training.resume import ResumePoint, write_resume_point
 
 
 def _finite(logs: dict[str, Any], key: str) -> float | None:
@@ -180,7 +181,7 @@ def fit_callbacks(
         "restore_best_weights": True,
     }
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(member_dir / CHECKPOINT),
+        str(MemberFolder(member_dir).checkpoint),
         save_best_only=True,
         initial_value_threshold=start.best if start is not None else None,
         **watch,
@@ -204,9 +205,9 @@ def fit_callbacks(
             )
         )
     callbacks += [
-        keras.callbacks.CSVLogger(str(member_dir / "history.csv"), append=start is not None),
+        keras.callbacks.CSVLogger(str(MemberFolder(member_dir).history), append=start is not None),
         keras.callbacks.TensorBoard(
-            log_dir=str(member_dir / "tensorboard"),
+            log_dir=str(MemberFolder(member_dir).tensorboard),
             write_graph=False,
             update_freq="epoch",
             histogram_freq=logging.histograms,

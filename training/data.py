@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from contracts.run_records import DatasetRows, DatasetSummary, InputSummary, SplitSummary
 from training.config import DataConfig, Task
 from training.errors import DataError
 from training.labels import check_label_columns, label_columns, label_matrix
@@ -44,14 +45,10 @@ class InputGroup:
         ``{"age": 61}``), a list of k values for a group of k columns."""
         return [-1] if len(self.columns) == 1 else [-1, len(self.columns)]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "shape": self.shape,
-            "kind": self.kind,
-            "columns": self.columns,
-        }
+    def summary(self) -> InputSummary:
+        return InputSummary(
+            name=self.name, dtype=self.dtype, shape=self.shape, kind=self.kind, columns=self.columns
+        )
 
 
 @dataclass(frozen=True)
@@ -133,26 +130,27 @@ class Dataset:
                 out[self.output_name(target)] = values.reshape(-1, 1)
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """What ``<out>/dataset.json`` holds."""
-        return {
-            "source": self.source,
-            "fingerprint": self.fingerprint,
-            "test_fingerprint": self.test_fingerprint,
-            "targets": [t.name for t in self.targets],
-            "tasks": {t.name: t.task for t in self.targets},
-            "classes": {t.name: t.classes for t in self.targets if t.task == "classification"},
-            "labels": {t.name: t.classes for t in self.targets if t.task == "multilabel"},
-            "outputs": {t.name: self.output_name(t) for t in self.targets},
-            "rows": {
-                "total": len(self.frame),
-                "train": len(self.train_rows),
-                "validation": len(self.val_rows),
-                "test": len(self.test_rows),
-                "dropped_missing_target": self.dropped_rows,
-            },
-            "inputs": [g.to_json() for g in self.inputs],
-        }
+    def summary(self, split: SplitSummary) -> DatasetSummary:
+        """What ``<out>/dataset.json`` holds, with ``split`` (how the rows were split into folds)."""
+        return DatasetSummary(
+            source=self.source,
+            fingerprint=self.fingerprint,
+            test_fingerprint=self.test_fingerprint,
+            targets=[t.name for t in self.targets],
+            tasks={t.name: t.task for t in self.targets},
+            classes={t.name: t.classes for t in self.targets if t.task == "classification"},
+            labels={t.name: t.classes for t in self.targets if t.task == "multilabel"},
+            outputs={t.name: self.output_name(t) for t in self.targets},
+            rows=DatasetRows(
+                total=len(self.frame),
+                train=len(self.train_rows),
+                validation=len(self.val_rows),
+                test=len(self.test_rows),
+                dropped_missing_target=self.dropped_rows,
+            ),
+            inputs=[g.summary() for g in self.inputs],
+            split=split,
+        )
 
 
 def safe_name(column: str) -> str:

@@ -9,7 +9,6 @@ pod run exactly this, each reading the resolved config from ``<out>/config.yaml`
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from contracts.errors import one_line
+from contracts.run_layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, RunLayout, write_record
+from contracts.run_records import MemberRecord, RowCounts, TrialRecord
 from training.config import MemberConfig, TrainConfig, ensemble_name, member_base
 from training.data import Dataset, prepare
 from training.folds import MemberRows, member_rows
-from training.layout import OOF_PREFIX, OOF_ROWS, TEST_PREFIX, Layout
+from training.layout import load_config
 from training.progress import MemberProgress, write_progress
 
 if TYPE_CHECKING:
@@ -96,6 +97,15 @@ class _Parts:
         )
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """How the fit went, for member.json."""
+
+    best_val_loss: float | None
+    epochs_trained: int
+    train_seconds: float
+
+
 @dataclass
 class _Exported:
     """A member's SavedModel and its answers, read back from the export, on held-out and test rows."""
@@ -115,7 +125,7 @@ def train_member(
     threads: int | None = None,
     resume: bool = False,
     study_storage: str | None = None,
-) -> dict[str, Any]:
+) -> MemberRecord:
     """Train member ``index`` of the run in ``out_dir``; returns what it wrote to member.json.
 
     ``resume`` continues from the member's checkpoint and its epoch when it has one. With a search,
@@ -127,8 +137,8 @@ def train_member(
     from training import search
 
     _pin_threads(threads)
-    layout = Layout(out_dir)
-    config = layout.load_config()
+    layout = RunLayout(out_dir)
+    config = load_config(layout)
     member_dir = layout.member_dir(index)
     member_dir.mkdir(parents=True, exist_ok=True)
     progress = MemberProgress(index=index, state="starting")
@@ -153,17 +163,17 @@ def train_member(
         write_progress(member_dir, progress)
         exported = _export(layout, f"{ensemble_name(config)}-m{index}", model, dataset, parts)
         _save_predictions(layout, index, rows, exported)
-        record = _member_record(config, dataset, index, seed, hparams, rows, parts, exported)
         val_losses = [v for v in history.history.get("val_loss", []) if np.isfinite(v)]
-        record["best_val_loss"] = float(min(val_losses)) if val_losses else None
-        record["epochs_trained"] = progress.epoch  # counting the epochs before a resume
-        record["train_seconds"] = round(train_seconds, 3)
-        record["export_path"] = str(exported.path.resolve())
-        record["export_max_abs_diff"] = exported.max_diff
+        fitted = _Fitted(
+            best_val_loss=float(min(val_losses)) if val_losses else None,
+            epochs_trained=progress.epoch,  # counting the epochs before a resume
+            train_seconds=round(train_seconds, 3),
+        )
+        record = _member_record(config, dataset, index, seed, hparams, rows, parts, exported, fitted)
         if trial is not None:
             assert pruning is not None
             _finish_trial(trial, pruning, record)
-        layout.write_json(member_dir / "member.json", record)
+        write_record(layout.member_file(index), record)
         progress.state = "done"
         write_progress(member_dir, progress)
         return record
@@ -231,12 +241,12 @@ def _fit(
     return model, history
 
 
-def _export(layout: Layout, model_name: str, model: Any, dataset: Dataset, parts: _Parts) -> _Exported:
+def _export(layout: RunLayout, model_name: str, model: Any, dataset: Dataset, parts: _Parts) -> _Exported:
     """Save the next version of the member's SavedModel and check its answers against the model's."""
     from training.export import load_signature, next_version, run_signature, save_member, verify_round_trip
 
     version = next_version(layout.model_dir(model_name))
-    export_path = layout.model_dir(model_name) / str(version)
+    export_path = layout.saved_model(model_name, version)
     save_member(model, dataset, export_path)
     signature = load_signature(export_path)
     held_pred = run_signature(signature, parts.x_held)
@@ -245,7 +255,7 @@ def _export(layout: Layout, model_name: str, model: Any, dataset: Dataset, parts
     return _Exported(model_name, version, export_path, held_pred, test_pred, max_diff)
 
 
-def _save_predictions(layout: Layout, index: int, rows: MemberRows, exported: _Exported) -> None:
+def _save_predictions(layout: RunLayout, index: int, rows: MemberRows, exported: _Exported) -> None:
     """The rows it never trained on and its answers there (the weights are learned on these), and
     its test answers for the report."""
     arrays: dict[str, Any] = {OOF_ROWS: rows.held_out}
@@ -263,8 +273,9 @@ def _member_record(
     rows: MemberRows,
     parts: _Parts,
     exported: _Exported,
-) -> dict[str, Any]:
-    """member.json's identity, rows and metrics; the caller adds how the fit and export went."""
+    fitted: _Fitted,
+) -> MemberRecord:
+    """member.json: the member's identity, rows and metrics, and how its fit and export went."""
     from training.metrics import evaluate
 
     kinds = output_kinds(dataset)
@@ -276,33 +287,31 @@ def _member_record(
         **evaluate(exported.held, parts.y_held, kinds, "oof", labels),
         **evaluate(exported.test, parts.y_test, kinds, "test", labels),
     }
-    return {
-        "index": index,
-        "model_name": exported.model_name,
-        "version": exported.version,
-        "seed": seed,
-        "hyperparameters": hparams.model_dump(mode="json"),
-        "bootstrap": config.members.bootstrap,
-        "fold": rows.fold,
-        "rows": {
-            "fit": len(rows.fit),
-            "early_stopping": len(rows.early_stopping),
-            "out_of_fold": len(rows.held_out),
-        },
-        "metrics": metrics,
-    }
+    return MemberRecord(
+        index=index,
+        model_name=exported.model_name,
+        version=exported.version,
+        seed=seed,
+        hyperparameters=hparams.model_dump(mode="json"),
+        bootstrap=config.members.bootstrap,
+        fold=rows.fold,
+        rows=RowCounts(
+            fit=len(rows.fit), early_stopping=len(rows.early_stopping), out_of_fold=len(rows.held_out)
+        ),
+        metrics=metrics,
+        best_val_loss=fitted.best_val_loss,
+        epochs_trained=fitted.epochs_trained,
+        train_seconds=fitted.train_seconds,
+        export_path=str(exported.path.resolve()),
+        export_max_abs_diff=exported.max_diff,
+    )
 
 
-def _finish_trial(trial: Trial, pruning: PruningCallback, record: dict[str, Any]) -> None:
+def _finish_trial(trial: Trial, pruning: PruningCallback, record: MemberRecord) -> None:
     """Record the trial in member.json and tell the study how it ended."""
-    record["trial"] = {"number": trial.number, "pruned_at_epoch": pruning.pruned_at}
+    record.trial = TrialRecord(number=trial.number, pruned_at_epoch=pruning.pruned_at)
     if pruning.pruned_at is not None:
         trial.finish("pruned")
     else:  # a trial whose every val_loss was NaN has no value to rank it by
-        best = record["best_val_loss"]
+        best = record.best_val_loss
         trial.finish("complete" if best is not None else "fail", best)
-
-
-def read_member(out_dir: Path, index: int) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(Layout(out_dir).member_file(index).read_text())
-    return record

@@ -60,11 +60,12 @@ def _loss_weight_keys(config: TrainConfig) -> list[tuple[str, list[str]]]:
 
 def prepare_run(config: TrainConfig, out_dir: Path) -> None:
     """Validate the data and write ``config.yaml`` and ``dataset.json`` (what every worker reads)."""
+    from contracts.run_layout import RunLayout, write_record
+    from contracts.run_records import SplitSummary
     from training.folds import fold_sizes
-    from training.layout import Layout
 
     dataset = check_data(config)
-    layout = Layout(out_dir)
+    layout = RunLayout(out_dir)
     layout.write_text(layout.config, config.to_yaml())
-    split = {"method": config.data.split.method, "fold_rows": fold_sizes(dataset, config)}
-    layout.write_json(layout.dataset, {**dataset.summary(), "split": split})
+    split = SplitSummary(method=config.data.split.method, fold_rows=fold_sizes(dataset, config))
+    write_record(layout.dataset, dataset.summary(split))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contracts.files import atomic_write_text
+from contracts.run_layout import MemberFolder
 
 State = Literal["waiting", "starting", "training", "exporting", "done", "failed"]
 
@@ -62,7 +63,7 @@ def epoch_line(p: MemberProgress, label: str | None = None) -> str:
 
 
 def progress_path(member_dir: Path) -> Path:
-    return member_dir / "progress.json"
+    return MemberFolder(member_dir).progress
 
 
 def write_progress(member_dir: Path, progress: MemberProgress) -> None:

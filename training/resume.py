@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.files import atomic_write_text
+from contracts.run_layout import MemberFolder
 from training.errors import TrainingError
-from training.layout import Layout
 
-CHECKPOINT = "checkpoint.keras"
 RESUME_POINT = "checkpoint.json"
-HISTORY = "history.csv"
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class ResumePoint:
 
 
 def write_resume_point(member_dir: Path, point: ResumePoint) -> None:
-    Layout(member_dir).write_json(member_dir / RESUME_POINT, asdict(point))
+    atomic_write_text(member_dir / RESUME_POINT, json.dumps(asdict(point), indent=2) + "\n")
 
 
 def read_resume_point(member_dir: Path, monitor: str) -> ResumePoint | None:
@@ -39,7 +38,7 @@ def read_resume_point(member_dir: Path, monitor: str) -> ResumePoint | None:
     A checkpoint taken on another monitor, or a record without its checkpoint, is a TrainingError:
     continuing from it would compare unlike values.
     """
-    record, checkpoint = member_dir / RESUME_POINT, member_dir / CHECKPOINT
+    record, checkpoint = member_dir / RESUME_POINT, MemberFolder(member_dir).checkpoint
     if not record.is_file():
         return None
     try:
@@ -58,7 +57,7 @@ def read_resume_point(member_dir: Path, monitor: str) -> ResumePoint | None:
 
 def trim_history(member_dir: Path, epochs: int) -> None:
     """Keep the first ``epochs`` rows of history.csv: the epochs after the checkpoint are trained again."""
-    path = member_dir / HISTORY
+    path = MemberFolder(member_dir).history
     if not path.is_file():
         return
     with path.open(newline="") as handle:
@@ -81,4 +80,4 @@ def starting_point(
     import keras
 
     trim_history(member_dir, point.epoch)
-    return keras.models.load_model(member_dir / CHECKPOINT), point
+    return keras.models.load_model(MemberFolder(member_dir).checkpoint), point

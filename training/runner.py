@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from contracts.run_layout import RunLayout
 from training.errors import TrainingError
-from training.layout import Layout
+from training.layout import load_config
 from training.progress import MemberProgress, epoch_line, eta_text, read_progress
 
 POLL_SECONDS = 0.5
@@ -102,7 +103,7 @@ class _PlainReporter:
 class _Pool:
     """The worker processes of one run: starts them, notes which members failed and why, stops them."""
 
-    def __init__(self, layout: Layout, indices: Sequence[int], threads: int | None) -> None:
+    def __init__(self, layout: RunLayout, indices: Sequence[int], threads: int | None) -> None:
         self.layout = layout
         self.indices = list(indices)
         self.threads = threads
@@ -115,10 +116,10 @@ class _Pool:
 
     def launch(self, number: int, chunk: list[int]) -> None:
         for index in chunk:
-            member_dir = self.layout.member_dir(index)
-            member_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("progress.json", "member.json", "predictions.npz"):
-                (member_dir / stale).unlink(missing_ok=True)
+            member = self.layout.member(index)
+            member.root.mkdir(parents=True, exist_ok=True)
+            for stale in (member.progress, member.record, member.predictions):
+                stale.unlink(missing_ok=True)
         log = (self.layout.members / f"worker{number}.log").open("wb")
         command = worker_command(self.layout.root, chunk, self.threads)
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
@@ -161,14 +162,14 @@ def run_members(
     out_dir: Path, indices: Sequence[int], workers: int, console: Console, threads: int | None = None
 ) -> None:
     """Train ``indices`` with at most ``workers`` processes at a time; raise TrainingError if any fails."""
-    layout = Layout(out_dir)
+    layout = RunLayout(out_dir)
     total = len(indices)
     workers = max(1, min(workers, total))
     if threads is None and workers > 1:
         threads = max(1, available_cores() // workers)
     pool = _Pool(layout, indices, threads)
     started = time.monotonic()
-    every = layout.load_config().logging.every
+    every = load_config(layout).logging.every
     plain = None if console.is_terminal else _PlainReporter(console, total, every)
     live = (
         Live(_table(pool.states(), total, 0.0), console=console, refresh_per_second=4)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from contracts.run_records import MemberRecord
 from training.config import TrainConfig
 from training.study import Trial, ask
 
@@ -63,11 +64,11 @@ def top_candidates(
     return ranked[: config.search.keep]
 
 
-def pruned_reasons(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+def pruned_reasons(records: Sequence[MemberRecord]) -> dict[int, str]:
     """Member index -> why it is not served, for the trials the pruner stopped (from member.json)."""
     reasons = {}
     for i, record in enumerate(records):
-        epoch = (record.get("trial") or {}).get("pruned_at_epoch")
+        epoch = record.trial.pruned_at_epoch if record.trial is not None else None
         if epoch is not None:
             reasons[i] = f"pruned by the search at epoch {epoch}: its val_loss trailed the other trials'"
     return reasons

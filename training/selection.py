@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 
 from contracts.combine import FloatArray
+from contracts.run_records import Served, WeightsSummary
 from training import search, weights
 from training.config import TrainConfig
 from training.errors import TrainingError
@@ -41,8 +41,6 @@ ROUNDING = 1e-9
 # this many standard errors (one-sided, about 95%). A gain smaller than that does not carry over to
 # the test rows often enough to be worth giving up uniform's robustness.
 SIGNIFICANCE_Z = 1.645
-
-Served = Literal["learned", "uniform", "given"]
 
 
 @dataclass
@@ -71,18 +69,18 @@ class Decision:
         out[self.eligible] = 1.0 / len(self.eligible)
         return out
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> WeightsSummary:
         """What report.json records under ``weights``."""
-        return {
-            "served": self.served,
-            "note": self.note,
-            "shrinkage": self.shrinkage,
-            "out_of_fold_rows": self.oof_rows,
-            "informative_rows": self.informative_rows,
-            "oof_loss_uniform": self.oof_loss_uniform,
-            "oof_loss_learned": self.oof_loss_learned,
-            "learned": None if self.learned is None else [float(w) for w in self.learned],
-        }
+        return WeightsSummary(
+            served=self.served,
+            note=self.note,
+            shrinkage=self.shrinkage,
+            out_of_fold_rows=self.oof_rows,
+            informative_rows=self.informative_rows,
+            oof_loss_uniform=self.oof_loss_uniform,
+            oof_loss_learned=self.oof_loss_learned,
+            learned=None if self.learned is None else [float(w) for w in self.learned],
+        )
 
 
 def decide(config: TrainConfig, table: OutOfFold, pruned: dict[int, str] | None = None) -> Decision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from registry.outdir import read_training_output
 from registry.promotion import gate, higher_is_better
 from registry.resolve import EnsembleRef, parse_ref
 from registry.tracking import ui_hint
+from tests.contracts.samples import RUN_BEFORE
 from tests.registry.fakes import write_training_output
 
 
@@ -103,8 +105,12 @@ def test_read_training_output(tmp_path: Path) -> None:
     history = output.members[1].history()
     assert [step for step, _ in history] == [0, 1, 2, 3]
     assert set(history[0][1]) == {"loss", "val_loss", "lr"}
-    assert output.members[1].hyperparameters["units"] == 64
-    assert output.dataset["test_fingerprint"] == "t" * 64
+    assert output.members[1].record.hyperparameters["units"] == 64
+    assert output.members[1].index == 1
+    assert output.dataset is not None
+    assert output.dataset.test_fingerprint == "t" * 64
+    assert output.report is not None
+    assert output.report.member("digits-m1") is not None
 
 
 def test_read_training_output_names_what_is_missing(tmp_path: Path) -> None:
@@ -117,6 +123,33 @@ def test_read_training_output_names_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "out" / "ensemble.json").unlink()
     with pytest.raises(InvalidArgument, match=r"ensemble\.json is missing"):
         read_training_output(tmp_path / "out")
+
+
+def test_read_training_output_of_a_folder_written_before_the_records(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(RUN_BEFORE, run)
+    for name in ("digits-m0", "digits-m1"):
+        (run / "models" / name / "1").mkdir(parents=True)
+        (run / "models" / name / "1" / "saved_model.pb").write_bytes(b"pb")
+    output = read_training_output(run)
+    assert [m.model_name for m in output.members] == ["digits-m0", "digits-m1"]
+    assert [m.index for m in output.trained] == [0, 1]
+    assert output.members[0].folder.history == run / "members" / "m0" / "history.csv"
+    assert output.members[0].metrics["test_nll"] == output.members[0].record.metrics["test_nll"]
+    served, weight, reason = output.status(output.members[1])
+    assert (served, reason) == (True, "")
+    assert weight == pytest.approx(0.5)
+    assert output.dataset is not None
+    assert output.dataset.source == "sklearn:digits"
+    assert output.report is not None
+    assert output.report.weights.served == "uniform"
+
+    record = run / "members" / "m1" / "member.json"
+    record.write_text(record.read_text().replace('"version": 1', '"version": "one"', 1))
+    with pytest.raises(InvalidArgument) as caught:
+        read_training_output(run)
+    assert str(caught.value).startswith(f"{record}: version: Input should be a valid integer")
+    assert "\n" not in str(caught.value)
 
 
 def test_no_mlflow_import_at_import_time() -> None:

@@ -51,12 +51,13 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit_rows_and_features(run: Path, index: int) -> tuple[Any, dict[str, np.ndarray]]:
+    from contracts.run_layout import RunLayout
     from training.data import prepare
     from training.folds import member_rows
-    from training.layout import Layout
+    from training.layout import load_config
     from training.member import member_seed
 
-    config = Layout(run).load_config()
+    config = load_config(RunLayout(run))
     dataset = prepare(config.data, config.seed)
     rows = member_rows(config, dataset, index, member_seed(config.seed, index))
     return dataset, dataset.features(rows.fit)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from contracts.run_records import Report, SplitSummary
 from training.config import DataConfig, load_config
 from training.data import prepare
 from training.errors import ConfigError, DataError
@@ -126,7 +127,7 @@ def test_a_label_set_is_one_target_whose_truth_is_a_0_1_matrix(tmp_path: Path) -
     assert truth.shape == (len(dataset.test_rows), 3)
     expected = frame.drop(index=0).reset_index(drop=True).iloc[dataset.test_rows][LABELS].to_numpy()
     np.testing.assert_array_equal(truth, expected)
-    assert dataset.summary()["labels"] == {"tags": LABELS}
+    assert dataset.summary(SplitSummary(method="holdout", fold_rows=[])).labels == {"tags": LABELS}
     assert dataset.label_names() == {"probabilities": LABELS}
 
 
@@ -202,7 +203,7 @@ def test_the_out_of_fold_loss_is_the_mean_binary_cross_entropy_over_labels() -> 
     )
 
 
-def _report() -> dict[str, object]:
+def _report() -> Report:
     def metrics(base: float) -> dict[str, float]:
         out = {"test_accuracy": base, "test_nll": 1 - base}
         for i, label in enumerate(LABELS):
@@ -210,20 +211,28 @@ def _report() -> dict[str, object]:
             out[f"test_{label}_auc"] = base
         return out
 
-    member = {"version": 1, "kept": True, "weight": 0.5, "dropped_reason": None}
-    return {
-        "ensemble": "tickets",
-        "weights": {"served": "uniform", "note": "uniform"},
-        "weights_method": "optimized",
-        "members": [
-            {**member, "name": "tickets-m0", "metrics": metrics(0.6)},
-            {**member, "name": "tickets-m1", "metrics": metrics(0.7)},
-        ],
-        "ensemble_served": metrics(0.8),
-        "ensemble_uniform": metrics(0.8),
-        "outputs": [["probabilities", "tags", "multilabel"]],
-        "labels": {"tags": LABELS},
-    }
+    member: dict[str, object] = {"version": 1, "fold": None, "kept": True, "weight": 0.5}
+    member |= {"dropped_reason": None, "hyperparameters": {}, "epochs_trained": 3}
+    weights = {"served": "uniform", "note": "uniform", "shrinkage": None, "out_of_fold_rows": 0}
+    weights |= {"informative_rows": 0, "oof_loss_uniform": None, "oof_loss_learned": None, "learned": None}
+    return Report.model_validate(
+        {
+            "ensemble": "tickets",
+            "weights_method": "optimized",
+            "searched": False,
+            "split": {"method": "holdout", "folds": None},
+            "weights": weights,
+            "members": [
+                {**member, "index": 0, "name": "tickets-m0", "metrics": metrics(0.6)},
+                {**member, "index": 1, "name": "tickets-m1", "metrics": metrics(0.7)},
+            ],
+            "ensemble_served": metrics(0.8),
+            "ensemble_uniform": metrics(0.8),
+            "outputs": [["probabilities", "tags", "multilabel"]],
+            "labels": {"tags": LABELS},
+            "models_config": "models/models.config",
+        }
+    )
 
 
 def test_the_report_gives_the_ensemble_and_members_overall_and_per_label() -> None:

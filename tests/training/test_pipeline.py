@@ -104,12 +104,12 @@ def test_every_member_is_served_and_the_report_says_why_the_weights_are_uniform(
 def test_export_round_trip_and_offline_numbers_match_the_saved_models(tiny_digits: Path) -> None:
     import tensorflow as tf
 
-    from training.config import TrainConfig
+    from contracts.run_layout import RunLayout
     from training.data import prepare
-    from training.layout import Layout
+    from training.layout import load_config
     from training.metrics import nll
 
-    config = TrainConfig.model_validate(Layout(tiny_digits).read_config())
+    config = load_config(RunLayout(tiny_digits))
     dataset = prepare(config.data, config.seed)
     pixels = dataset.features(dataset.test_rows)["pixels"]
     manifest = Manifest.load(tiny_digits / "ensemble.json")
@@ -224,11 +224,11 @@ def test_diabetes_regression(tmp_path: Path) -> None:
     assert {m["hyperparameters"]["model"]["architecture"] for m in report["members"]} == {"residual"}
     assert (out / "plots" / "predicted_vs_actual.png").is_file()
     # in the target's own units, and better than always answering the mean
-    from training.config import TrainConfig
+    from contracts.run_layout import RunLayout
     from training.data import prepare
-    from training.layout import Layout
+    from training.layout import load_config
 
-    config = TrainConfig.model_validate(Layout(out).read_config())
+    config = load_config(RunLayout(out))
     dataset = prepare(config.data, config.seed)
     y_test = dataset.labels(dataset.test_rows)["predictions"]
     assert manifest.metrics["test_rmse"] < float(np.std(y_test))

@@ -14,6 +14,9 @@ from typing import Any
 import optuna
 import pytest
 
+from contracts.run_layout import read_record
+from contracts.run_records import MemberRecord, TrialRecord
+from tests.contracts.samples import RUN_BEFORE
 from training.config import TrainConfig, load_config
 from training.errors import ConfigError
 from training.search import pruned_reasons, start_trial, top_candidates
@@ -193,7 +196,13 @@ def test_no_trial_without_a_search(tmp_path: Path) -> None:
 
 def test_keep_top_k_never_keeps_a_pruned_trial() -> None:
     config = _config()
-    records = [{"trial": {"number": i, "pruned_at_epoch": 4 if i in (0, 2) else None}} for i in range(5)]
+    member = read_record(RUN_BEFORE / "members" / "m0" / "member.json", MemberRecord)
+    records = [
+        member.model_copy(
+            update={"index": i, "trial": TrialRecord(number=i, pruned_at_epoch=4 if i in (0, 2) else None)}
+        )
+        for i in range(5)
+    ]
     pruned = pruned_reasons(records)
     assert set(pruned) == {0, 2}
     assert "pruned by the search at epoch 4" in pruned[0]
