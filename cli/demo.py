@@ -187,7 +187,7 @@ def _plan_services(
     backend = ServiceProcess(
         "local backend",
         [
-            "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}",
+            "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}", "--host=127.0.0.1",
             f"--model_config_file={repo / 'models.config'}", "--model_config_file_poll_wait_seconds=5",
         ],
         logs / "backend.log",

@@ -96,6 +96,7 @@ class ChallengerWatch:
             "challenger backend",
             [
                 "backend", f"--port={self.backend_grpc}", f"--model_config_file={repo / 'models.config'}",
+                "--host=127.0.0.1",
                 f"--model_config_file_poll_wait_seconds={SYNC_EVERY_S:g}",
             ],
             logs / "backend-challenger.log",

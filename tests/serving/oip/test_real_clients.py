@@ -432,18 +432,21 @@ def test_local_backend_speaks_v2_with_labels(penguins: Stack, run_clients: RunCl
     }
 
 
-def _demo_line(demo: Stack, pattern: str, timeout_s: float) -> re.Match[str]:
-    """Read the demo's output until a line matches ``pattern``."""
-    assert demo.proc is not None
-    assert demo.proc.stdout is not None
+def _challenger_backend_pid(demo: Stack, timeout_s: float) -> int:
+    """The pid of the backend the demo starts for the challenger (the demo prints it too)."""
+    assert demo.root is not None
+    repo = str(demo.root / "runs" / "demo" / "model-repo-challenger")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = demo.proc.stdout.readline()
-        assert line, f"the demo exited before printing {pattern!r}"
-        found = re.search(pattern, line)
-        if found:
-            return found
-    raise AssertionError(f"the demo never printed {pattern!r}")
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"backend" in args and any(repo.encode() in arg for arg in args):
+                return int(cmdline.parent.name)
+        time.sleep(0.5)
+    raise AssertionError("the demo never started the challenger's backend")
 
 
 def _predict(demo: Stack, user: str) -> httpx.Response:
@@ -470,7 +473,7 @@ def test_zz_a_challenger_registered_while_the_demo_runs_is_shadowed_and_may_die(
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )  # fmt: skip
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
-    pid = int(_demo_line(demo, r"challenger backend pid (\d+)", timeout_s=300).group(1))
+    pid = _challenger_backend_pid(demo, timeout_s=300)
     comparison = f"http://127.0.0.1:{demo.rest}/v1/ensembles/{name}/comparison"
 
     # Shadow on with one setting in the demo's file, no restart.
