@@ -84,7 +84,7 @@ def _answer_bytes(member: int, rows: int) -> bytes:
 
 def _stubbed_pool(rows: int) -> BackendPool:
     """A BackendPool whose channel to each member answers that member's canned bytes at once."""
-    pool = BackendPool(lambda name: [f"{name}.invalid:8500"], metrics=GatewayMetrics())
+    pool = BackendPool(lambda name, _alias: [f"{name}.invalid:8500"], metrics=GatewayMetrics())
     for i in range(MEMBERS):
         address = f"bench-m{i}.invalid:8500"
         body = _answer_bytes(i, rows)

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cli.demo_challenger import CHALLENGER, ChallengerWatch, next_steps, write_gateway_config
 from cli.demo_queries import (
     backend_ready,
     gateway_ready,
@@ -29,132 +25,18 @@ from cli.demo_queries import (
     http_json,
     load_test_rows,
 )
+from cli.demo_services import (
+    DemoError,
+    ServiceProcess,
+    free_port,
+    registered,
+    run_step,
+    services_running,
+)
 from contracts.run_layout import RunLayout
-from serving.lifecycle import die_with_parent
 
 DEMO_ENSEMBLE = "digits"
 DEMO_DATA = "sklearn:digits"
-
-
-class DemoError(Exception):
-    """A demo step failed; the message says which and where its log is."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_taken(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether another process listens on ``port``: the demo refuses it rather than measure a stranger."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the servers do: a port left in TIME_WAIT is free, one with a listener is not.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def exit_on_termination() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into SystemExit so the ``finally`` blocks stop the children first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _ensemble_command(*args: str) -> list[str]:
-    """Run the CLI through this interpreter, so the demo works without the venv on PATH."""
-    return [sys.executable, "-m", "cli", *args]
-
-
-@dataclass
-class ServiceProcess:
-    """A long-running ``ensemble`` process with its log file, stopped gracefully."""
-
-    name: str
-    args: list[str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            _ensemble_command(*self.args),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # prctl only: safe between fork and exec
-        )
-        log.close()
-
-    def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DemoError(f"{self.name} exited with code {self.proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            time.sleep(0.25)
-        raise DemoError(f"{self.name} was not ready after {timeout_s:.0f}s; see {self.log_path}")
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _run_step(title: str, args: list[str], log_path: Path, echo: Callable[[str], None]) -> None:
-    echo(f"[bold]$ ensemble {' '.join(args)}[/bold]")
-    started = time.monotonic()
-    # Training shows its own live progress; other steps are short and go to the log.
-    if args[0] == "train":
-        result = subprocess.run(_ensemble_command(*args), check=False, preexec_fn=die_with_parent)
-    else:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log:
-            result = subprocess.run(
-                _ensemble_command(*args),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
-                preexec_fn=die_with_parent,
-            )
-    if result.returncode != 0:
-        where = "" if args[0] == "train" else f"; see {log_path}"
-        raise DemoError(f"{title} failed with exit code {result.returncode}{where}")
-    echo(f"  {title} done in {time.monotonic() - started:.1f}s")
-
-
-def _registered(tracking_uri: str, name: str, alias: str) -> bool:
-    from registry.errors import RegistryError
-    from registry.resolve import resolve_manifest
-
-    try:
-        resolve_manifest(tracking_uri, name, alias)
-    except RegistryError:
-        return False
-    return True
 
 
 def _show_predictions(
@@ -193,15 +75,6 @@ def _show_predictions(
     return metrics
 
 
-@contextlib.contextmanager
-def _services(services: list[ServiceProcess]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for service in reversed(services):
-            service.stop()
-
-
 def run_demo(
     out_dir: Path,
     *,
@@ -220,7 +93,7 @@ def run_demo(
     _train_or_reuse(out_dir, tracking_uri, members=members, epochs=epochs, retrain=retrain, echo=echo)
 
     echo("2. syncing the TF Serving model repository from the registry")
-    _run_step(
+    run_step(
         "sync",
         [
             "sync",
@@ -240,9 +113,13 @@ def run_demo(
 
     manifest = resolve_manifest(tracking_uri, DEMO_ENSEMBLE, "champion")
     member_names = [m.name for m in manifest.members]
-    plan = _plan_services(repo, logs, tracking_uri, rest_port=rest_port, grpc_port=grpc_port)
+    config = out_dir / "gateway.yaml"
+    if write_gateway_config(config, DEMO_ENSEMBLE):
+        echo(f"   gateway settings: {config} (its traffic policy is re-read while the gateway runs)")
+    plan = _plan_services(repo, logs, tracking_uri, config, rest_port=rest_port, grpc_port=grpc_port)
     backend, gateway = plan.backend, plan.gateway
-    with _services([backend, gateway]):
+    services = [backend, gateway]
+    with services_running(services):
         ports = f"gRPC {plan.backend_grpc}, REST {plan.backend_rest}"
         echo(f"3. starting the local backend ({ports}) and the gateway")
         backend.start()
@@ -255,7 +132,11 @@ def run_demo(
         metrics = _show_predictions(out_dir, rest_port, grpc_port, echo)
         _echo_offline(manifest.metrics, echo)
         if not once:
-            _serve_until_interrupted(backend, gateway, rest_port, echo)
+            challenger = ChallengerWatch(
+                DEMO_ENSEMBLE, out_dir, tracking_uri, plan.challenger_grpc, echo, services
+            )
+            echo(next_steps(DEMO_ENSEMBLE, DEMO_DATA, config, tracking_uri, rest_port))
+            _serve_until_interrupted(backend, gateway, rest_port, echo, challenger)
     return metrics
 
 
@@ -266,7 +147,7 @@ def _train_or_reuse(
     reuse = (
         not retrain
         and RunLayout(out_dir).manifest.exists()
-        and _registered(tracking_uri, DEMO_ENSEMBLE, "champion")
+        and registered(tracking_uri, DEMO_ENSEMBLE, "champion")
     )
     if reuse:
         echo(
@@ -275,7 +156,7 @@ def _train_or_reuse(
         )
         return
     echo(f"1. training a quick ensemble of {members} members on {DEMO_DATA}")
-    _run_step(
+    run_step(
         "training",
         [
             "train", "--data", DEMO_DATA, "--name", DEMO_ENSEMBLE, "--members", str(members),
@@ -295,17 +176,19 @@ class _ServicePlan:
     gateway: ServiceProcess
     backend_grpc: int
     backend_rest: int
+    challenger_grpc: int
+    """Where the challenger's backend will listen, once a challenger is set."""
 
 
 def _plan_services(
-    repo: Path, logs: Path, tracking_uri: str, *, rest_port: int, grpc_port: int
+    repo: Path, logs: Path, tracking_uri: str, config: Path, *, rest_port: int, grpc_port: int
 ) -> _ServicePlan:
     """The local backend serving ``repo`` and the gateway in front of it; nothing is started yet."""
-    backend_grpc, backend_rest = free_port(), free_port()
+    backend_grpc, backend_rest, challenger_grpc = free_port(), free_port(), free_port()
     backend = ServiceProcess(
         "local backend",
         [
-            "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}",
+            "backend", f"--port={backend_grpc}", f"--rest_api_port={backend_rest}", "--host=127.0.0.1",
             f"--model_config_file={repo / 'models.config'}", "--model_config_file_poll_wait_seconds=5",
         ],
         logs / "backend.log",
@@ -313,13 +196,14 @@ def _plan_services(
     gateway = ServiceProcess(
         "gateway",
         [
-            "serve", "--tracking-uri", tracking_uri, "--ensemble", DEMO_ENSEMBLE, "--alias", "champion",
-            "--backend", f"127.0.0.1:{backend_grpc}", "--rest-port", str(rest_port),
+            "serve", "--config", str(config), "--tracking-uri", tracking_uri, "--ensemble", DEMO_ENSEMBLE,
+            "--backend", f"127.0.0.1:{backend_grpc}",
+            "--alias-backend", f"{CHALLENGER}=127.0.0.1:{challenger_grpc}", "--rest-port", str(rest_port),
             "--grpc-port", str(grpc_port), "--host", "127.0.0.1",
         ],
         logs / "gateway.log",
     )  # fmt: skip
-    return _ServicePlan(backend, gateway, backend_grpc, backend_rest)
+    return _ServicePlan(backend, gateway, backend_grpc, backend_rest, challenger_grpc)
 
 
 def _echo_offline(manifest_metrics: dict[str, float], echo: Callable[[str], None]) -> None:
@@ -332,9 +216,13 @@ def _echo_offline(manifest_metrics: dict[str, float], echo: Callable[[str], None
 
 
 def _serve_until_interrupted(
-    backend: ServiceProcess, gateway: ServiceProcess, rest_port: int, echo: Callable[[str], None]
+    backend: ServiceProcess,
+    gateway: ServiceProcess,
+    rest_port: int,
+    echo: Callable[[str], None],
+    challenger: ChallengerWatch,
 ) -> None:
-    """Keep both services up until Ctrl-C or until either exits."""
+    """Keep both services up until Ctrl-C or until either exits; start the challenger's once set."""
     echo(
         "\nServing until Ctrl-C. Try:\n"
         f"  curl -s http://127.0.0.1:{rest_port}/v1/models/{DEMO_ENSEMBLE}\n"
@@ -343,6 +231,7 @@ def _serve_until_interrupted(
     )
     with contextlib.suppress(KeyboardInterrupt):
         while backend.proc and backend.proc.poll() is None and gateway.proc and gateway.proc.poll() is None:
+            challenger.poll()
             time.sleep(0.5)
 
 

@@ -63,18 +63,19 @@ def demo(
     from rich.console import Console
 
     from cli import demo as ensemble_demo
+    from cli.demo_services import DemoError, exit_on_termination, port_taken
     from registry.defaults import tracking_uri as resolve_tracking_uri
 
     console = Console()
     for flag, port in (("--rest-port", rest_port), ("--grpc-port", grpc_port)):
-        if ensemble_demo.port_taken(port):
+        if port_taken(port):
             # Checked before training: a gateway left over from an earlier demo would answer instead.
             typer.echo(
                 f"error: port {port} ({flag}) is in use by another process; stop it or pick another", err=True
             )
             raise typer.Exit(2)
     try:
-        with ensemble_demo.exit_on_termination():
+        with exit_on_termination():
             ensemble_demo.run_demo(
                 out or ensemble_demo.default_out_dir(),
                 tracking_uri=resolve_tracking_uri(tracking_uri),
@@ -86,7 +87,7 @@ def demo(
                 grpc_port=grpc_port,
                 echo=console.print,
             )
-    except ensemble_demo.DemoError as exc:
+    except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 

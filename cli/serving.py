@@ -57,6 +57,14 @@ def serve(
             help="MEMBER=HOST:PORT[,HOST:PORT] override for one member.",
         ),
     ] = None,
+    alias_backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alias-backend",
+            metavar="ALIAS=HOST:PORT",
+            help="ALIAS=HOST:PORT[,HOST:PORT]: the backends of the members served under ALIAS.",
+        ),
+    ] = None,
     rest_port: Annotated[int | None, typer.Option("--rest-port", help="REST port (default 8501).")] = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="gRPC port (default 8500).")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Interface for both REST and gRPC.")] = None,
@@ -115,8 +123,7 @@ def serve(
     if config is not None and config.is_file():
         _check_config_yaml(config)
     try:
-        if member_backend:
-            overrides["member_backends"] = _member_backends(member_backend)
+        overrides.update(_placements(member_backend, alias_backend))
         if traffic:
             from serving.traffic.policy import parse_traffic_option
 
@@ -133,8 +140,8 @@ def serve(
     if settings.manifest is None and settings.tracking_uri is None:
         typer.echo("error: give --manifest FILE or --tracking-uri URI --ensemble NAME", err=True)
         raise typer.Exit(2)
-    if not settings.backends and not settings.member_backends:
-        typer.echo("error: give --backend HOST:PORT (or per-member --member-backend)", err=True)
+    if not settings.has_backends:
+        typer.echo("error: give --backend HOST:PORT (or --member-backend, --alias-backend)", err=True)
         raise typer.Exit(2)
 
     from serving.app import run
@@ -168,14 +175,25 @@ def _check_config_yaml(config: Path) -> None:
         raise typer.Exit(2)
 
 
-def _member_backends(values: list[str]) -> dict[str, list[str]]:
-    overrides: dict[str, list[str]] = {}
+def _placements(member_backend: list[str] | None, alias_backend: list[str] | None) -> dict[str, object]:
+    """The settings ``--member-backend`` and ``--alias-backend`` give, if any."""
+    placed: dict[str, object] = {}
+    if member_backend:
+        placed["member_backends"] = _placed_backends("--member-backend", "MEMBER", member_backend)
+    if alias_backend:
+        placed["alias_backends"] = _placed_backends("--alias-backend", "ALIAS", alias_backend)
+    return placed
+
+
+def _placed_backends(flag: str, what: str, values: list[str]) -> dict[str, list[str]]:
+    """``KEY=HOST:PORT[,HOST:PORT]`` values of a repeatable flag, as KEY -> addresses."""
+    placed: dict[str, list[str]] = {}
     for value in values:
-        member, sep, addresses = value.partition("=")
-        if not sep or not member or not addresses:
-            raise ValueError(f"--member-backend {value!r} must be MEMBER=HOST:PORT[,HOST:PORT]")
-        overrides.setdefault(member, []).extend(a.strip() for a in addresses.split(",") if a.strip())
-    return overrides
+        key, sep, addresses = value.partition("=")
+        if not sep or not key or not addresses:
+            raise ValueError(f"{flag} {value!r} must be {what}=HOST:PORT[,HOST:PORT]")
+        placed.setdefault(key, []).extend(a.strip() for a in addresses.split(",") if a.strip())
+    return placed
 
 
 def backend(

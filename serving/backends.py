@@ -99,7 +99,7 @@ class BackendPool:
 
     def __init__(
         self,
-        addresses_for: Callable[[str], list[str]],
+        addresses_for: Callable[[str, str | None], list[str]],
         *,
         hedge_after_s: float | None = None,
         breaker_failures: int = 5,
@@ -126,7 +126,11 @@ class BackendPool:
         self._spec_fields: dict[tuple[str, int, str], bytes] = {}
         self._predict_stubs: dict[str, PredictionServiceStub] = {}
         self._model_stubs: dict[str, ModelServiceStub] = {}
-        self._routes: dict[tuple[str, int], _Route] = {}
+        # Keyed by (addresses, member, version): one member version placed on two backend sets (a
+        # challenger sharing it on backends of its own) has two routes, and two sets of breakers.
+        self._routes: dict[tuple[tuple[str, ...], str, int], _Route] = {}
+        # The alias each MemberRef is served under (None: no alias), set by place().
+        self._placement: dict[int, tuple[MemberRef, str | None]] = {}
         # The hot path looks a route up by the MemberRef object (manifests keep theirs for life):
         # no key is built per call. The ref is kept so its id cannot be reused meanwhile.
         self._by_ref: dict[int, tuple[MemberRef, _Route]] = {}
@@ -153,14 +157,24 @@ class BackendPool:
         self._channel(address)
         return self._model_stubs[address]
 
+    def place(self, placed: Iterable[tuple[str | None, MemberRef]]) -> None:
+        """Record the alias each member ref is served under: its backends may depend on it."""
+        for alias, member in placed:
+            self._placement[id(member)] = (member, alias)
+            self._by_ref.pop(id(member), None)
+
+    def _alias(self, member: MemberRef) -> str | None:
+        placed = self._placement.get(id(member))
+        return placed[1] if placed is not None and placed[0] is member else None
+
     def _route(self, member: MemberRef) -> _Route:
         cached = self._by_ref.get(id(member))
         if cached is not None and cached[0] is member:
             return cached[1]
-        key = (member.name, member.version)
+        addresses = self._addresses_for(member.name, self._alias(member))
+        key = (tuple(addresses), member.name, member.version)
         route = self._routes.get(key)
         if route is None:
-            addresses = self._addresses_for(member.name)
             if not addresses:
                 raise MemberError("no_backend", "no backend address is configured for this member")
             route = _Route(
@@ -184,24 +198,33 @@ class BackendPool:
 
     def retain(self, members: Iterable[MemberRef]) -> None:
         """Keep routes and breakers for ``members`` only; versions a switch brings start fresh."""
-        keep = {(m.name, m.version) for m in members}
-        for key in [key for key in self._routes if key not in keep]:
+        refs = list(members)
+        keep = {(m.name, m.version) for m in refs}
+        routes = {(tuple(self._addresses_for(m.name, self._alias(m))), m.name, m.version) for m in refs}
+        for key in [key for key in self._routes if key not in routes]:
             route = self._routes.pop(key)
             if self._metrics is not None:
                 for replica in route.replicas:
                     with contextlib.suppress(KeyError):
-                        self._metrics.breaker_open.remove(key[0], str(key[1]), replica.address)
+                        self._metrics.breaker_open.remove(key[1], str(key[2]), replica.address)
+        # Refs of the manifest just retired keep their placement while their version is served:
+        # a request still in flight on it goes on to the same backends.
+        self._placement = {
+            i: (ref, alias) for i, (ref, alias) in self._placement.items() if (ref.name, ref.version) in keep
+        }
+        live = {id(route) for route in self._routes.values()}
         self._by_ref = {
-            ref_id: (ref, route)
-            for ref_id, (ref, route) in self._by_ref.items()
-            if (ref.name, ref.version) in keep
+            ref_id: (ref, route) for ref_id, (ref, route) in self._by_ref.items() if id(route) in live
         }
         self._spec_fields = {key: f for key, f in self._spec_fields.items() if key[:2] in keep}
 
     def breakers_open(self, member: MemberRef) -> bool:
-        """Whether every replica of this member version refuses calls right now."""
-        route = self._routes.get((member.name, member.version))
-        return route is not None and all(r.breaker.is_open for r in route.replicas)
+        """Whether every replica of this member version (where it is placed) refuses calls right now."""
+        try:
+            route = self._route(member)
+        except MemberError:
+            return False
+        return all(r.breaker.is_open for r in route.replicas)
 
     async def close(self) -> None:
         """Close every channel (on shutdown)."""

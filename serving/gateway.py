@@ -29,6 +29,7 @@ from serving.manifest_source import (
     RegistryManifestSource,
     ServedManifests,
     first_load,
+    placements,
     served_version,
     watch,
 )
@@ -86,6 +87,8 @@ class Gateway:
         self.traffic = TrafficController(
             settings.traffic, self.metrics.registry, shadow_timeout_s=settings.request_deadline_s
         )
+        if served is not None:
+            self._place(served)
         self.core = EnsembleCore(
             served,
             self.pool,
@@ -153,6 +156,7 @@ class Gateway:
         if saved is None:
             log.warning("no manifest to serve yet, retrying with backoff: %s", error)
             return
+        self._place(saved.served)
         self.core.swap(saved.served)
         self.from_last_good = saved
         self.metrics.last_good.set(1)
@@ -216,6 +220,7 @@ class Gateway:
         member versions may not be loaded yet: switching then would fail requests that the old
         manifest still answers.
         """
+        self._place(served)
         ready, reason = await self.core.ready(served=served)
         if not ready:
             self.metrics.reloads.labels("waiting").inc()
@@ -224,6 +229,10 @@ class Gateway:
         self._take(served)
         await self._save_last_good(served)
         return True
+
+    def _place(self, served: ServedManifests) -> None:
+        """Tell the pool which alias each member is served under (``alias_backends`` places them)."""
+        self.pool.place(placements(served))
 
     def _take(self, served: ServedManifests) -> None:
         self.core.swap(served)

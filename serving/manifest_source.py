@@ -19,7 +19,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from contracts.errors import one_line, validation_summary
-from contracts.manifest import Manifest
+from contracts.manifest import Manifest, MemberRef
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,17 @@ class ServedManifests:
     @property
     def name(self) -> str:
         return self.default.name
+
+
+def placements(served: ServedManifests) -> list[tuple[str | None, MemberRef]]:
+    """(alias, member) for every member served: the default manifest's under the alias whose
+    manifest it is (the first alias, from a registry), else under no alias (a manifest file)."""
+    placed: list[tuple[str | None, MemberRef]] = [
+        (alias, member) for alias, manifest in served.labels.items() for member in manifest.members
+    ]
+    default_alias = next((a for a, m in served.labels.items() if m == served.default), None)
+    placed.extend((default_alias, member) for member in served.default.members)
+    return placed
 
 
 def served_version(manifest: Manifest) -> int:

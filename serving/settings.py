@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -102,6 +102,14 @@ class GatewaySettings(BaseSettings):
     member_backends: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Per-member overrides: member model name -> its own list of HOST:PORT addresses.",
+    )
+    alias_backends: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Per-alias placement: alias -> the HOST:PORT addresses that host the members of the "
+            "ensemble served under it (a challenger on backends of its own). It wins over "
+            "member_backends and backends for that alias's members. Read at start only."
+        ),
     )
 
     # --- deadlines, hedging, breaker ------------------------------------------------------------
@@ -203,12 +211,13 @@ class GatewaySettings(BaseSettings):
     def _backend_addresses(cls, value: list[str]) -> list[str]:
         return [_check_address(a) for a in value]
 
-    @field_validator("member_backends")
+    @field_validator("member_backends", "alias_backends")
     @classmethod
-    def _member_addresses(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for member, addresses in value.items():
+    def _placed_addresses(cls, value: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        what = "member" if info.field_name == "member_backends" else "alias"
+        for key, addresses in value.items():
             if not addresses:
-                raise ValueError(f"member {member!r} needs at least one backend address")
+                raise ValueError(f"{what} {key!r} needs at least one backend address")
             for address in addresses:
                 _check_address(address)
         return value
@@ -242,9 +251,25 @@ class GatewaySettings(BaseSettings):
         )
         return self
 
-    def addresses_for(self, member: str) -> list[str]:
-        """The backend addresses of ``member``: its override, else the shared backends."""
-        return self.member_backends.get(member) or self.backends
+    @model_validator(mode="after")
+    def _placed_aliases(self) -> GatewaySettings:
+        unknown = sorted(set(self.alias_backends) - set(self.aliases))
+        if unknown:
+            served = ", ".join(self.aliases) or "none"
+            raise ValueError(
+                f"alias_backends names {', '.join(unknown)}, which is not a served alias (aliases: {served})"
+            )
+        return self
+
+    def addresses_for(self, member: str, alias: str | None = None) -> list[str]:
+        """The backend addresses of ``member`` served under ``alias``: the alias's placement, else
+        the member's override, else the shared backends."""
+        return self.alias_backends.get(alias or "") or self.member_backends.get(member) or self.backends
+
+    @property
+    def has_backends(self) -> bool:
+        """Whether any backend address is configured at all."""
+        return bool(self.backends or self.member_backends or self.alias_backends)
 
     @classmethod
     def settings_customise_sources(

@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PARENT = textwrap.dedent(
     """
     import sys, time
-    from cli import demo as ensemble_demo
-    ensemble_demo._ensemble_command = lambda *a: [sys.executable, "-c", "import time; time.sleep(600)"]
-    service = ensemble_demo.ServiceProcess("sleeper", [], ensemble_demo.Path(sys.argv[1]))
-    with ensemble_demo.exit_on_termination(), ensemble_demo._services([service]):
+    from pathlib import Path
+    from cli import demo_services
+    demo_services.ensemble_command = lambda *a: [sys.executable, "-c", "import time; time.sleep(600)"]
+    service = demo_services.ServiceProcess("sleeper", [], Path(sys.argv[1]))
+    with demo_services.exit_on_termination(), demo_services.services_running([service]):
         service.start()
         print(service.proc.pid, flush=True)
         time.sleep(600)

@@ -1,12 +1,13 @@
 """Champion vs challenger as a user runs it: ``ensemble serve --config`` on a registry-served ensemble.
 
 Real processes on 127.0.0.1: ``mlflow server`` with two registered versions of a 2-member Keras
-ensemble, ``champion`` on version 1 and ``challenger`` on version 2, whose members are models of
-their own; each alias's members synced by ``ensemble sync`` into a repository of its own and
+ensemble, ``champion`` on version 1 and ``challenger`` on version 2 (versions 1 and 2 of the same
+member models); each alias's members synced by ``ensemble sync`` into a repository of its own and
 served by its own ``ensemble backend``; ``ensemble serve --config gateway.yaml`` with a traffic
-policy. Shadow is turned on by editing the file while the gateway runs; curl sends traffic; the
-metrics and the comparison endpoint show the agreement computed offline; the challenger's backend
-is killed and no champion request fails; then ``ensemble promote --online`` (a process) refuses
+policy and ``alias_backends`` placing the challenger on its backend. Shadow is turned on by
+editing the file while the gateway runs; curl sends traffic; the metrics and the comparison
+endpoint show the agreement computed offline; the challenger's backend is killed and no champion
+request fails; then ``ensemble promote --online`` (a process) refuses
 with too little traffic, exit 1, and accepts once the window holds enough, and the alias moves.
 """
 
@@ -35,7 +36,6 @@ from serving.traffic.routing import ALIAS_HEADER
 pytestmark = pytest.mark.slow
 
 NAME = "champchall"  # its own name: the MLflow server is shared by the session
-CHALLENGER_PREFIX = "champchall-next"  # version 2's members are models of their own
 WINDOW = 30  # the comparison window, in requests: small, so it refills quickly
 POLL_S = 0.5
 BODY = json.dumps({"inputs": {"features": FEATURES, "color": COLORS}})
@@ -103,7 +103,7 @@ def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:  # type: ig
 @pytest.fixture(scope="module")
 def deploy(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("champion-challenger")
-    expected = register_tiny_versions(NAME, mlflow_server.uri, root, member_prefixes={2: CHALLENGER_PREFIX})
+    expected = register_tiny_versions(NAME, mlflow_server.uri, root)
     done = cli(
         "promote", NAME, "--version", "2", "--alias", "challenger", "--tracking-uri", mlflow_server.uri
     )
@@ -119,10 +119,9 @@ def deploy(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
         "tracking_uri": mlflow_server.uri,
         "ensemble": NAME,
         "aliases": ["champion", "challenger"],
-        "member_backends": {
-            **{f"{NAME}-m{i}": [f"127.0.0.1:{ports['champion']}"] for i in range(2)},
-            **{f"{CHALLENGER_PREFIX}-m{i}": [f"127.0.0.1:{ports['challenger']}"] for i in range(2)},
-        },
+        # Both versions' members are the same models: the challenger is placed by its alias.
+        "backends": [f"127.0.0.1:{ports['champion']}"],
+        "alias_backends": {"challenger": [f"127.0.0.1:{ports['challenger']}"]},
         "poll_interval_s": POLL_S,
         "rest_host": "127.0.0.1",
         "grpc_host": "127.0.0.1",

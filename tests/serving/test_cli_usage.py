@@ -42,6 +42,33 @@ def test_serve_bad_config_is_one_line_exit_2(tmp_path: Path, text: str, expected
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--alias-backend", "challenger"], "error: --alias-backend 'challenger' must be ALIAS=HOST:PORT"),
+        (
+            ["--alias-backend", "challenger=nohost"],
+            "error: alias_backends: backend address 'nohost' must be HOST:PORT",
+        ),
+        (
+            ["--alias-backend", "canary=127.0.0.1:2"],
+            "error: alias_backends names canary, which is not a served",
+        ),
+    ],
+)
+def test_serve_bad_alias_placement_is_one_line_exit_2(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    registry = ["--tracking-uri", "sqlite:///none.db", "--ensemble", "toy", "--alias", "champion"]
+    done = _ensemble(
+        "serve", *registry, "--alias", "challenger", "--backend", "127.0.0.1:1", *flags, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(expected), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "none.db").exists()  # refused before anything was opened
+
+
 def test_serve_missing_manifest_is_reported_before_missing_backend(tmp_path: Path) -> None:
     done = _ensemble("serve", "--manifest", "missing.json", cwd=tmp_path)
     assert done.returncode == 2

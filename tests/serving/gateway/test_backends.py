@@ -44,7 +44,7 @@ def x_rows(n: int) -> dict[str, np.ndarray]:
 
 def test_predict_metadata_and_status(fast_backend: str) -> None:
     async def scenario() -> None:
-        pool = BackendPool(lambda member: [fast_backend])
+        pool = BackendPool(lambda member, _alias: [fast_backend])
         try:
             member = MemberRef(name="toy-m1", version=1, weight=1.0)
             inputs = x_rows(3)
@@ -69,7 +69,7 @@ def test_dead_replica_is_retried_on_its_sibling(fast_backend: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
 
     async def scenario() -> None:
-        pool = BackendPool(lambda member: [dead, fast_backend])
+        pool = BackendPool(lambda member, _alias: [dead, fast_backend])
         try:
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
             for _ in range(4):  # round robin starts on each replica in turn
@@ -84,7 +84,7 @@ def test_dead_replica_is_retried_on_its_sibling(fast_backend: str) -> None:
 @pytest.mark.parametrize("hedge_after_s", [None, 0.05])
 def test_hedging_answers_from_the_fast_replica(fast_backend: str, slow_backend: str, hedge_after_s) -> None:
     async def scenario() -> list[str]:
-        pool = BackendPool(lambda member: [slow_backend, fast_backend], hedge_after_s=hedge_after_s)
+        pool = BackendPool(lambda member, _alias: [slow_backend, fast_backend], hedge_after_s=hedge_after_s)
         outcomes = []
         try:
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
@@ -109,7 +109,7 @@ def test_breaker_opens_after_consecutive_failures() -> None:
     dead = f"127.0.0.1:{free_port()}"
 
     async def scenario() -> list[str]:
-        pool = BackendPool(lambda member: [dead], breaker_failures=2, breaker_cooldown_s=60.0)
+        pool = BackendPool(lambda member, _alias: [dead], breaker_failures=2, breaker_cooldown_s=60.0)
         reasons = []
         try:
             member = MemberRef(name="toy-m0", version=1, weight=1.0)
@@ -128,7 +128,7 @@ def test_breakers_are_per_member_version(fast_backend: str) -> None:
     # The backend serves version 1 only: version 2 of the same member answers NOT_FOUND, as an old
     # version does on a backend that has unloaded it during a promotion.
     async def scenario() -> list[str]:
-        pool = BackendPool(lambda member: [fast_backend], breaker_failures=3, breaker_cooldown_s=60.0)
+        pool = BackendPool(lambda member, _alias: [fast_backend], breaker_failures=3, breaker_cooldown_s=60.0)
         loaded = MemberRef(name="toy-m0", version=1, weight=1.0)
         gone = MemberRef(name="toy-m0", version=2, weight=1.0)
         outcomes = []
@@ -153,6 +153,38 @@ def test_breakers_are_per_member_version(fast_backend: str) -> None:
     assert asyncio.run(scenario()) == ["v2 not_found"] * 3 + ["v2 circuit_open"]
 
 
+def test_an_alias_placed_on_its_own_backends_has_its_own_routes_and_breakers(fast_backend: str) -> None:
+    # Champion and challenger serve the SAME member version; the challenger's backend is dead.
+    dead = f"127.0.0.1:{free_port()}"
+    placement = {"champion": [fast_backend], "challenger": [dead]}
+
+    async def scenario() -> None:
+        pool = BackendPool(lambda member, alias: placement[alias or "champion"], breaker_failures=2)
+        champion = MemberRef(name="toy-m0", version=1, weight=1.0)
+        challenger = MemberRef(name="toy-m0", version=1, weight=1.0)
+        pool.place([("champion", champion), ("challenger", challenger)])
+        try:
+            for _ in range(3):
+                with pytest.raises(MemberError):
+                    await pool.send(challenger, pool.prepare("serving_default", x_rows(1), ()), 2.0)
+            assert pool.breakers_open(challenger)
+            assert not pool.breakers_open(champion)  # the challenger's breaker is not the champion's
+            outputs = await pool.send(champion, pool.prepare("serving_default", x_rows(2), ()), 5.0)
+            np.testing.assert_array_equal(outputs["probabilities"], member_answer("toy-m0", x_rows(2)["x"]))
+            assert await pool.available(champion, 5.0)
+            assert not await pool.available(challenger, 2.0)
+            # A ref the pool was never told about goes where no alias is placed.
+            unplaced = MemberRef(name="toy-m0", version=1, weight=1.0)
+            assert not pool.breakers_open(unplaced)
+            # Retiring the challenger's manifest drops its placement and its breakers with it.
+            pool.retain([champion])
+            assert not pool.breakers_open(champion)
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_breakers_are_per_backend_address_and_gauges_follow_the_clock(fast_backend: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
     clock = FakeClock()
@@ -164,7 +196,7 @@ def test_breakers_are_per_backend_address_and_gauges_follow_the_clock(fast_backe
 
     async def scenario() -> None:
         pool = BackendPool(
-            lambda member: [dead, fast_backend],
+            lambda member, _alias: [dead, fast_backend],
             breaker_failures=2,
             breaker_cooldown_s=5.0,
             metrics=metrics,
@@ -195,7 +227,7 @@ def test_errors_the_request_caused_never_open_a_breaker(fast_backend: str) -> No
     # A request larger than the backend accepts (its gRPC limit is 4 MiB: RESOURCE_EXHAUSTED) and
     # one the model refuses (INVALID_ARGUMENT) say nothing about the member.
     async def scenario() -> list[str]:
-        pool = BackendPool(lambda member: [fast_backend], breaker_failures=2, breaker_cooldown_s=60.0)
+        pool = BackendPool(lambda member, _alias: [fast_backend], breaker_failures=2, breaker_cooldown_s=60.0)
         member = MemberRef(name="toy-m1", version=1, weight=1.0)
         oversized = {"x": np.zeros((300_000, 4), np.float32)}
         reasons = []
@@ -223,7 +255,7 @@ def test_readiness_fails_while_the_quorum_is_behind_open_breakers() -> None:
 
     async def scenario() -> None:
         pool = BackendPool(
-            lambda m: [f"127.0.0.1:{port}"], breaker_failures=2, breaker_cooldown_s=5.0, clock=clock
+            lambda m, _alias: [f"127.0.0.1:{port}"], breaker_failures=2, breaker_cooldown_s=5.0, clock=clock
         )
         core = EnsembleCore(ServedManifests(default=make_manifest()), pool)
         try:

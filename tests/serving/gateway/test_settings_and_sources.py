@@ -15,6 +15,7 @@ from serving.manifest_source import (
     ManifestLoadError,
     RegistryManifestSource,
     ServedManifests,
+    placements,
     watch,
 )
 from serving.settings import GatewaySettings
@@ -55,11 +56,50 @@ def test_flags_beat_env_beat_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ({"tracking_uri": "http://x"}, "needs both"),
         ({"aliases": ["bad-alias"]}, "[a-zA-Z0-9_]+"),
         ({"grpc_port": 70000}, "less than or equal"),
+        ({"alias_backends": {"challenger": ["nohost"]}}, "must be HOST:PORT"),
+        ({"alias_backends": {"challenger": []}}, "alias 'challenger' needs at least one backend address"),
+        (
+            {
+                "tracking_uri": "http://x",
+                "ensemble": "e",
+                "aliases": ["champion"],
+                "alias_backends": {"canary": ["a:1"]},
+            },
+            "alias_backends names canary, which is not a served alias",
+        ),
     ],
 )
 def test_bad_settings_are_rejected(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("+", r"\+")):
         GatewaySettings.load(None, **overrides)
+
+
+def test_an_alias_placement_wins_over_member_overrides_and_shared_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENSEMBLE_ALIAS_BACKENDS", '{"challenger": ["e:5", "f:6"]}')
+    settings = GatewaySettings.load(
+        None,
+        tracking_uri="http://mlflow",
+        ensemble="toy",
+        aliases=["champion", "challenger"],
+        backends=["a:1"],
+        member_backends={"toy-m0": ["b:2"]},
+    )
+    assert settings.addresses_for("toy-m0", "challenger") == ["e:5", "f:6"]
+    assert settings.addresses_for("toy-m1", "challenger") == ["e:5", "f:6"]
+    assert settings.addresses_for("toy-m0", "champion") == ["b:2"]
+    assert settings.addresses_for("toy-m1", "champion") == ["a:1"]
+    assert settings.addresses_for("toy-m1") == ["a:1"]
+
+
+def test_placements_put_the_default_manifest_under_its_alias() -> None:
+    champion, challenger = make_manifest(version=1), make_manifest(version=2)
+    served = ServedManifests(default=champion, labels={"champion": champion, "challenger": challenger})
+    placed = {id(member): alias for alias, member in placements(served)}
+    assert [placed[id(m)] for m in champion.members] == ["champion"] * len(champion.members)
+    assert [placed[id(m)] for m in challenger.members] == ["challenger"] * len(challenger.members)
+    assert all(alias is None for alias, _ in placements(ServedManifests(default=champion)))
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -21,12 +21,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 import pytest
+import yaml
 
 from contracts.manifest import Manifest
 from contracts.model_config import ModelEntry, write_model_config
@@ -58,6 +60,10 @@ class Stack:
     grpc: int
     backend_rest: int
     backend_grpc: int
+    root: Path | None = None
+    """The demo's folder (its MLflow store, runs/demo)."""
+    proc: subprocess.Popen[str] | None = None
+    """The demo's process, still printing."""
 
     def address(self, transport: str, *, backend: bool = False) -> str:
         if backend:
@@ -106,7 +112,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lines = wait_ready(proc, "Serving until Ctrl-C", timeout_s=1500)
         ports = next(m for m in map(_BACKEND_PORTS.search, lines) if m)
         manifest = Manifest.load(root / "runs" / "demo" / "ensemble.json")
-        yield Stack(manifest, _served_version(rest, manifest.name), rest, grpc, int(ports[2]), int(ports[1]))
+        version = _served_version(rest, manifest.name)
+        yield Stack(manifest, version, rest, grpc, int(ports[2]), int(ports[1]), root, proc)
     finally:
         stop_process(proc, signal.SIGINT, timeout_s=60)
 
@@ -423,3 +430,76 @@ def test_local_backend_speaks_v2_with_labels(penguins: Stack, run_clients: RunCl
     assert {t["name"]: t["datatype"] for t in meta["inputs"]} == {
         s.name: _DATATYPE[s.dtype] for s in penguins.manifest.inputs
     }
+
+
+def _challenger_backend_pid(demo: Stack, timeout_s: float) -> int:
+    """The pid of the backend the demo starts for the challenger (the demo prints it too)."""
+    assert demo.root is not None
+    repo = str(demo.root / "runs" / "demo" / "model-repo-challenger")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"backend" in args and any(repo.encode() in arg for arg in args):
+                return int(cmdline.parent.name)
+        time.sleep(0.5)
+    raise AssertionError("the demo never started the challenger's backend")
+
+
+def _predict(demo: Stack, user: str) -> httpx.Response:
+    rows = [[float(v % 16) for v in range(64)]]
+    return httpx.post(
+        f"http://127.0.0.1:{demo.rest}/v1/models/{demo.manifest.name}:predict",
+        json={"instances": rows},
+        headers={"x-user-id": user},
+        timeout=30,
+    )
+
+
+def test_zz_a_challenger_registered_while_the_demo_runs_is_shadowed_and_may_die(demo: Stack) -> None:
+    """The issue's walk-through on the running demo (last: it registers a challenger)."""
+    assert demo.root is not None
+    name = demo.manifest.name
+    trained = subprocess.run(
+        [
+            sys.executable, "-m", "cli", "train", "--data", "sklearn:digits", "--name", name,
+            "--members", "1", "--epochs", "1", "--out", str(demo.root / "runs" / "challenger"),
+            "--tracking-uri", "sqlite:///mlruns.db", "--register", "--alias", "challenger",
+        ],
+        cwd=demo.root, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    pid = _challenger_backend_pid(demo, timeout_s=300)
+    comparison = f"http://127.0.0.1:{demo.rest}/v1/ensembles/{name}/comparison"
+
+    # Shadow on with one setting in the demo's file, no restart.
+    config = demo.root / "runs" / "demo" / "gateway.yaml"
+    settings = yaml.safe_load(config.read_text())
+    assert settings["aliases"] == ["champion", "challenger"]
+    settings["traffic"][name]["shadow_fraction"] = 1.0
+    config.write_text(yaml.safe_dump(settings))
+
+    def compared() -> int:
+        response = _predict(demo, "someone")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-ensemble-alias"] == "champion"
+        return int(httpx.get(comparison, timeout=10).json()["compared"])
+
+    deadline = time.monotonic() + 300
+    while compared() < 5:
+        assert time.monotonic() < deadline, "the challenger was never shadowed"
+        time.sleep(0.2)
+    summary = httpx.get(comparison, timeout=10).json()
+    assert (summary["champion"]["version"], summary["challenger"]["version"]) == (1, 2)
+    assert summary["classification"]["agreement"] is not None
+
+    # The challenger's backend dies: not one champion request fails.
+    os.kill(pid, signal.SIGKILL)
+    for i in range(20):
+        response = _predict(demo, f"user-{i}")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-ensemble-alias"] == "champion"

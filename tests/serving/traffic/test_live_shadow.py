@@ -84,7 +84,7 @@ class Stack:
     def __init__(self, champion_address: str, challenger_address: str, policy: TrafficPolicy) -> None:
         champion_members = set(members(CHAMPION))
         self.pool = BackendPool(
-            lambda member: [champion_address if member in champion_members else challenger_address]
+            lambda member, _alias: [champion_address if member in champion_members else challenger_address]
         )
         served = ServedManifests(default=CHAMPION, labels={"champion": CHAMPION, "challenger": CHALLENGER})
         self.controller = TrafficController({"toy": policy}, shadow_timeout_s=60.0)
