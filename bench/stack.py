@@ -389,19 +389,15 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def register_tiny_versions(
-    name: str, tracking_uri: str, root: Path, member_prefixes: Mapping[int, str] | None = None
-) -> dict[int, np.ndarray]:
+def register_tiny_versions(name: str, tracking_uri: str, root: Path) -> dict[int, np.ndarray]:
     """Export 2 members x 2 versions, register them as ensemble versions 1 (``champion``) and 2.
 
-    By default both versions' members are versions 1 and 2 of ``<name>-m0`` and ``<name>-m1``;
-    ``member_prefixes`` gives a version members of its own (``<prefix>-m0``, ...), which a gateway
-    can then place on a backend of their own. Returns each version's ensemble answer to
+    Both versions' members are versions 1 and 2 of ``<name>-m0`` and ``<name>-m1`` (a gateway
+    places an alias's members with ``alias_backends``). Returns each version's ensemble answer to
     :data:`FEATURES` and :data:`COLORS`, computed offline.
     """
     from registry.tracking import record_training
 
-    prefixes = {version: (member_prefixes or {}).get(version, name) for version in TINY_VERSIONS}
     members = [f"{name}-m{i}" for i in range(2)]
     targets = {(v, i): root / f"export-v{v}" / f"m{i}" for v in TINY_VERSIONS for i in range(len(members))}
     answers_file = root / "answers.json"
@@ -423,7 +419,6 @@ def register_tiny_versions(
             test_nll=info.nll,
             weights=list(info.weights),
             spec=TINY_SPEC,
-            member_prefix=prefixes[version],
         )
         members = [member.name for member in manifest.members]
         for index, member in enumerate(members):
@@ -431,9 +426,8 @@ def register_tiny_versions(
             shutil.rmtree(saved)
             shutil.copytree(targets[(version, index)], saved)
         logged = record_training(out, tracking_uri, register=True, alias="champion" if version == 1 else None)
-        # Each registered member model counts its own versions.
-        member_version = sum(1 for v in TINY_VERSIONS if v <= version and prefixes[v] == prefixes[version])
-        if logged.ensemble_version != version or set(logged.member_versions.values()) != {member_version}:
+        # Each version registers a new version of every member model.
+        if logged.ensemble_version != version or set(logged.member_versions.values()) != {version}:
             raise RuntimeError(f"{name} was already registered: use a fresh name or a fresh MLflow")
         weights = combine.method_weights(manifest.combiner.method, manifest.weights)
         member_answers = [
