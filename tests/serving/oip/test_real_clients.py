@@ -335,7 +335,12 @@ def test_members_and_spread_through_request_parameters(demo: Stack, run_clients:
     assert set(ensemble["outputs"]) == {"probabilities", "probabilities:spread"} | {
         f"probabilities:{member}" for member in members
     }
-    assert ensemble["parameters"] == {"ensemble_members": "2/2", "ensemble_manifest_version": demo.version}
+    # The demo's gateway has a traffic policy for the ensemble, so answers also say which alias answered.
+    assert ensemble["parameters"] == {
+        "ensemble_members": "2/2",
+        "ensemble_manifest_version": demo.version,
+        "ensemble_alias": "champion",
+    }
     for member, answer in zip(members, own, strict=True):
         through_gateway = ensemble["outputs"][f"probabilities:{member}"]
         expected = np.reshape(through_gateway["data"], through_gateway["shape"])
