@@ -239,7 +239,7 @@ def train_member(
         from training.member import train_member as run
 
         for i in index:
-            if resume and layout.member_file(i).is_file():
+            if resume and layout.member(i).record.is_file():
                 print(f"member {i}: already trained, nothing to resume", flush=True)
                 continue
             record = run(out, i, threads=threads, resume=resume, study_storage=study_storage)

@@ -111,15 +111,6 @@ class RunLayout:
     def member(self, index: int) -> MemberFolder:
         return MemberFolder(self.members / f"m{index}")
 
-    def member_dir(self, index: int) -> Path:
-        return self.member(index).root
-
-    def member_file(self, index: int) -> Path:
-        return self.member(index).record
-
-    def member_predictions(self, index: int) -> Path:
-        return self.member(index).predictions
-
     def member_folders(self) -> list[MemberFolder]:
         """Every member folder present, in name order (``m0``, ``m1``, ``m10``, ...)."""
         return [MemberFolder(folder) for folder in sorted(self.members.glob("m*")) if folder.is_dir()]
@@ -129,10 +120,6 @@ class RunLayout:
 
     def saved_model(self, model_name: str, version: int) -> Path:
         return self.model_dir(model_name) / str(version)
-
-    def write_text(self, path: Path, text: str) -> None:
-        """Atomic write: parallel workers and pods may write the same file."""
-        atomic_write_text(path, text)
 
 
 def write_record(path: Path, record: BaseModel) -> None:

@@ -51,8 +51,8 @@ def load_members(layout: RunLayout, count: int, *, skip_unfinished: bool = False
     ``skip_unfinished`` (a search goes on without its failed trials) leaves it out."""
     results = []
     for index in range(count):
-        member_file = layout.member_file(index)
-        predictions = layout.member_predictions(index)
+        member_file = layout.member(index).record
+        predictions = layout.member(index).predictions
         if skip_unfinished and not member_file.is_file():
             continue
         if not member_file.is_file() or not predictions.is_file():

@@ -139,7 +139,7 @@ def train_member(
     _pin_threads(threads)
     layout = RunLayout(out_dir)
     config = load_config(layout)
-    member_dir = layout.member_dir(index)
+    member_dir = layout.member(index).root
     member_dir.mkdir(parents=True, exist_ok=True)
     progress = MemberProgress(index=index, state="starting")
     write_progress(member_dir, progress)
@@ -173,7 +173,7 @@ def train_member(
         if trial is not None:
             assert pruning is not None
             _finish_trial(trial, pruning, record)
-        write_record(layout.member_file(index), record)
+        write_record(layout.member(index).record, record)
         progress.state = "done"
         write_progress(member_dir, progress)
         return record
@@ -261,7 +261,7 @@ def _save_predictions(layout: RunLayout, index: int, rows: MemberRows, exported:
     arrays: dict[str, Any] = {OOF_ROWS: rows.held_out}
     arrays.update({f"{OOF_PREFIX}{k}": v for k, v in exported.held.items()})
     arrays.update({f"{TEST_PREFIX}{k}": v for k, v in exported.test.items()})
-    np.savez_compressed(layout.member_predictions(index), **arrays)
+    np.savez_compressed(layout.member(index).predictions, **arrays)
 
 
 def _member_record(

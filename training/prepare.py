@@ -60,12 +60,13 @@ def _loss_weight_keys(config: TrainConfig) -> list[tuple[str, list[str]]]:
 
 def prepare_run(config: TrainConfig, out_dir: Path) -> None:
     """Validate the data and write ``config.yaml`` and ``dataset.json`` (what every worker reads)."""
+    from contracts.files import atomic_write_text
     from contracts.run_layout import RunLayout, write_record
     from contracts.run_records import SplitSummary
     from training.folds import fold_sizes
 
     dataset = check_data(config)
     layout = RunLayout(out_dir)
-    layout.write_text(layout.config, config.to_yaml())
+    atomic_write_text(layout.config, config.to_yaml())
     split = SplitSummary(method=config.data.split.method, fold_rows=fold_sizes(dataset, config))
     write_record(layout.dataset, dataset.summary(split))

@@ -112,7 +112,7 @@ class _Pool:
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
     def states(self) -> list[MemberProgress]:
-        return [read_progress(self.layout.member_dir(i), i) for i in self.indices]
+        return [read_progress(self.layout.member(i).root, i) for i in self.indices]
 
     def launch(self, number: int, chunk: list[int]) -> None:
         for index in chunk:
@@ -137,7 +137,7 @@ class _Pool:
                 continue
             log_tail = _last_line(Path(worker.log.name))
             for index in worker.indices:
-                progress = read_progress(self.layout.member_dir(index), index)
+                progress = read_progress(self.layout.member(index).root, index)
                 if progress.state == "done":
                     continue
                 if progress.state == "waiting":

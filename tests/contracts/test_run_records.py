@@ -32,7 +32,7 @@ def test_a_folder_written_before_the_records_reads_and_writes_back_byte_for_byte
 
 def test_the_old_folder_reads_as_typed_records() -> None:
     layout = RunLayout(BEFORE)
-    member = read_record(layout.member_file(1), MemberRecord)
+    member = read_record(layout.member(1).record, MemberRecord)
     assert (member.index, member.model_name, member.version, member.fold) == (1, "digits-m1", 1, 1)
     assert member.trial is None
     assert member.rows.fit + member.rows.out_of_fold == 1527

@@ -24,7 +24,7 @@ def _run(tmp_path: Path) -> RunLayout:
     for index in (0, 1):
         arrays: dict[str, Any] = {OOF_ROWS: np.arange(3), f"{TEST_PREFIX}probabilities": np.eye(10)}
         arrays[f"{OOF_PREFIX}probabilities"] = np.full((3, 10), 0.1)
-        np.savez(layout.member_predictions(index), **arrays)
+        np.savez(layout.member(index).predictions, **arrays)
     return layout
 
 
@@ -37,7 +37,7 @@ def test_assembly_reads_the_members_as_typed_records(tmp_path: Path) -> None:
 
 def test_an_invalid_member_record_stops_assembly_in_one_line(tmp_path: Path) -> None:
     layout = _run(tmp_path)
-    path = layout.member_file(1)
+    path = layout.member(1).record
     record = json.loads(path.read_text())
     record["metrics"]["test_nll"] = "low"
     path.write_text(json.dumps(record))
@@ -49,7 +49,7 @@ def test_an_invalid_member_record_stops_assembly_in_one_line(tmp_path: Path) -> 
 
 def test_a_missing_member_record_names_the_member(tmp_path: Path) -> None:
     layout = _run(tmp_path)
-    layout.member_file(0).unlink()
+    layout.member(0).record.unlink()
     with pytest.raises(TrainingError, match=r"member m0 has not finished \(.*member\.json is missing\)"):
         load_members(layout, 2)
     assert [m.name for m in load_members(layout, 2, skip_unfinished=True)] == ["digits-m1"]
