@@ -163,16 +163,18 @@ class BackendPool:
             self._placement[id(member)] = (member, alias)
             self._by_ref.pop(id(member), None)
 
-    def _alias(self, member: MemberRef) -> str | None:
+    def _key(self, member: MemberRef) -> tuple[tuple[str, ...], str, int]:
+        """The route of ``member``: its backend addresses (which depend on its alias) and version."""
         placed = self._placement.get(id(member))
-        return placed[1] if placed is not None and placed[0] is member else None
+        alias = placed[1] if placed is not None and placed[0] is member else None
+        return tuple(self._addresses_for(member.name, alias)), member.name, member.version
 
     def _route(self, member: MemberRef) -> _Route:
         cached = self._by_ref.get(id(member))
         if cached is not None and cached[0] is member:
             return cached[1]
-        addresses = self._addresses_for(member.name, self._alias(member))
-        key = (tuple(addresses), member.name, member.version)
+        key = self._key(member)
+        addresses = key[0]
         route = self._routes.get(key)
         if route is None:
             if not addresses:
@@ -200,7 +202,7 @@ class BackendPool:
         """Keep routes and breakers for ``members`` only; versions a switch brings start fresh."""
         refs = list(members)
         keep = {(m.name, m.version) for m in refs}
-        routes = {(tuple(self._addresses_for(m.name, self._alias(m))), m.name, m.version) for m in refs}
+        routes = {self._key(m) for m in refs}
         for key in [key for key in self._routes if key not in routes]:
             route = self._routes.pop(key)
             if self._metrics is not None:
@@ -220,11 +222,8 @@ class BackendPool:
 
     def breakers_open(self, member: MemberRef) -> bool:
         """Whether every replica of this member version (where it is placed) refuses calls right now."""
-        try:
-            route = self._route(member)
-        except MemberError:
-            return False
-        return all(r.breaker.is_open for r in route.replicas)
+        route = self._routes.get(self._key(member))
+        return route is not None and all(r.breaker.is_open for r in route.replicas)
 
     async def close(self) -> None:
         """Close every channel (on shutdown)."""
