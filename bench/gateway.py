@@ -229,18 +229,21 @@ class Stack:
     """A running gateway and the backend process(es) that host its members."""
 
     gateway: subprocess.Popen[str]
-    backend: subprocess.Popen[str]
-    """The backend of the first member (of every member, unless each has a process of its own)."""
+    backends: tuple[subprocess.Popen[str], ...]
+    """Every backend process: one for all members, or one per member."""
     rest_port: int
     grpc_port: int
     backend_port: int
     backend_rest_port: int
-    backends: tuple[subprocess.Popen[str], ...] = ()
-    """Every backend process, ``backend`` first."""
+
+    @property
+    def backend(self) -> subprocess.Popen[str]:
+        """The backend of the first member (of every member, unless each has a process of its own)."""
+        return self.backends[0]
 
     @property
     def backend_pids(self) -> tuple[int, ...]:
-        return tuple(process.pid for process in self.backends or (self.backend,))
+        return tuple(process.pid for process in self.backends)
 
 
 @contextlib.contextmanager
@@ -304,7 +307,7 @@ def ensemble(
             ready="workers are serving" if workers > 1 else GATEWAY_READY,
             env=gateway_env(env),
         )
-        yield Stack(gateway, backends[0], rest_port, grpc_port, backend_port, backend_rest, tuple(backends))
+        yield Stack(gateway, tuple(backends), rest_port, grpc_port, backend_port, backend_rest)
     finally:
         if gateway is not None:
             stop_process(gateway)

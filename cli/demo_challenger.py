@@ -9,14 +9,14 @@ challenger and promoting it need no other command.
 
 from __future__ import annotations
 
+import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli.demo_services import ServiceProcess, registered
+from cli.demo_services import ServiceProcess, ensemble_command, registered
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -44,7 +44,7 @@ def write_gateway_config(path: Path, ensemble: str) -> bool:
 
 def cli_command() -> str:
     """How the user runs ``ensemble`` from their shell: the command if on PATH, else this interpreter."""
-    return "ensemble" if shutil.which("ensemble") else f"{sys.executable} -m cli"
+    return "ensemble" if shutil.which("ensemble") else shlex.join(ensemble_command())
 
 
 def next_steps(ensemble: str, data: str, config: Path, tracking_uri: str, rest_port: int) -> str:
