@@ -63,29 +63,42 @@ def quorum_holds(
 def weighted_mean(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> FloatArray:
     """Weighted mean over axis 0 of ``stack`` (members first), in float64, cast back to its dtype."""
     w = normalized(weights)
-    arr = np.asarray(stack)
-    if arr.shape[0] != w.shape[0]:
-        raise ValueError(f"{arr.shape[0]} member answers for {w.shape[0]} weights")
-    out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
-    mean = _contract(w, arr.astype(np.float64, copy=False))
-    return np.asarray(mean, dtype=out_dtype)
+    arr = _checked(stack, w)
+    return np.asarray(_contract(w, arr), dtype=_out_dtype(arr))
 
 
 def weighted_spread(stack: npt.NDArray[np.generic], weights: Sequence[float] | FloatArray) -> FloatArray:
     """Weighted standard deviation across members, element-wise: the disagreement signal."""
     w = normalized(weights)
-    arr = np.asarray(stack, dtype=np.float64)
-    mean = _contract(w, arr)
-    var = _contract(w, (arr - mean) ** 2)
-    out_dtype = stack.dtype if np.issubdtype(stack.dtype, np.floating) else np.dtype(np.float64)
-    return np.asarray(np.sqrt(var), dtype=out_dtype)
+    arr = _checked(stack, w)
+    arr64 = arr.astype(np.float64, copy=False)
+    return _spread(w, arr64, _contract(w, arr64), _out_dtype(arr))
 
 
-def _contract(w: FloatArray, arr: FloatArray) -> FloatArray:
-    """``sum_i w[i] * arr[i]``: ``np.tensordot(w, arr, axes=(0, 0))`` without its per-call overhead.
+def _checked(stack: npt.NDArray[np.generic], w: FloatArray) -> npt.NDArray[np.generic]:
+    """``stack`` as an array, with one member answer per weight."""
+    arr = np.asarray(stack)
+    if arr.shape[0] != w.shape[0]:
+        raise ValueError(f"{arr.shape[0]} member answers for {w.shape[0]} weights")
+    return arr
+
+
+def _out_dtype(arr: npt.NDArray[np.generic]) -> np.dtype[np.generic]:
+    """Floating answers keep their dtype; any other is combined into float64."""
+    return arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
+
+
+def _spread(w: FloatArray, arr: FloatArray, mean: FloatArray, dtype: np.dtype[np.generic]) -> FloatArray:
+    """The weighted standard deviation of ``arr`` (float64) around its weighted ``mean``."""
+    return np.asarray(np.sqrt(_contract(w, (arr - mean) ** 2)), dtype=dtype)
+
+
+def _contract(w: FloatArray, arr: npt.NDArray[np.generic]) -> FloatArray:
+    """``sum_i w[i] * arr[i]`` in float64: ``np.tensordot(w, arr, axes=(0, 0))`` without its per-call overhead.
 
     The same reshape and ``dot`` tensordot performs, so the result is identical to the last bit.
     """
+    arr = arr.astype(np.float64, copy=False)
     return np.asarray(np.dot(w, arr.reshape(arr.shape[0], -1)).reshape(arr.shape[1:]), dtype=np.float64)
 
 
@@ -120,7 +133,12 @@ def decision_disagreement(
     0 when every member agrees with the ensemble on every label; 1 when all of them contradict it
     everywhere (which a weighted mean cannot produce; 0.5 is about the most that can happen).
     """
-    w = normalized(weights)
+    return _decision_disagreement(stack, ensemble, normalized(weights))
+
+
+def _decision_disagreement(
+    stack: npt.NDArray[np.generic], ensemble: npt.NDArray[np.generic], w: FloatArray
+) -> float:
     members = np.asarray(stack, dtype=np.float64) >= 0.5
     if members.size == 0:
         return 0.0
@@ -139,22 +157,27 @@ def combine(
     """:func:`combine_outputs`, with the disagreement and (with ``spread``) every output's spread.
 
     ``kinds`` gives outputs' manifest kinds; a first output of kind ``multilabel`` measures the
-    disagreement by decisions instead of spread. Each output's members are stacked once and each
-    spread computed once, whatever is asked.
+    disagreement by decisions instead of spread. The weights are normalised once, and each output's
+    members are stacked, converted to float64 and averaged once: the spread reuses that mean.
     """
+    w = normalized(weights)
     outputs: dict[str, FloatArray] = {}
     spreads: dict[str, FloatArray] = {}
     disagreement: float | None = None
     for i, (name, stack) in enumerate(_stacks(member_outputs)):
-        outputs[name] = weighted_mean(stack, weights)
+        arr = _checked(stack, w)
+        dtype = _out_dtype(arr)
+        arr64 = arr.astype(np.float64, copy=False)
+        mean = _contract(w, arr64)
+        outputs[name] = np.asarray(mean, dtype=dtype)
         first_disagrees = i == 0 and len(member_outputs) > 1
         by_decision = first_disagrees and (kinds or {}).get(name) == "multilabel"
         if spread or (first_disagrees and not by_decision):
-            output_spread = weighted_spread(stack, weights)
+            output_spread = _spread(w, arr64, mean, dtype)
             if spread:
                 spreads[name] = output_spread
         if by_decision:
-            disagreement = decision_disagreement(stack, outputs[name], weights)
+            disagreement = _decision_disagreement(stack, outputs[name], w)
         elif first_disagrees:
             disagreement = float(np.mean(output_spread)) if output_spread.size else 0.0
     return Combined(outputs, spreads, disagreement)
