@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -104,26 +104,58 @@ def _cpu_seconds(pid: int) -> float:
     return own
 
 
+@dataclass
+class _Tally:
+    """Latencies of the calls that answered, and how many failed."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    async def timed(self, call: Callable[[], Awaitable[None]], since: float | None = None) -> None:
+        """Run ``call``; its latency counts from ``since`` (default: now)."""
+        started = time.perf_counter() if since is None else since
+        try:
+            await call()
+        except Exception:
+            self.errors += 1
+            return
+        self.latencies.append(time.perf_counter() - started)
+
+
 async def _drive(
     call: Callable[[], Awaitable[None]], concurrency: int, duration_s: float
 ) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    errors = 0
+    """Closed loop: ``concurrency`` clients, each sending its next request when the last answered."""
+    tally = _Tally()
     stop_at = time.perf_counter() + duration_s
 
     async def worker() -> None:
-        nonlocal errors
         while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            try:
-                await call()
-            except Exception:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
+            await tally.timed(call)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors
+    return tally.latencies, tally.errors
+
+
+async def _drive_at_rate(
+    call: Callable[[], Awaitable[None]], rate: float, duration_s: float
+) -> tuple[list[float], int]:
+    """Open loop: a request every ``1 / rate`` seconds whether or not earlier ones have answered.
+
+    Each latency runs from the moment the request was due, so a gateway that falls behind is
+    charged for the wait (no coordinated omission).
+    """
+    tally = _Tally()
+    started = time.perf_counter()
+    tasks: set[asyncio.Task[None]] = set()
+    for n in range(int(duration_s * rate)):
+        due = started + n / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        task = asyncio.create_task(tally.timed(call, since=due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return tally.latencies, tally.errors
 
 
 def _summarise(
@@ -152,9 +184,14 @@ async def measure(
     duration_s: float,
     pid: int | None,
     backend_pid: int | tuple[int, ...] | None = None,
+    rate: float | None = None,
 ) -> Result:
     """One measurement; ``pid`` is the gateway (or proxy) whose CPU is counted, ``backend_pid`` the
-    member backend's (or the sum over several, where each member has a process of its own)."""
+    member backend's (or the sum over several, where each member has a process of its own).
+
+    With ``rate``, requests are sent open loop at that many per second (``concurrency`` is then
+    only the client's connection limit) instead of by ``concurrency`` clients in a closed loop.
+    """
     backend_pids = (backend_pid,) if isinstance(backend_pid, int) else backend_pid or ()
     x = np.random.default_rng(0).normal(size=(ROWS, 4)).astype(np.float32)
     if protocol == "grpc":
@@ -205,7 +242,10 @@ async def measure(
         backend_before = sum(map(_cpu_seconds, backend_pids))
         client_before = time.process_time()
         started = time.perf_counter()
-        latencies, errors = await _drive(call, concurrency, duration_s)
+        if rate is None:
+            latencies, errors = await _drive(call, concurrency, duration_s)
+        else:
+            latencies, errors = await _drive_at_rate(call, rate, duration_s)
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
         cpu_after = _cpu_seconds(pid) if pid else 0.0
