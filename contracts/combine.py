@@ -94,7 +94,8 @@ def _spread(w: FloatArray, arr: FloatArray, mean: FloatArray, dtype: np.dtype[np
 
 
 def _contract(w: FloatArray, arr: npt.NDArray[np.generic]) -> FloatArray:
-    """``sum_i w[i] * arr[i]`` in float64: ``np.tensordot(w, arr, axes=(0, 0))`` without its per-call overhead.
+    """``sum_i w[i] * arr[i]`` in float64: ``np.tensordot(w, arr, axes=(0, 0))`` without its
+    per-call overhead.
 
     The same reshape and ``dot`` tensordot performs, so the result is identical to the last bit.
     """
