@@ -68,6 +68,14 @@ def sync(
             help="With --watch: serve Prometheus metrics of the passes on this port (/metrics).",
         ),
     ] = None,
+    unset_ok: Annotated[
+        bool,
+        typer.Option(
+            "--unset-ok",
+            help="The first alias may be unset too (a repository for a challenger alone): with no "
+            "alias set, models.config lists no model until one is.",
+        ),
+    ] = False,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write the member versions the aliases need and models.config (labels = aliases) into a repository."""
@@ -103,6 +111,7 @@ def sync(
                 label_policy=policy,
                 grace_s=grace,
                 available=available,
+                unset_ok=unset_ok,
             )
 
         if not watch:

@@ -78,8 +78,9 @@ def dumps_model_config(entries: Sequence[ModelEntry]) -> str:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ModelConfigError(f"model names must be unique, repeated: {', '.join(duplicates)}")
-    if not entries:
-        return ""
+    # No entries is still a (empty) model_config_list, not an unset config: TF Serving accepts a
+    # move from one list to another, never from a list to an unset config, so a repository whose
+    # last model goes stays reloadable.
     lines = ["model_config_list {"]
     for entry in entries:
         lines += ["  " + line for line in _entry_lines(entry)]

@@ -106,7 +106,7 @@ class SyncResult:
     deferred: list[str] = field(default_factory=list)
     """``model@label`` entries a staged pass could not move yet."""
     skipped: list[str] = field(default_factory=list)
-    """Optional aliases (all but the first) that point at nothing yet."""
+    """Aliases that point at nothing yet: optional ones (all but the first, or all with ``unset_ok``)."""
     kept: list[Kept] = field(default_factory=list)
     """Versions no alias names any more, kept by the grace rule."""
     prune_failed: list[str] = field(default_factory=list)
@@ -195,15 +195,17 @@ def sync_once(
     grace_s: float = DEFAULT_SYNC_GRACE_S,
     available: AvailableFn | None = None,
     now: float | None = None,
+    unset_ok: bool = False,
 ) -> SyncResult:
     """One sync pass of ``name``'s ``aliases`` into ``repo``; see the module docstring.
 
     ``available`` asks the backend this repository feeds (the CLI builds it from serving's
-    ``backend_availability``); ``now`` is
-    the wall-clock time of the pass (tests set it).
+    ``backend_availability``); ``now`` is the wall-clock time of the pass (tests set it). The
+    first alias must be set unless ``unset_ok`` (a repository for a challenger alone): with no
+    alias set, ``models.config`` lists no model until one is.
     """
     repo = _checked_repo(aliases, repo)
-    manifests, skipped = _resolve_aliases(client, name, aliases)
+    manifests, skipped = _resolve_aliases(client, name, aliases, first_required=not unset_ok)
     config_path = repo / CONFIG_FILE
     try:
         old_entries = read_model_config(config_path) if config_path.exists() else []
@@ -267,7 +269,7 @@ def _checked_repo(aliases: Sequence[str], repo: Path) -> Path:
 
 
 def _resolve_aliases(
-    client: MlflowClient, name: str, aliases: Sequence[str]
+    client: MlflowClient, name: str, aliases: Sequence[str], *, first_required: bool = True
 ) -> tuple[dict[str, Manifest], list[str]]:
     """Each set alias's checked manifest, and the optional aliases that point at nothing yet."""
     manifests: dict[str, Manifest] = {}
@@ -278,7 +280,7 @@ def _resolve_aliases(
         except NotFound:
             # The first alias is the one served by default and must exist; later ones (a
             # challenger on a fresh install) may not be set yet and join on a later pass.
-            if position == 0:
+            if position == 0 and first_required:
                 raise
             skipped.append(alias)
             continue

@@ -155,7 +155,11 @@ def _protobuf(entries: list[ModelEntry]) -> ModelServerConfig:
 
 def test_writes_exactly_what_protobuf_prints() -> None:
     assert dumps_model_config(ODD_ENTRIES) == text_format.MessageToString(_protobuf(ODD_ENTRIES))
-    assert dumps_model_config([]) == text_format.MessageToString(ModelServerConfig())
+    # No model is an empty model_config_list, which TF Serving can move to and from; an unset
+    # config ("") it accepts only before the first list.
+    empty = ModelServerConfig()
+    empty.model_config_list.SetInParent()
+    assert dumps_model_config([]) == text_format.MessageToString(empty) == "model_config_list {\n}\n"
 
 
 def test_reads_what_protobuf_prints_in_every_style() -> None:

@@ -294,6 +294,32 @@ def test_errors_are_one_line(mlflow_server: MlflowServer, tmp_path: Path) -> Non
     for entry in read_model_config(repo / "models.config"):
         assert set(entry.labels) == {"champion"}
 
+    # A repository for the challenger alone: its first alias must be set, unless --unset-ok, which
+    # lists no model until it is (TF Serving starts on that and loads the models once listed).
+    alone = [
+        "sync",
+        "errs",
+        "--alias",
+        "challenger",
+        "--model-repo",
+        str(tmp_path / "alone"),
+        "--tracking-uri",
+        uri,
+    ]
+    code, _, err = _cli(*alone)
+    assert code != 0
+    assert "has no alias 'challenger'" in err
+    code, out, err = _cli(*alone, "--unset-ok")
+    assert code == 0, err
+    assert "aliases not set yet, skipped: challenger" in out
+    assert (tmp_path / "alone" / "models.config").read_text() == "model_config_list {\n}\n"
+    _train(mlflow_server, tmp_path / "b", "errs", "challenger", members=2, test_nll=0.2)
+    code, out, err = _cli(*alone, "--unset-ok")
+    assert code == 0, err
+    entries = read_model_config(tmp_path / "alone" / "models.config")
+    assert sorted(e.name for e in entries) == ["errs-m0", "errs-m1"]
+    assert all(set(e.labels) == {"challenger"} for e in entries)
+
     # A manifest whose member version is gone cannot be served.
     connect(uri).delete_model_version("errs-m1", "1")
     code, _, err = _cli("sync", "errs", "--model-repo", str(tmp_path / "r"), "--tracking-uri", uri)
