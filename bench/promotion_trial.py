@@ -49,7 +49,7 @@ from registry.sync import minimum_grace_s
 REPO = Path(__file__).resolve().parents[1]
 NAME = "trial"
 
-# k8s/base/tf-serving.yaml (sync sidecar, TF Serving flags), k8s/base/gateway.env and
+# k8s/base/tf-serving/tf-serving.yaml (sync sidecar, TF Serving flags), k8s/base/gateway.env and
 # docker-compose.yaml ship these; the grace is the sync's default, which they pass explicitly.
 SHIPPED = PollChain(
     sync_interval_s=10.0,

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,18 @@ COMPOSE_FILE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
-OVERLAYS = ("overlays/dev", "overlays/prod", "overlays/dev/training", "overlays/prod/training")
-"""Every kustomization a user applies, relative to k8s/."""
+WITH_CHALLENGER_BACKENDS = ("overlays/dev+challenger-backends", "overlays/prod+challenger-backends")
+"""The serving overlays with the optional challenger-backends component added, as docs/deploy.md says."""
+
+OVERLAYS = (
+    "overlays/dev",
+    "overlays/prod",
+    *WITH_CHALLENGER_BACKENDS,
+    "overlays/dev/training",
+    "overlays/prod/training",
+)
+"""Every kustomization a user applies, relative to k8s/; ``OVERLAY+COMPONENT`` is the overlay with
+``components/COMPONENT`` added to its ``components:`` list."""
 
 MIN_KUSTOMIZE_MAJOR = 5
 KUBERNETES_VERSION = "1.31.0"
@@ -80,14 +91,30 @@ def kubectl_problem() -> str | None:
 
 @functools.cache
 def render(kustomization: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize k8s/<kustomization>`` as a list of objects."""
+    """``kubectl kustomize k8s/<kustomization>`` as a list of objects.
+
+    ``OVERLAY+COMPONENT`` renders a copy of k8s/ in which the overlay lists ``components/COMPONENT``
+    among its components, as a user enables an optional component.
+    """
+    overlay, _, component = kustomization.partition("+")
+    if not component:
+        return _kustomize(K8S / overlay, kustomization)
+    with tempfile.TemporaryDirectory(prefix="k8s-") as tmp:
+        k8s = Path(tmp) / "k8s"
+        shutil.copytree(K8S, k8s)
+        file = k8s / overlay / "kustomization.yaml"
+        document = yaml.safe_load(file.read_text())
+        document.setdefault("components", []).append(f"../../components/{component}")
+        file.write_text(yaml.safe_dump(document, sort_keys=False))
+        return _kustomize(k8s / overlay, kustomization)
+
+
+def _kustomize(path: Path, name: str) -> list[dict[str, Any]]:
     kubectl = find_tool("kubectl")
     assert kubectl is not None
-    result = subprocess.run(
-        [kubectl, "kustomize", str(K8S / kustomization)], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise AssertionError(f"kubectl kustomize k8s/{kustomization} failed:\n{result.stderr}")
+        raise AssertionError(f"kubectl kustomize k8s/{name} failed:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 

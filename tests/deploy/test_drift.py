@@ -33,6 +33,7 @@ from tests.deploy.manifests import (
     INSTALL_HINT,
     K8S,
     ROOT,
+    WITH_CHALLENGER_BACKENDS,
     by_kind,
     command_line,
     compose_command_line,
@@ -47,7 +48,7 @@ from tests.deploy.manifests import (
     render,
 )
 
-SERVING_OVERLAYS = ("overlays/dev", "overlays/prod")
+SERVING_OVERLAYS = ("overlays/dev", "overlays/prod", *WITH_CHALLENGER_BACKENDS)
 TRAINING_OVERLAYS = ("overlays/dev/training", "overlays/prod/training")
 
 TF_SERVING_VERSION = "2.19.1"
@@ -313,11 +314,14 @@ def test_k8s_ports_probes_and_backend_addresses_agree(overlay: str) -> None:
     )
 
     for address in GatewaySettings(backends=env["ENSEMBLE_BACKENDS"]).backends:
-        host, port = address.rsplit(":", 1)
-        service = services[host]
-        assert service["spec"]["selector"] == deployments["tf-serving"]["spec"]["selector"]["matchLabels"]
-        target = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}[int(port)]
-        assert tf_ports[target] == int(tf_flags["port"]), f"{address} must reach TF Serving's gRPC port"
+        assert backend_deployment(objects, address) is deployments["tf-serving"], address
+    placed = GatewaySettings(
+        aliases=env["ENSEMBLE_ALIASES"], alias_backends=json.loads(env.get("ENSEMBLE_ALIAS_BACKENDS") or "{}")
+    ).alias_backends
+    for alias, addresses in placed.items():
+        for address in addresses:
+            backend = backend_deployment(objects, address)
+            assert backend is not deployments["tf-serving"], f"{alias} placed on the champion's backends"
 
     mlflow = container(deployments["mlflow"], "mlflow")
     mlflow_port = {p["name"]: p["containerPort"] for p in mlflow["ports"]}["http"]
@@ -522,19 +526,85 @@ def test_compose_sync_metrics_are_scraped() -> None:
     assert set(services["sync"]["networks"]) & set(services["prometheus"]["networks"])
 
 
+def backend_deployment(objects: list[dict[str, Any]], address: str) -> dict[str, Any]:
+    """The TF Serving Deployment behind a gateway backend address: its Service's selection, on the
+    Service port that reaches TF Serving's gRPC port."""
+    deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
+    host, port = address.rsplit(":", 1)
+    assert host in services, f"{address}: no Service {host}"
+    service = services[host]
+    chosen = [
+        d for d in deployments.values() if d["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    ]
+    assert len(chosen) == 1, f"{address}: the Service selects {len(chosen)} Deployments"
+    tf_serving = container(chosen[0], "tf-serving")
+    tf_ports = {p["name"]: p["containerPort"] for p in tf_serving["ports"]}
+    target = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}[int(port)]
+    assert tf_ports[target] == int(flags(tf_serving["args"])["port"]), (
+        f"{address} must reach TF Serving's gRPC port"
+    )
+    return chosen[0]
+
+
+def sync_params(
+    objects: list[dict[str, Any]], deployment: dict[str, Any], name: str = "sync"
+) -> dict[str, Any]:
+    sync = container(deployment, name)
+    argv = [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]]
+    return parse_cli(ensemble_app(), argv, f"{deployment['metadata']['name']} {name}")[1]
+
+
 @needs_kubectl
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
-def test_sync_serves_the_aliases_the_gateway_serves(overlay: str) -> None:
+def test_sync_serves_the_aliases_the_gateway_serves(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every backend's sync follows exactly the aliases whose members the gateway sends there."""
     objects = render(overlay)
-    gateway = container(by_kind(objects, "Deployment")["gateway"], "gateway")
-    env = k8s_env(objects, gateway)
-    gateway_aliases = GatewaySettings(aliases=env["ENSEMBLE_ALIASES"]).aliases
-    sync = container(by_kind(objects, "Deployment")["tf-serving"], "sync")
-    _, params = parse_cli(
-        ensemble_app(), [substitute(a, k8s_env(objects, sync)) for a in command_line(sync)[1:]], "sync"
+    gateway_container = container(by_kind(objects, "Deployment")["gateway"], "gateway")
+    env = k8s_env(objects, gateway_container)
+    gateway = settings_from(env, monkeypatch)
+    sent: dict[str, set[str]] = {}
+    for alias in gateway.aliases:
+        for address in gateway.addresses_for("any-member", alias):
+            sent.setdefault(backend_deployment(objects, address)["metadata"]["name"], set()).add(alias)
+    backends = [
+        d
+        for d in by_kind(objects, "Deployment").values()
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "backend"
+    ]
+    assert {d["metadata"]["name"] for d in backends} == set(sent), "a backend the gateway never calls"
+    for deployment in backends:
+        where = f"{overlay} {deployment['metadata']['name']}"
+        for name in ("sync", "sync-once"):
+            params = sync_params(objects, deployment, name)
+            assert params["name"] == env["ENSEMBLE_ENSEMBLE"], where
+            assert set(params["alias"]) == sent[deployment["metadata"]["name"]], where
+            # A sync whose first alias is not the gateway's default may find it unset (a challenger
+            # on a fresh install): it must start with no model rather than fail.
+            if params["alias"][0] != gateway.aliases[0]:
+                assert params["unset_ok"], (
+                    f"{where} {name}: --unset-ok, or it fails while {params['alias'][0]} is unset"
+                )
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", WITH_CHALLENGER_BACKENDS)
+def test_challenger_backends_mirror_the_champions(overlay: str) -> None:
+    """The challenger's backends are the champion's, built again: only names, labels and the
+    aliases their sync follows differ, so a change to base/tf-serving reaches both."""
+    deployments = by_kind(render(overlay), "Deployment")
+    champion, challenger = deployments["tf-serving"], deployments["tf-serving-challenger"]
+    assert container(challenger, "tf-serving") == container(champion, "tf-serving")
+    assert (
+        challenger["spec"]["template"]["spec"]["volumes"] == champion["spec"]["template"]["spec"]["volumes"]
     )
-    assert params["alias"] == gateway_aliases
-    assert params["name"] == env["ENSEMBLE_ENSEMBLE"]
+    for name in ("sync", "sync-once"):
+        mine, theirs = container(challenger, name), container(champion, name)
+        assert {k: v for k, v in mine.items() if k != "args"} == {
+            k: v for k, v in theirs.items() if k != "args"
+        }
+    policies = by_kind(render(overlay), "NetworkPolicy")
+    assert policies["tf-serving-challenger"]["spec"]["ingress"] == policies["tf-serving"]["spec"]["ingress"]
+    assert policies["tf-serving-challenger"]["spec"]["podSelector"] == challenger["spec"]["selector"]
 
 
 # --- every command line parses ------------------------------------------------------------------------
