@@ -279,27 +279,25 @@ class EnsembleCore:
         ]
 
     # --- readiness -----------------------------------------------------------------------------
-    async def ready(
-        self, timeout_s: float = STATUS_TIMEOUT_S, served: ServedManifests | None = None
-    ) -> tuple[bool, str]:
-        """Whether the quorum can be served, and why not.
+    async def ready(self, timeout_s: float = STATUS_TIMEOUT_S) -> tuple[bool, str]:
+        """Whether the default manifest's quorum can be served now, and why not.
 
-        For what is served now: the default manifest's quorum (a challenger's trouble is named in
-        the reason but never takes the default traffic out of service). For a candidate
-        (``served``, asked by the reload path before swapping): every manifest's quorum, so a
-        moved alias is followed only once its members have loaded.
+        A challenger's trouble is named in the reason but never takes the default traffic out of
+        service. (The reload path judges a new snapshot alias by alias: :meth:`quorum_problems`.)
         """
-        candidate = served is not None
-        served = served or self._served
+        served = self._served
         if served is None:
             return False, NO_MANIFEST
-        manifests = every_manifest(served)
-        problems = await asyncio.gather(*(self._quorum_problem(m, timeout_s) for m in manifests))
+        problems = await self.quorum_problems(every_manifest(served), timeout_s)
         failing = [p for p in problems if p is not None]
-        if candidate:
-            return (not failing, "; ".join(failing) or "ready")
         # every_manifest puts the default manifest first.
         return (problems[0] is None, "; ".join(failing) or "ready")
+
+    async def quorum_problems(
+        self, manifests: Sequence[Manifest], timeout_s: float = STATUS_TIMEOUT_S
+    ) -> list[str | None]:
+        """For each manifest, why its quorum cannot be served now; None where it can."""
+        return list(await asyncio.gather(*(self._quorum_problem(m, timeout_s) for m in manifests)))
 
     async def _quorum_problem(self, manifest: Manifest, timeout_s: float) -> str | None:
         """None when enough members are AVAILABLE (behind breakers that are not open); else why not."""

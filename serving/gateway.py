@@ -31,10 +31,12 @@ from serving.manifest_source import (
     first_load,
     placements,
     served_version,
+    switchable,
     watch,
 )
 from serving.metrics import GatewayMetrics
 from serving.oip.service import OipService
+from serving.resolution import every_manifest
 from serving.settings import GatewaySettings
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
@@ -214,21 +216,30 @@ class Gateway:
             await asyncio.sleep(interval_s)
 
     async def _swap(self, served: ServedManifests) -> bool:
-        """Serve ``served`` once its members' quorum is loaded on the backends; else retry later.
+        """Serve ``served``, alias by alias, as each one's members' quorum is loaded on its
+        backends; whether all of it is served now (else it is offered again on the next poll).
 
         The registry sync and the backends poll too, so right after an alias moves the new
         member versions may not be loaded yet: switching then would fail requests that the old
-        manifest still answers.
+        manifest still answers. Each alias moves on its own (``switchable``): a challenger whose
+        backends are down or still loading never holds back the champion's move.
         """
         self._place(served)
-        ready, reason = await self.core.ready(served=served)
-        if not ready:
-            self.metrics.reloads.labels("waiting").inc()
-            log.info("new manifest not switched to yet, members still loading: %s", reason)
-            return False
-        self._take(served)
-        await self._save_last_good(served)
-        return True
+        current = self.core.loaded
+        serving_now = every_manifest(current) if current is not None else []
+        changed = [m for m in every_manifest(served) if m not in serving_now]
+        found = await self.core.quorum_problems(changed)
+        problems = dict(zip(map(served_version, changed), found, strict=True))
+        taken = switchable(served, current, lambda m: problems.get(served_version(m)) is None)
+        if taken is not None and taken != current:
+            self._take(taken)
+            await self._save_last_good(taken)
+        if taken == served:
+            return True
+        self.metrics.reloads.labels("waiting").inc()
+        waiting = "; ".join(p for p in problems.values() if p is not None)
+        log.info("new manifest not switched to yet, members still loading: %s", waiting)
+        return False
 
     def _place(self, served: ServedManifests) -> None:
         """Tell the pool which alias each member is served under (``alias_backends`` places them)."""

@@ -58,6 +58,34 @@ def placements(served: ServedManifests) -> list[tuple[str | None, MemberRef]]:
     return placed
 
 
+def switchable(
+    new: ServedManifests, current: ServedManifests | None, ready: Callable[[Manifest], bool]
+) -> ServedManifests | None:
+    """What of ``new`` can be served now, alias by alias, and the rest as it is served now.
+
+    Each manifest of ``new`` is taken where it is what is served now already, or where ``ready``
+    says its members are loaded; otherwise its alias keeps the manifest it has now, or, new and
+    not ready, waits (left out). So one alias whose backends are down or still loading never holds
+    back another's move: a champion moves while the challenger's backends are down. None when
+    not even the default manifest can be served.
+    """
+
+    def pick(candidate: Manifest, serving: Manifest | None) -> Manifest | None:
+        if candidate == serving or ready(candidate):
+            return candidate
+        return serving
+
+    default = pick(new.default, current.default if current is not None else None)
+    if default is None:
+        return None
+    labels: dict[str, Manifest] = {}
+    for alias, manifest in new.labels.items():
+        chosen = pick(manifest, current.labels.get(alias) if current is not None else None)
+        if chosen is not None:
+            labels[alias] = chosen
+    return ServedManifests(default=default, labels=labels)
+
+
 def served_version(manifest: Manifest) -> int:
     """The version a manifest answers as: its registry version, 1 before registration."""
     return manifest.version if manifest.version is not None else 1

@@ -288,13 +288,15 @@ def test_ready_needs_quorum_available() -> None:
     assert "toy-m1" in why
 
 
-def test_ready_can_judge_a_candidate_manifest_before_it_is_served() -> None:
+def test_quorum_problems_judge_a_candidate_manifest_before_it_is_served() -> None:
     core, caller, _ = make_core()
     candidate = make_manifest(name="cand", version=2)
     caller.fail = {"cand-m0": "not loaded", "cand-m1": "not loaded"}
-    ready, why = asyncio.run(core.ready(served=ServedManifests(default=candidate)))
-    assert not ready
-    assert "cand-m0" in why
+    (problem,) = asyncio.run(core.quorum_problems([candidate]))
+    assert problem is not None
+    assert "cand v2: quorum not available" in problem
+    assert "cand-m0" in problem
+    assert asyncio.run(core.quorum_problems([core.served.default])) == [None]
     assert asyncio.run(core.ready())[0]  # what is served now is unaffected
 
 
@@ -520,11 +522,11 @@ def test_readiness_is_the_default_manifests_quorum() -> None:
     ready, why = asyncio.run(core.ready())
     assert ready  # the challenger's trouble is reported, not a reason to stop the default traffic
     assert "toy v4: quorum not available" in why
-    # A candidate is judged whole: the reload path switches only once all of it is available.
-    ready, _ = asyncio.run(
-        core.ready(served=ServedManifests(default=champion, labels={"challenger": challenger}))
-    )
-    assert not ready
+    # The reload path judges each manifest of a snapshot on its own.
+    problems = asyncio.run(core.quorum_problems([champion, challenger]))
+    assert problems[0] is None
+    assert problems[1] is not None
+    assert "toy v4: quorum not available" in problems[1]
     caller.fail = {"toy-m0": "down", "toy-m1": "down"}
     ready, why = asyncio.run(core.ready())
     assert not ready

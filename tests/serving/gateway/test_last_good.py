@@ -1,5 +1,5 @@
 """The gateway's lifecycle in-process: starting without the registry (last-known-good manifest, or none
-and retries), and background loops that must not die silently."""
+and retries), aliases moving one by one, and background loops that must not die silently."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contracts.manifest import Manifest
@@ -21,7 +22,7 @@ from serving.gateway import Gateway
 from serving.last_good import LastGoodStore
 from serving.manifest_source import ManifestLoadError, ServedManifests
 from serving.settings import GatewaySettings
-from serving.testing import free_port, make_manifest
+from serving.testing import N_FEATURES, free_port, make_manifest, start_fake_backend, stop_process
 
 
 class Registry:
@@ -221,3 +222,46 @@ def test_a_background_loop_that_dies_is_logged(
     with caplog.at_level("ERROR", logger="serving.gateway"):
         asyncio.run(scenario())
     assert [r.getMessage() for r in caplog.records] == ["the manifest watch stopped: a bug in the watch loop"]
+
+
+def test_the_champion_moves_while_the_challengers_backends_are_down(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Each alias moves on its own: a challenger on dead backends of its own never holds the
+    champion's move back (the champion's old version would soon be unloaded under it)."""
+    port = free_port()
+    backend = start_fake_backend(port, [m.name for m in registry.manifests["champion"].members])
+    config = settings(
+        tmp_path,
+        backends=[f"127.0.0.1:{port}"],
+        alias_backends={"challenger": [f"127.0.0.1:{free_port()}"]},  # nothing listens there
+    )
+
+    async def scenario() -> None:
+        gateway = await Gateway.open(config)
+        try:
+            gateway.start_background()
+            registry.manifests["champion"] = make_manifest(version=5)
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                served = gateway.core.loaded
+                if served is not None and served.default.version == 5:
+                    break
+            served = gateway.core.loaded
+            assert served is not None
+            assert {label: m.version for label, m in served.labels.items()} == {
+                "champion": 5,
+                "challenger": 4,
+            }
+            assert served.default.version == 5
+            x = np.zeros((1, N_FEATURES), dtype=np.float32)
+            answer = await gateway.core.predict(ModelRef("toy"), {"x": x})
+            assert answer.version == 5
+            assert (await gateway.check_ready())[0]
+        finally:
+            await gateway.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_process(backend)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from serving.manifest_source import (
     RegistryManifestSource,
     ServedManifests,
     placements,
+    switchable,
     watch,
 )
 from serving.settings import GatewaySettings
@@ -100,6 +102,32 @@ def test_placements_put_the_default_manifest_under_its_alias() -> None:
     assert [placed[id(m)] for m in champion.members] == ["champion"] * len(champion.members)
     assert [placed[id(m)] for m in challenger.members] == ["challenger"] * len(challenger.members)
     assert all(alias is None for alias, _ in placements(ServedManifests(default=champion)))
+
+
+def test_each_alias_moves_once_its_own_manifest_is_ready() -> None:
+    v1, v2, v3, v4 = (make_manifest(version=v) for v in (1, 2, 3, 4))
+    now = ServedManifests(default=v1, labels={"champion": v1, "challenger": v2})
+
+    def served(champion: Manifest, challenger: Manifest | None = None) -> ServedManifests:
+        labels = {"champion": champion} | ({"challenger": challenger} if challenger else {})
+        return ServedManifests(default=champion, labels=labels)
+
+    def ready_only(*versions: int) -> Callable[[Manifest], bool]:
+        return lambda manifest: manifest.version in versions
+
+    # The champion moves while the challenger's backends are down: the unchanged challenger needs
+    # no check, and does not hold the move back.
+    assert switchable(served(v3, v2), now, ready_only(3)) == served(v3, v2)
+    # The challenger moves to a version not loaded yet: it keeps its manifest, the champion moves.
+    assert switchable(served(v3, v4), now, ready_only(3)) == served(v3, v2)
+    # Nothing ready: what is served stays, alias by alias.
+    assert switchable(served(v3, v4), now, ready_only()) == now
+    # An alias set for the first time waits until it is ready; one that is gone is dropped.
+    assert switchable(served(v1, v4), served(v1), ready_only()) == served(v1)
+    assert switchable(served(v1), now, ready_only()) == served(v1)
+    # Before anything is served, a default that is not ready cannot be served.
+    assert switchable(served(v1), None, ready_only()) is None
+    assert switchable(served(v1, v2), None, ready_only(1)) == served(v1)
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
