@@ -460,6 +460,46 @@ def test_k8s_sync_grace_covers_the_chain_of_polls(overlay: str, monkeypatch: pyt
     check_grace_and_backend(params, tf_flags, gateway, "localhost", overlay)
 
 
+@pytest.mark.parametrize("challenger_backend", [None, "tf-serving-challenger:8500"])
+def test_compose_each_alias_reaches_a_server_whose_sync_follows_it(
+    challenger_backend: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the challenger profile both aliases go to tf-serving; with it and
+    CHALLENGER_BACKEND (docs/deploy.md), the challenger goes to tf-serving-challenger, whose sync
+    follows it alone, with --unset-ok, and asks that server."""
+    services = load_compose()["services"]
+
+    def expand(value: object) -> str:
+        text = str(value)
+        if challenger_backend is not None:
+            text = text.replace("${CHALLENGER_BACKEND:-tf-serving:8500}", challenger_backend)
+        return expand_defaults(text)
+
+    environment = {k: expand(v) for k, v in services["gateway"]["environment"].items()}
+    gateway = settings_from(environment, monkeypatch)  # type: ignore[arg-type]
+    writers = {
+        volume.split(":")[0]: name
+        for name, service in services.items()
+        if name.startswith("sync")
+        for volume in service["volumes"]
+    }
+    for alias in gateway.aliases:
+        (address,) = gateway.addresses_for("any-member", alias)
+        host, port = address.rsplit(":", 1)
+        server = services[host]
+        assert flags(compose_command_line(server)[1:])["port"] == port, address
+        writer = writers[server["volumes"][0].split(":")[0]]
+        _, params = parse_cli(ensemble_app(), compose_command_line(services[writer])[1:], writer)
+        assert alias in params["alias"], f"{alias} is sent to {host}, whose sync {writer} does not follow it"
+        assert params["backend"] == f"{host}:{port}", f"{writer} must ask the server it feeds"
+        if params["alias"][0] != gateway.aliases[0]:
+            assert params["unset_ok"], (
+                f"{writer}: --unset-ok, or it fails while {params['alias'][0]} is unset"
+            )
+    expected_host = (challenger_backend or "tf-serving:8500").rsplit(":", 1)[0]
+    assert gateway.addresses_for("any-member", "challenger")[0].startswith(expected_host)
+
+
 def test_compose_sync_grace_covers_the_chain_of_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     services = load_compose()["services"]
     environment = {k: expand_defaults(str(v)) for k, v in services["gateway"]["environment"].items()}
