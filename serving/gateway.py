@@ -29,6 +29,7 @@ from serving.manifest_source import (
     RegistryManifestSource,
     ServedManifests,
     first_load,
+    moved,
     placements,
     served_version,
     switchable,
@@ -36,7 +37,6 @@ from serving.manifest_source import (
 )
 from serving.metrics import GatewayMetrics
 from serving.oip.service import OipService
-from serving.resolution import every_manifest
 from serving.settings import GatewaySettings
 from serving.traffic.controller import TrafficController
 from serving.traffic.policy import TrafficPolicy
@@ -226,11 +226,10 @@ class Gateway:
         """
         self._place(served)
         current = self.core.loaded
-        serving_now = every_manifest(current) if current is not None else []
-        changed = [m for m in every_manifest(served) if m not in serving_now]
+        changed = moved(served, current)
         found = await self.core.quorum_problems(changed)
-        problems = dict(zip(map(served_version, changed), found, strict=True))
-        taken = switchable(served, current, lambda m: problems.get(served_version(m)) is None)
+        problems = {id(m): problem for m, problem in zip(changed, found, strict=True)}
+        taken = switchable(served, current, lambda m: problems[id(m)] is None)
         if taken is not None and taken != current:
             self._take(taken)
             await self._save_last_good(taken)

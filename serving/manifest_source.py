@@ -58,32 +58,49 @@ def placements(served: ServedManifests) -> list[tuple[str | None, MemberRef]]:
     return placed
 
 
+def _by_alias(
+    new: ServedManifests, current: ServedManifests | None
+) -> list[tuple[str | None, Manifest, Manifest | None]]:
+    """(alias, its manifest in ``new``, what it serves now) for the default (alias None) and each alias."""
+    return [
+        (None, new.default, current.default if current is not None else None),
+        *((a, m, current.labels.get(a) if current is not None else None) for a, m in new.labels.items()),
+    ]
+
+
+def moved(new: ServedManifests, current: ServedManifests | None) -> list[Manifest]:
+    """The manifests of ``new`` that their alias does not serve now, each once: the ones whose
+    members must be loaded, where that alias places them, before :func:`switchable` takes them.
+
+    A version the challenger serves now is still new to the champion after a promotion: its
+    members may not be loaded on the champion's backends yet.
+    """
+    found = {id(m): m for _, m, serving in _by_alias(new, current) if m != serving}
+    return list(found.values())
+
+
 def switchable(
     new: ServedManifests, current: ServedManifests | None, ready: Callable[[Manifest], bool]
 ) -> ServedManifests | None:
     """What of ``new`` can be served now, alias by alias, and the rest as it is served now.
 
-    Each manifest of ``new`` is taken where it is what is served now already, or where ``ready``
-    says its members are loaded; otherwise its alias keeps the manifest it has now, or, new and
-    not ready, waits (left out). So one alias whose backends are down or still loading never holds
-    back another's move: a champion moves while the challenger's backends are down. None when
-    not even the default manifest can be served.
+    Each manifest of ``new`` is taken where its alias serves it now already, or where ``ready``
+    says its members are loaded (it is one of :func:`moved`); otherwise its alias keeps the
+    manifest it has now, or, new and not ready, waits (left out). So one alias whose backends are
+    down or still loading never holds back another's move: a champion moves while the
+    challenger's backends are down. None when not even the default manifest can be served.
     """
-
-    def pick(candidate: Manifest, serving: Manifest | None) -> Manifest | None:
-        if candidate == serving or ready(candidate):
-            return candidate
-        return serving
-
-    default = pick(new.default, current.default if current is not None else None)
-    if default is None:
-        return None
+    default: Manifest | None = None
     labels: dict[str, Manifest] = {}
-    for alias, manifest in new.labels.items():
-        chosen = pick(manifest, current.labels.get(alias) if current is not None else None)
-        if chosen is not None:
-            labels[alias] = chosen
-    return ServedManifests(default=default, labels=labels)
+    for alias, manifest, serving in _by_alias(new, current):
+        pick = manifest if manifest == serving or ready(manifest) else serving
+        if pick is None:
+            continue
+        if alias is None:
+            default = pick
+        else:
+            labels[alias] = pick
+    return ServedManifests(default=default, labels=labels) if default is not None else None
 
 
 def served_version(manifest: Manifest) -> int:

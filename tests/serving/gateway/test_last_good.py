@@ -224,40 +224,63 @@ def test_a_background_loop_that_dies_is_logged(
     assert [r.getMessage() for r in caplog.records] == ["the manifest watch stopped: a bug in the watch loop"]
 
 
-def test_the_champion_moves_while_the_challengers_backends_are_down(
+def test_each_alias_moves_once_its_own_members_are_loaded_where_it_places_them(
     tmp_path: Path, registry: Registry
 ) -> None:
-    """Each alias moves on its own: a challenger on dead backends of its own never holds the
-    champion's move back (the champion's old version would soon be unloaded under it)."""
-    port = free_port()
+    """Each alias moves on its own. A challenger on dead backends of its own never holds the
+    champion's move back (the champion's old version would soon be unloaded under it). And a
+    promotion to the version the challenger serves waits until its members are loaded on the
+    champion's backends, not only on the challenger's."""
+    challenger = registry.manifests["challenger"]  # v4, its members at version 2
+    registry.manifests["challenger"] = challenger.model_copy(
+        update={"members": [m.model_copy(update={"version": 2}) for m in challenger.members]}
+    )
+    port = free_port()  # the champion's backend: the members at version 1 only
     backend = start_fake_backend(port, [m.name for m in registry.manifests["champion"].members])
     config = settings(
         tmp_path,
         backends=[f"127.0.0.1:{port}"],
         alias_backends={"challenger": [f"127.0.0.1:{free_port()}"]},  # nothing listens there
     )
+    x = np.zeros((1, N_FEATURES), dtype=np.float32)
 
     async def scenario() -> None:
         gateway = await Gateway.open(config)
+
+        def versions() -> dict[str, int | None]:
+            served = gateway.core.loaded
+            assert served is not None
+            return {"default": served.default.version} | {a: m.version for a, m in served.labels.items()}
+
+        def waits() -> float:
+            value = gateway.metrics.registry.get_sample_value(
+                "ensemble_manifest_reloads_total", {"outcome": "waiting"}
+            )
+            return value or 0.0
+
         try:
             gateway.start_background()
             registry.manifests["champion"] = make_manifest(version=5)
             for _ in range(200):
                 await asyncio.sleep(0.02)
-                served = gateway.core.loaded
-                if served is not None and served.default.version == 5:
+                if versions()["default"] == 5:
                     break
-            served = gateway.core.loaded
-            assert served is not None
-            assert {label: m.version for label, m in served.labels.items()} == {
-                "champion": 5,
-                "challenger": 4,
-            }
-            assert served.default.version == 5
-            x = np.zeros((1, N_FEATURES), dtype=np.float32)
-            answer = await gateway.core.predict(ModelRef("toy"), {"x": x})
-            assert answer.version == 5
+            assert versions() == {"default": 5, "champion": 5, "challenger": 4}
+            assert (await gateway.core.predict(ModelRef("toy"), {"x": x})).version == 5
             assert (await gateway.check_ready())[0]
+
+            # The champion alias moves to the challenger's version: a manifest of its own, as the
+            # registry answers each alias apart. Its members (version 2) are not on the champion's
+            # backend, so the champion keeps version 5, and keeps answering.
+            before = waits()
+            registry.manifests["champion"] = registry.manifests["challenger"].model_copy(deep=True)
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if waits() >= before + 3:
+                    break
+            assert waits() >= before + 3
+            assert versions() == {"default": 5, "champion": 5, "challenger": 4}
+            assert (await gateway.core.predict(ModelRef("toy"), {"x": x})).version == 5
         finally:
             await gateway.close()
 

@@ -16,6 +16,7 @@ from serving.manifest_source import (
     ManifestLoadError,
     RegistryManifestSource,
     ServedManifests,
+    moved,
     placements,
     switchable,
     watch,
@@ -128,6 +129,20 @@ def test_each_alias_moves_once_its_own_manifest_is_ready() -> None:
     # Before anything is served, a default that is not ready cannot be served.
     assert switchable(served(v1), None, ready_only()) is None
     assert switchable(served(v1, v2), None, ready_only(1)) == served(v1)
+
+
+def test_a_version_is_new_to_an_alias_that_does_not_serve_it_yet() -> None:
+    v1, v2, v3 = (make_manifest(version=v) for v in (1, 2, 3))
+    now = ServedManifests(default=v1, labels={"champion": v1, "challenger": v2})
+    # A promotion: v2 is served, but as the challenger; the champion's backends may lack it.
+    promoted = v2.model_copy(deep=True)
+    after = ServedManifests(default=promoted, labels={"champion": promoted, "challenger": v2})
+    assert [m is promoted for m in moved(after, now)] == [True]
+    assert switchable(after, now, lambda m: False) == now
+    # Unchanged aliases are not checked again; a new alias and a moved one are, each once.
+    assert moved(now, now) == []
+    both = ServedManifests(default=v3, labels={"champion": v3, "challenger": v2, "canary": v1})
+    assert [m.version for m in moved(both, now)] == [3, 1]
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
